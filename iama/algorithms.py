@@ -1,0 +1,187 @@
+"""Inference-time alignment algorithms: best-of-N (BoN) and soft best-of-N.
+
+Two kinds of function live here:
+
+* *selection*, used by the server on the N candidates of one request
+  (:func:`best_of_n_select`, :func:`soft_best_of_n_select`);
+* *analytic values* of the transformed policy ``T[pi]`` when ``pi`` is a distribution on a
+  finite support (the empirical distribution of a group, or an exact discretisation), used by
+  the trainer's first variations, by evaluation and by the tests.
+
+BoN: ``T[pi](y) = N * C(r(y))^(N-1) * pi(y)`` with ``C`` the reward CDF under ``pi``; on a finite
+support with ties this is the law of the best of N i.i.d. draws, ties sharing their mass.
+Soft BoN: ``T[pi](y) ∝ exp(r(y)/tau) * pi(y)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from iama._arrays import FloatArray, as_probs, as_rewards, check_n, check_tau
+
+__all__ = [
+    "best_of_n_select",
+    "bon_kl_bound",
+    "bon_probabilities",
+    "bon_unbiased_estimate",
+    "bon_value",
+    "selection_kl_bound",
+    "soft_best_of_n_probabilities",
+    "soft_best_of_n_select",
+    "soft_bon_kl",
+    "soft_bon_value",
+]
+
+
+def _finite_scores(scores: ArrayLike) -> FloatArray:
+    """Scores for selection; NaN means 'unscorable' and can never win over a real score."""
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError("scores must be a non-empty 1-D array")
+    if np.all(np.isnan(arr)):
+        raise ValueError("all scores are NaN")
+    return np.where(np.isnan(arr), -np.inf, arr)
+
+
+def best_of_n_select(scores: ArrayLike) -> int:
+    """Index of the best candidate; ties go to the lowest index so replays are deterministic."""
+    return int(np.argmax(_finite_scores(scores)))
+
+
+def soft_best_of_n_probabilities(scores: ArrayLike, tau: float) -> FloatArray:
+    """Selection probabilities ``softmax(scores / tau)``, computed with the max subtracted."""
+    tau = check_tau(tau)
+    arr = _finite_scores(scores)
+    z = (arr - arr.max()) / tau
+    w = np.exp(z)
+    return w / w.sum()
+
+
+def soft_best_of_n_select(scores: ArrayLike, tau: float, rng: np.random.Generator | int | None = None) -> int:
+    """Sample one candidate with probability ∝ exp(score/tau); seeded for reproducibility."""
+    probs = soft_best_of_n_probabilities(scores, tau)
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    return int(gen.choice(probs.size, p=probs))
+
+
+def bon_kl_bound(n: float) -> float:
+    """Upper bound on KL(BoN_N[pi] ‖ pi): ``log N − (N−1)/N`` (exact for continuous rewards)."""
+    n = check_n(n)
+    return math.log(n) - (n - 1.0) / n
+
+
+def selection_kl_bound(algorithm: str, n: int) -> float:
+    """KL bound reported for a request's selection rule.
+
+    Soft BoN picks one of N i.i.d. candidates, so its output law has density ratio at most N
+    to pi and ``log N`` bounds its KL; BoN has the sharper analytic bound.
+    """
+    if algorithm == "bon":
+        return bon_kl_bound(n)
+    if algorithm == "soft_bon":
+        return math.log(check_n(n))
+    raise ValueError(f"unknown algorithm {algorithm!r}")
+
+
+def _sorted_cdf(rewards: ArrayLike, probs: ArrayLike | None) -> tuple[FloatArray, FloatArray, FloatArray, np.ndarray]:
+    """Rewards sorted ascending, their probabilities, the CDF after each point, and the order."""
+    r = as_rewards(rewards)
+    p = as_probs(probs, r.size)
+    order = np.argsort(r, kind="stable")
+    rs, ps = r[order], p[order]
+    cdf = np.minimum(np.cumsum(ps), 1.0)
+    return rs, ps, cdf, order
+
+
+def bon_probabilities(rewards: ArrayLike, n: float, probs: ArrayLike | None = None) -> FloatArray:
+    """Probability that BoN_N picks each support point (the law ``T[pi]``), ties sharing mass.
+
+    A block of tied rewards with CDF jumping from ``a`` to ``b`` receives ``b^N − a^N`` which
+    is split in proportion to the points' own probabilities.
+    """
+    n = check_n(n)
+    rs, ps, cdf, order = _sorted_cdf(rewards, probs)
+    out_sorted = np.empty_like(rs)
+    # Group ties: indices where the reward value changes.
+    starts = np.flatnonzero(np.r_[True, rs[1:] != rs[:-1]])
+    ends = np.r_[starts[1:], rs.size]
+    for s, e in zip(starts, ends, strict=True):
+        lo = cdf[s - 1] if s > 0 else 0.0
+        hi = cdf[e - 1]
+        mass = hi**n - lo**n
+        block = ps[s:e]
+        tot = block.sum()
+        out_sorted[s:e] = mass * block / tot if tot > 0 else 0.0
+    out = np.empty_like(out_sorted)
+    out[order] = out_sorted
+    return out
+
+
+def bon_value(rewards: ArrayLike, n: float, probs: ArrayLike | None = None) -> float:
+    """Exact ``E_{y~BoN_N[pi]}[r(y)]``: the expected max of N i.i.d. draws from ``pi``.
+
+    Written as ``r_max − Σ_k C_k^N (r_(k+1) − r_(k))`` (integration by parts), which is the
+    form whose derivative in ``pi`` is :func:`iama.variations.bon_first_variation`.
+    """
+    n = check_n(n)
+    rs, _, cdf, _ = _sorted_cdf(rewards, probs)
+    gaps = np.diff(rs)
+    return float(rs[-1] - np.sum(cdf[:-1] ** n * gaps))
+
+
+def bon_unbiased_estimate(rewards: ArrayLike, n: int) -> float:
+    """Unbiased estimate of the BoN_N reward of the *sampling* policy from M >= N samples.
+
+    Averages the max over all size-N subsets without replacement:
+    ``Σ_i C(i−1, N−1)/C(M, N) · r_(i)``. Unlike :func:`bon_value` (which treats the M samples
+    as the population) this is what evaluation should report.
+    """
+    r = np.sort(as_rewards(rewards))
+    m = r.size
+    if int(n) != n or n < 1:
+        raise ValueError(f"N must be a positive integer, got {n}")
+    n = int(n)
+    if n > m:
+        raise ValueError(f"need at least N={n} samples, got {m}")
+    # log-space binomials keep this stable for large M.
+    i = np.arange(1, m + 1)
+    valid = i >= n
+    logw = np.full(m, -np.inf)
+    iv = i[valid]
+    logw[valid] = (
+        _lgamma(iv) - _lgamma(n) - _lgamma(iv - n + 1) - (_lgamma(m + 1) - _lgamma(n + 1) - _lgamma(m - n + 1))
+    )
+    w = np.exp(logw)
+    return float(np.dot(w / w.sum(), r))
+
+
+def _lgamma(x: ArrayLike) -> FloatArray:
+    return np.vectorize(math.lgamma, otypes=[np.float64])(np.asarray(x, dtype=np.float64))
+
+
+def _soft_terms(rewards: ArrayLike, tau: float, probs: ArrayLike | None) -> tuple[FloatArray, FloatArray, float]:
+    """Rewards, tilted weights ``p·exp((r−max)/tau)`` and the shift ``max/tau``."""
+    tau = check_tau(tau)
+    r = as_rewards(rewards)
+    p = as_probs(probs, r.size)
+    m = r.max()
+    w = p * np.exp((r - m) / tau)
+    return r, w, m / tau
+
+
+def soft_bon_value(rewards: ArrayLike, tau: float, probs: ArrayLike | None = None) -> float:
+    """``E_{T[pi]}[r]`` for soft BoN, ``T ∝ exp(r/tau)·pi``."""
+    r, w, _ = _soft_terms(rewards, tau, probs)
+    return float(np.dot(w, r) / w.sum())
+
+
+def soft_bon_kl(rewards: ArrayLike, tau: float, probs: ArrayLike | None = None) -> float:
+    """Exact KL(T[pi] ‖ pi) = E_T[r]/tau − log E_pi[exp(r/tau)], computed stably."""
+    tau = check_tau(tau)
+    r, w, shift = _soft_terms(rewards, tau, probs)
+    log_z = shift + math.log(w.sum())
+    t = w / w.sum()
+    return float(max(np.dot(t, r) / tau - log_z, 0.0))

@@ -1,0 +1,104 @@
+"""The reward-function interface and the registry of named rewards.
+
+A reward scores a *batch* of (prompt, completion) pairs at once: neural rewards are only
+efficient batched, and the server batches across concurrent requests. A reward is created from
+a spec string (``"length"``, ``"hf:/path/to/rm"``) plus keyword parameters, so the trainer
+config, the model card and the server all name rewards the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from iama._arrays import FloatArray
+
+
+@runtime_checkable
+class RewardFunction(Protocol):
+    """What every reward provides. ``params`` must be JSON-serialisable (it goes to iama.json)."""
+
+    name: str
+    description: str
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray: ...
+
+
+RewardFactory = Callable[..., RewardFunction]
+
+_REGISTRY: dict[str, tuple[RewardFactory, str]] = {}
+_PREFIX_REGISTRY: dict[str, RewardFactory] = {}
+
+
+class UnknownRewardError(KeyError):
+    """Raised for a reward name that is not registered; the message lists what is."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0])
+
+
+def register(name: str, description: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Register a factory under ``name``; the factory's kwargs are the reward's parameters."""
+
+    def deco(factory: RewardFactory) -> RewardFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"reward {name!r} registered twice")
+        _REGISTRY[name] = (factory, description)
+        return factory
+
+    return deco
+
+
+def register_prefix(prefix: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Register a factory for specs ``prefix:<target>`` (e.g. ``hf:<path-or-hub-id>``)."""
+
+    def deco(factory: RewardFactory) -> RewardFactory:
+        _PREFIX_REGISTRY[prefix] = factory
+        return factory
+
+    return deco
+
+
+def available_rewards() -> dict[str, str]:
+    """Registered plain names with their one-line descriptions."""
+    _ensure_builtins()
+    return {k: d for k, (_, d) in sorted(_REGISTRY.items())}
+
+
+def create_reward(spec: str, **params: Any) -> RewardFunction:
+    """Instantiate a reward from its spec; unknown names and bad parameters raise clear errors."""
+    _ensure_builtins()
+    if ":" in spec:
+        prefix, target = spec.split(":", 1)
+        if prefix in _PREFIX_REGISTRY:
+            if not target:
+                raise ValueError(f"reward spec {spec!r} needs a target after '{prefix}:'")
+            return _PREFIX_REGISTRY[prefix](target, **params)
+    if spec not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) + ", " + ", ".join(f"{p}:<...>" for p in sorted(_PREFIX_REGISTRY))
+        raise UnknownRewardError(f"unknown reward {spec!r}; known: {known}")
+    factory, _ = _REGISTRY[spec]
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for reward {spec!r}: {exc}") from exc
+
+
+def check_scores(scores: Any, n: int, name: str) -> FloatArray:
+    """Rewards must return one finite float per completion; catch broken rewards early."""
+    arr = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if arr.size != n:
+        raise ValueError(f"reward {name!r} returned {arr.size} scores for {n} completions")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"reward {name!r} returned non-finite scores")
+    return arr
+
+
+def _ensure_builtins() -> None:
+    # Import for the side effect of registration; cheap after the first call.
+    from iama.rewards import neural, rules  # noqa: F401

