@@ -29,3 +29,28 @@ def tiny_classifier(tmp_path_factory) -> Path:
     from tiny_models import build_tiny_classifier
 
     return build_tiny_classifier(tmp_path_factory.mktemp("tiny-clf"))
+
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_llama, tiny_classifier, tmp_path_factory):
+    """The real server on vLLM with the tiny model; one engine for the whole session."""
+    from servers import start_server
+
+    d = tmp_path_factory.mktemp("server")
+    cfg = d / "server.yaml"
+    cfg.write_text(
+        "max_budget: 16\n"
+        "max_tokens: 256\n"
+        "max_prompt_tokens: 200\n"
+        "max_concurrent_requests: 2\n"
+        "max_queued_requests: 6\n"
+        "rewards:\n"
+        f"  clf: {{type: 'hf:{tiny_classifier}', label: POSITIVE, pair: false}}\n"
+        "  short: {type: length, target: 5, max_length: 50}\n"
+    )
+    srv = start_server(str(tiny_llama), d, env={"IAMA_API_KEYS": f"other-key,{API_KEY}", "IAMA_CONFIG_FILE": str(cfg)})
+    yield srv
+    srv.stop()

@@ -48,6 +48,7 @@ DEFAULT_REWARDS: dict[str, RewardSpec] = {
     "conciseness": RewardSpec(type="conciseness"),
     "readability": RewardSpec(type="readability"),
     "no_profanity": RewardSpec(type="no_profanity"),
+    "relevance": RewardSpec(type="relevance"),
 }
 
 

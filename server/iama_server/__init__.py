@@ -1,0 +1,1 @@
+"""IAMA server: per-request inference-time alignment (BoN / soft BoN) on vLLM behind FastAPI."""

@@ -1,0 +1,118 @@
+"""The vLLM async engine behind the service: one request with ``n = N`` per alignment request.
+
+Sampling all N candidates in one request computes the prompt's KV cache once (vLLM forks it
+for the N sequences). Cancelling :meth:`Engine.generate` (client gone, timeout) aborts the
+request inside vLLM, so abandoned work stops consuming the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from iama_server.settings import ServerSettings
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_count: int
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    prompt_tokens: int
+    candidates: list[Generation]
+
+
+class Engine:
+    """Thin owner of ``vllm.v1.engine.async_llm.AsyncLLM`` and the model's tokenizer."""
+
+    def __init__(self, model_path: str, settings: ServerSettings) -> None:
+        self.model_path = model_path
+        self.settings = settings
+        self._llm: Any = None
+        self.tokenizer: Any = None
+        self.max_model_len: int = 0
+
+    def start(self) -> None:
+        if self.settings.kv_cache_gb is not None:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_gb))
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self.settings
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            served_model_name=s.served_model_name,
+            max_model_len=s.max_model_len,
+            dtype=s.dtype,
+            tensor_parallel_size=s.tensor_parallel_size,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            enforce_eager=s.enforce_eager,
+            seed=s.seed,
+            disable_log_stats=True,
+        )
+        self._llm = AsyncLLM.from_engine_args(args)
+        self.max_model_len = int(self._llm.model_config.max_model_len)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+
+    @property
+    def ready(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        seed: int | None,
+        stop: list[str] | None,
+        request_id: str,
+    ) -> GenerationResult:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            stop=stop,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        async for out in self._llm.generate(TokensPrompt(prompt_token_ids=prompt_token_ids), params, request_id):
+            final = out
+        if final is None:
+            raise RuntimeError("engine returned no output")
+        outs = sorted(final.outputs, key=lambda o: o.index)
+        return GenerationResult(
+            prompt_tokens=len(final.prompt_token_ids or prompt_token_ids),
+            candidates=[Generation(o.text, len(o.token_ids), o.finish_reason) for o in outs],
+        )
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None

@@ -1,0 +1,33 @@
+"""Prometheus metrics on a private registry (several apps per process stay independent)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+BUDGET_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("iama_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            "iama_request_latency_seconds", "End-to-end latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.generation = Histogram(
+            "iama_generation_seconds", "vLLM generation time per request", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.scoring = Histogram(
+            "iama_scoring_seconds", "Reward scoring time per request", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.tokens = Counter("iama_tokens", "Tokens processed", ["kind"], registry=r)
+        self.budget = Histogram("iama_budget", "Requested budget N", buckets=BUDGET_BUCKETS, registry=r)
+        self.queue_depth = Gauge("iama_queue_depth", "Admitted requests waiting for a slot", registry=r)
+        self.in_flight = Gauge("iama_in_flight", "Requests generating or scoring", registry=r)
+        self.score_batches = Counter(
+            "iama_score_batches", "Batched reward-scoring calls (shared by concurrent requests)", registry=r
+        )
+        self.scored = Counter("iama_scored_completions", "Completions scored", registry=r)
+        self.errors = Counter("iama_errors", "Error responses by type", ["type"], registry=r)

@@ -1,0 +1,275 @@
+"""The real server (vLLM on the tiny model) over HTTP: endpoints, errors, auth, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import httpx
+import pytest
+from conftest import API_KEY
+
+pytestmark = pytest.mark.slow
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def post(srv, path, body, headers=AUTH, timeout=120):
+    return httpx.post(f"{srv.url}{path}", json=body, headers=headers, timeout=timeout)
+
+
+def test_health_models_rewards(tiny_server):
+    h = httpx.get(f"{tiny_server.url}/health").json()
+    assert h["status"] == "ok"
+    models = httpx.get(f"{tiny_server.url}/v1/models", headers=AUTH).json()
+    assert models["data"][0]["id"] == h["model"]
+    rw = httpx.get(f"{tiny_server.url}/v1/rewards", headers=AUTH).json()
+    by_name = {r["name"]: r for r in rw["data"]}
+    assert {"sentiment", "length", "no_profanity", "clf", "short", "relevance"} <= set(by_name)
+    assert by_name["short"]["parameters"]["target"] == 5
+    assert by_name["clf"]["type"].startswith("hf:")
+    assert by_name["sentiment"]["description"]
+    assert rw["meta_aligned_for"]["tasks"] == []  # a plain model: no iama.json
+    assert rw["limits"]["max_budget"] == 16
+
+
+def test_align_bon_returns_best_candidate(tiny_server):
+    body = {
+        "prompt": "Tell me about your day",
+        "reward_weights": {"sentiment": 1.0, "short": 0.5, "clf": 0.25},
+        "budget": 6,
+        "max_tokens": 24,
+        "seed": 3,
+        "return_candidates": True,
+    }
+    r = post(tiny_server, "/v1/align", body)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    cands = d["candidates"]
+    assert len(cands) == 6 and sum(c["chosen"] for c in cands) == 1
+    best = max(cands, key=lambda c: c["weighted_score"])
+    assert d["chosen_index"] == cands.index(best) == next(i for i, c in enumerate(cands) if c["chosen"])
+    assert d["text"] == best["text"]
+    for c in cands:  # weighted score is the weighted sum of (un-normalised here) scores
+        expect = sum(w * c["scores"][k]["normalized"] for k, w in body["reward_weights"].items())
+        assert c["weighted_score"] == pytest.approx(expect)
+        assert set(c["scores"]) == {"sentiment", "short", "clf"}
+    assert d["kl_bound"] == pytest.approx(math.log(6) - 5 / 6)
+    assert d["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in cands)
+    assert d["usage"]["prompt_tokens"] > 0
+    assert d["timings"]["generation_s"] > 0 and d["timings"]["total_s"] >= d["timings"]["generation_s"]
+    # Same seed → same candidates → same choice.
+    again = post(tiny_server, "/v1/align", body).json()
+    assert again["text"] == d["text"]
+
+
+def test_align_soft_bon_and_messages(tiny_server):
+    body = {
+        "messages": [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi!"}],
+        "reward_weights": {"sentiment": 1.0},
+        "budget": 4,
+        "algorithm": "soft_bon",
+        "alignment_temperature": 0.5,
+        "max_tokens": 12,
+        "seed": 11,
+    }
+    d = post(tiny_server, "/v1/align", body).json()
+    assert d["algorithm"] == "soft_bon" and d["alignment_temperature"] == 0.5
+    assert d["kl_bound"] == pytest.approx(math.log(4))
+    assert "candidates" not in d
+    assert post(tiny_server, "/v1/align", body).json()["text"] == d["text"]  # seeded selection
+
+
+def test_auth(tiny_server):
+    body = {"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": 1, "max_tokens": 2}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+        r = post(tiny_server, "/v1/align", body, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert post(tiny_server, "/v1/align", body, headers={"Authorization": "Bearer other-key"}).status_code == 200
+    assert httpx.get(f"{tiny_server.url}/health").status_code == 200  # health stays open
+    assert API_KEY not in tiny_server.log_text()
+
+
+BAD = [
+    ({"prompt": "x", "reward_weights": {"nope": 1}}, "reward_weights.nope"),
+    ({"prompt": "x", "reward_weights": {"sentiment": -1}}, "reward_weights.sentiment"),
+    ({"prompt": "x", "reward_weights": {"sentiment": "NaN"}}, "reward_weights.sentiment"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 0, "length": 0}}, "reward_weights"),
+    ({"prompt": "x", "reward_weights": {}}, "reward_weights"),
+    ({"prompt": "x"}, "reward_weights"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": 0}, "budget"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": 17}, "budget"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": "four"}, "budget"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "max_tokens": 100000}, "max_tokens"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "temperature": -1}, "temperature"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "algorithm": "beam"}, "algorithm"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "alignment_temperature": 0}, "alignment_temperature"),
+    ({"reward_weights": {"sentiment": 1}}, "messages"),
+    ({"prompt": "x", "messages": [], "reward_weights": {"sentiment": 1}}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}], "reward_weights": {"sentiment": 1}}, "messages.0.role"),
+    ({"prompt": "word " * 400, "reward_weights": {"sentiment": 1}}, "prompt"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "surprise": 1}, "surprise"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "model": "gpt-5"}, "model"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), BAD)
+def test_bad_inputs_name_the_field(tiny_server, body, param):
+    r = post(tiny_server, "/v1/align", body)
+    assert 400 <= r.status_code < 500, r.text
+    err = r.json()["error"]
+    assert err["param"] == param, err
+    assert err["message"] and "Traceback" not in r.text
+
+
+def test_malformed_requests(tiny_server):
+    r = httpx.post(
+        f"{tiny_server.url}/v1/align", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(
+        f"{tiny_server.url}/v1/align", content=b"[1, 2]", headers={**AUTH, "content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert httpx.get(f"{tiny_server.url}/v1/nothing", headers=AUTH).status_code == 404
+    assert httpx.get(f"{tiny_server.url}/v1/align", headers=AUTH).status_code == 405
+    assert "Traceback" not in httpx.get(f"{tiny_server.url}/v1/nothing").text
+
+
+def test_openai_client_chat_completions_and_stream(tiny_server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{tiny_server.url}/v1", api_key=API_KEY)
+    model = client.models.list().data[0].id
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=10,
+        seed=1,
+        extra_body={"reward_weights": {"sentiment": 1, "short": 1}, "best_of": 4},
+    )
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    info = r.choices[0].model_extra["alignment"]
+    assert info["budget"] == 4 and set(info["scores"]) == {"sentiment", "short"}
+    assert r.usage.completion_tokens >= 4  # all four candidates are billed
+
+    plain = client.completions.create(model=model, prompt="The quick brown", max_tokens=6)
+    assert plain.object == "text_completion" and plain.choices[0].model_extra["alignment"] is None
+
+    top2 = client.completions.create(
+        model=model,
+        prompt="hello",
+        max_tokens=6,
+        n=2,
+        seed=5,
+        extra_body={"best_of": 6, "reward_weights": {"short": 1}},
+    )
+    scores = [c.model_extra["alignment"]["weighted_score"] for c in top2.choices]
+    assert len(scores) == 2 and scores[0] >= scores[1]
+
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=10,
+            seed=2,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"reward_weights": {"sentiment": 1}, "best_of": 2, "alignment": "soft_bon"},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    same = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=10,
+        seed=2,
+        extra_body={"reward_weights": {"sentiment": 1}, "best_of": 2, "alignment": "soft_bon"},
+    )
+    assert same.choices[0].message.content == text
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"reward_weights": {"zzz": 1}, "best_of": 2},
+        )
+    assert err.value.body["param"] == "reward_weights.zzz"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{tiny_server.url}/v1", api_key="bad").models.list()
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="not-this-one", prompt="x", max_tokens=2)
+
+
+def test_sse_wire_format(tiny_server):
+    with httpx.stream(
+        "POST",
+        f"{tiny_server.url}/v1/completions",
+        json={"prompt": "hi", "max_tokens": 5, "stream": True},
+        headers=AUTH,
+        timeout=60,
+    ) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert all(ln.startswith("data: ") for ln in lines)
+    assert lines[-1] == "data: [DONE]"
+
+
+async def test_concurrent_requests_are_all_served_and_scoring_is_batched(tiny_server):
+    async with httpx.AsyncClient(base_url=tiny_server.url, headers=AUTH, timeout=120) as c:
+
+        async def one(i):
+            body = {
+                "prompt": f"request {i}",
+                "reward_weights": {"clf": 1, "sentiment": 1},
+                "budget": 4,
+                "max_tokens": 16,
+            }
+            return await c.post("/v1/align", json=body)
+
+        before = _metric(await c.get("/metrics"), "iama_score_batches_total")
+        rs = await asyncio.gather(*(one(i) for i in range(8)))  # 2 run, 6 queue: all admitted
+        after = _metric(await c.get("/metrics"), "iama_score_batches_total")
+    assert [r.status_code for r in rs] == [200] * 8
+    assert 1 <= after - before <= 8
+    assert len({r.json()["id"] for r in rs}) == 8
+
+
+async def test_overload_answers_429_with_retry_after(tiny_server):
+    async with httpx.AsyncClient(base_url=tiny_server.url, headers=AUTH, timeout=120) as c:
+        body = {"prompt": "go", "reward_weights": {"sentiment": 1}, "budget": 16, "max_tokens": 200}
+        rs = await asyncio.gather(*(c.post("/v1/align", json=body) for _ in range(20)))
+        codes = sorted(r.status_code for r in rs)
+        assert set(codes) <= {200, 429}
+        assert codes.count(200) >= 8 and codes.count(429) >= 1  # 2 running + 6 queued are admitted
+        refused = next(r for r in rs if r.status_code == 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert (await c.get("/health")).status_code == 200
+
+
+def test_metrics_exposition(tiny_server):
+    text = httpx.get(f"{tiny_server.url}/metrics").text
+    for name in (
+        "iama_requests_total",
+        "iama_request_latency_seconds_bucket",
+        "iama_tokens_total",
+        "iama_budget_bucket",
+        "iama_queue_depth",
+        "iama_errors_total",
+        "iama_generation_seconds_bucket",
+    ):
+        assert name in text
+    assert _metric(httpx.get(f"{tiny_server.url}/metrics"), 'iama_tokens_total{kind="completion"}') > 0
+
+
+def _metric(resp, name: str) -> float:
+    """Value of one sample line, ``name`` including its labels as Prometheus prints them."""
+    for line in resp.text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == name:
+            return float(value)
+    raise AssertionError(f"{name} not in metrics")
