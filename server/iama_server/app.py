@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from iama.modelcard import ModelCard, load_model_card
 from iama.models import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_NAME, resolve_model
-from iama.rewards import DEFAULT_REWARDS, RewardSet, RewardSpec, available_rewards
+from iama.rewards import DEFAULT_REWARDS, RewardSet, RewardSpec, available_rewards, bind_tokenizer
 from iama_server.admission import Admission
 from iama_server.engine import Engine
 from iama_server.errors import APIError, install_error_handlers
@@ -55,7 +55,7 @@ class State:
         self.card: ModelCard | None = load_model_card(self.model_path) if Path(self.model_path).is_dir() else None
         specs: dict[str, RewardSpec] = dict(self.card.rewards) if self.card else dict(DEFAULT_REWARDS)
         specs.update(settings.rewards)
-        self.rewards = RewardSet(specs)
+        self.rewards = RewardSet(bind_tokenizer(specs, self.model_path))
         self.model_name = settings.served_model_name or (
             DEFAULT_MODEL_NAME if settings.model == DEFAULT_MODEL_ALIAS else settings.model
         )

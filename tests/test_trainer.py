@@ -1,0 +1,291 @@
+"""Non-linear GRPO on TRL: the hook, the surrogate, and real training steps on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from iama.objective import Aggregation, Objective, Task
+from iama.rewards import RewardStats
+from iama.variations import grouped_first_variation
+
+IAMA = str(Path(sys.executable).with_name("iama"))
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+
+
+def test_trl_hook_point_is_where_we_expect():
+    from iama_trainer.grpo import check_trl_hook
+
+    check_trl_hook()  # pinned trl==1.16.0: GRPOTrainer._calculate_rewards(self, inputs, prompts, ...)
+
+
+def test_a_moved_hook_fails_loudly(monkeypatch):
+    from trl import GRPOTrainer
+
+    from iama_trainer.grpo import check_trl_hook
+
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", lambda self, inputs: None)
+    with pytest.raises(RuntimeError, match="changed signature"):
+        check_trl_hook()
+    monkeypatch.delattr(GRPOTrainer, "_calculate_rewards")
+    with pytest.raises(RuntimeError):
+        check_trl_hook()
+
+
+def test_nonlinear_and_linear_objectives_give_different_advantages():
+    from iama_trainer.surrogate import compute_surrogate
+
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(16, 2))  # two groups of 8, rewards a and b
+    objective = Objective(
+        tasks=[Task(weights={"a": 1.0}, algorithm="bon", n=4), Task(weights={"b": 1.0}, algorithm="bon", n=4)],
+        aggregation=Aggregation(kind="weighted", weights=[0.5, 0.5]),
+    )
+    stats = {"a": RewardStats(mean=0.5, std=2.0)}
+    iama = compute_surrogate(raw, ["a", "b"], objective, "iama", stats, 8)
+    lin = compute_surrogate(raw, ["a", "b"], objective, "linear", stats, 8)
+    tr = np.stack([(raw[:, 0] - 0.5) / 2.0, raw[:, 1]])
+    assert lin.rewards == pytest.approx(0.5 * tr[0] + 0.5 * tr[1])
+    assert iama.rewards == pytest.approx(grouped_first_variation(tr, 8, objective.tasks, objective.aggregation))
+
+    def advantages(r):
+        g = r.reshape(-1, 8)
+        return ((g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-4)).ravel()
+
+    assert not np.allclose(advantages(iama.rewards), advantages(lin.rewards), atol=1e-2)
+    # BoN_4 concentrates credit on the top of each group: the best sample's advantage grows.
+    assert iama.group_values.shape == (2, 2) and iama.objective_values.shape == (2,)
+    with pytest.raises(ValueError, match="whole number of groups"):
+        compute_surrogate(raw[:12], ["a", "b"], objective, "iama", {}, 8)
+
+
+def test_presets_and_config_errors(tmp_path):
+    from iama_trainer.config import load_config
+
+    length = load_config("length")
+    assert [t.n for t in length.objective.tasks] == [4, 4]
+    assert load_config("sentiment").rewards["negative"].type == "negative_sentiment"
+    over = load_config("length", {"objective.tasks.0.n": 2, "objective.type": "linear", "steps": 3})
+    assert over.objective.tasks[0].n == 2 and over.objective.type == "linear" and over.steps == 3
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"rewards": {"a": "length"}, "objective": {"tasks": [{"weights": {"zz": 1}}]}}))
+    with pytest.raises(ValueError, match=r"objective\.tasks\.0\.weights: unknown reward"):
+        load_config(str(bad))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "rewards": {"a": "length"},
+                "objective": {"tasks": [{"weights": {"a": 1}}]},
+                "group_size": 1,
+                "lernrate": 3,
+            }
+        )
+    )
+    with pytest.raises(ValueError) as err:
+        load_config(str(bad))
+    assert "group_size" in str(err.value) and "lernrate" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="presets"):
+        load_config("no-such-preset")
+
+
+def tiny_config(tmp_path: Path, tiny_llama: Path, name: str, **extra) -> Path:
+    cfg = {
+        "model": str(tiny_llama),
+        "output_dir": str(tmp_path / name),
+        "rewards": {
+            "short": {"type": "length", "target": 5, "max_length": 20, "unit": "tokens"},
+            "pos": {"type": "sentiment"},
+        },
+        "objective": {
+            "tasks": [
+                {"name": "short", "weights": {"short": 1.0}, "algorithm": "bon", "n": 4},
+                {"name": "pos", "weights": {"pos": 1.0}, "algorithm": "soft_bon", "tau": 0.5},
+            ],
+            "aggregation": {"kind": "smooth_min", "gamma": 0.5},
+        },
+        "normalization": {"prompts": 2, "samples_per_prompt": 4},
+        "group_size": 4,
+        "prompts_per_step": 2,
+        "steps": 4,
+        "max_completion_length": 12,
+        "save_steps": 2,
+        "learning_rate": 1e-3,
+        "kl_control": {"type": "adaptive", "target": 0.01},
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_iama(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([IAMA, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_llama):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = tiny_config(tmp, tiny_llama, "run")
+    out = run_iama("train", str(cfg))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp, cfg, tmp / "run"
+
+
+@pytest.mark.slow
+def test_training_writes_checkpoint_card_metrics_and_tensorboard(trained, tiny_llama):
+    _, _, run = trained
+    from transformers import AutoModelForCausalLM
+
+    from iama.modelcard import load_model_card
+
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    moved = max((p - q).abs().max().item() for p, q in zip(model.parameters(), base.parameters(), strict=True))
+    assert moved > 0  # real optimizer steps happened
+    card = load_model_card(run / "model")
+    assert card is not None and card.objective is not None
+    assert card.objective_type == "iama" and card.training["steps"] == 4
+    assert card.rewards["short"].stats is not None and card.rewards["short"].stats.count == 8
+    assert card.rewards["short"].params.get("tokenizer") is None  # portable: bound by whoever loads it
+    assert card.kl is not None and card.beta is not None
+
+    rows = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in (
+        "rewards/short/mean",
+        "rewards/pos/mean",
+        "reward",
+        "kl",
+        "beta",
+        "completions/mean_length",
+        "iama/objective",
+        "iama/R/short",
+        "iama/R/pos",
+        "entropy",
+    ):
+        assert all(key in r for r in rows), key
+    assert rows[0]["beta"] == 0.04 and rows[-1]["beta"] != 0.04  # adaptive controller moved β
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for ck in ("checkpoint-2", "checkpoint-4"):
+        assert (run / "checkpoints" / ck / "iama-complete.json").is_file()
+    assert json.loads((run / "run.json").read_text())["reward_stats"]["short"]["count"] == 8
+
+
+@pytest.mark.slow
+def test_resume_after_a_torn_checkpoint_continues_exactly(trained):
+    tmp, cfg, run = trained
+    torn = tmp / "torn"
+    shutil.copytree(run, torn)
+    # What a kill during the step-4 save leaves: checkpoint-4 without its marker and weights, no final model.
+    shutil.rmtree(torn / "model")
+    (torn / "checkpoints" / "checkpoint-4" / "iama-complete.json").unlink()
+    (torn / "checkpoints" / "checkpoint-4" / "model.safetensors").unlink()
+    lines = (torn / "metrics.jsonl").read_text().splitlines()
+    (torn / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+
+    out = run_iama("train", str(cfg), "--output-dir", str(torn), "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = {r["step"]: r for r in metrics(run) if "loss" in r}
+    b = {r["step"]: r for r in metrics(torn) if "loss" in r}
+    for step in (3, 4):
+        for key in ("loss", "rewards/short/mean", "rewards/pos/mean", "kl", "beta", "grad_norm"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-6, abs=1e-9), (step, key)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(run / "model" / "model.safetensors"), load_file(torn / "model" / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_completion(tmp_path, tiny_llama):
+    cfg = tiny_config(tmp_path, tiny_llama, "killed", steps=40, save_steps=2, normalization={"enabled": False})
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([IAMA, "train", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "checkpoint-2" / "iama-complete.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert not (run / "model").exists()
+    out = run_iama("train", str(cfg), "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = [r["step"] for r in metrics(run) if "loss" in r]
+    assert steps[-1] == 40 and (run / "model" / "iama.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_keep_groups_whole(tmp_path, tiny_llama):
+    cfg = tiny_config(tmp_path, tiny_llama, "ddp", steps=2, kl_control={"type": "fixed"})
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        IAMA,
+        "train",
+        str(cfg),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in metrics(tmp_path / "ddp") if "loss" in r]
+    assert all(r["iama/processes"] == 2 for r in rows)
+    # every gathered batch (2 prompts × 4 completions over 2 processes) was checked group by group
+    assert rows[-1]["iama/groups_checked"] == 4
+
+
+@pytest.mark.slow
+def test_linear_baseline_and_lora(tmp_path, tiny_llama):
+    cfg = tiny_config(
+        tmp_path,
+        tiny_llama,
+        "lin",
+        steps=2,
+        objective={"type": "linear", "tasks": [{"weights": {"short": 1.0}}]},
+        lora={"enabled": True, "r": 4, "alpha": 8},
+        kl_control={"type": "fixed"},
+        beta=0.0,
+    )
+    out = run_iama("train", str(cfg))
+    assert out.returncode == 0, out.stderr[-3000:]
+    model_dir = tmp_path / "lin" / "model"
+    assert not (model_dir / "adapter_config.json").exists()  # merged into a plain checkpoint
+    from transformers import AutoModelForCausalLM
+
+    from iama.modelcard import load_model_card
+
+    AutoModelForCausalLM.from_pretrained(model_dir)
+    assert load_model_card(model_dir).objective_type == "linear"
+
+
+def test_cli_rejects_bad_config_and_existing_output(tmp_path, tiny_llama):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rewards: {a: length}\nobjective: {tasks: [{weights: {b: 1}}]}\n")
+    out = run_iama("train", str(bad))
+    assert out.returncode == 2 and "unknown reward" in out.stderr
+    cfg = tiny_config(tmp_path, tiny_llama, "exists")
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "something").write_text("x")
+    out = run_iama("train", str(cfg))
+    assert out.returncode == 2 and "--resume" in out.stderr

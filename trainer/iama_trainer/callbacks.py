@@ -1,0 +1,82 @@
+"""Trainer callbacks: JSONL metrics, adaptive β, and crash-safe checkpoint bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+COMPLETE = "iama-complete.json"
+STATE = "iama-state.json"
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+class JsonlMetrics(TrainerCallback):
+    """One JSON object per logging step: raw rewards per function, surrogate, KL, β, length."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[override]
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if _jsonable(v)}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (int, str, bool)) or (isinstance(v, float) and math.isfinite(v))
+
+
+class AdaptiveBeta(TrainerCallback):
+    """Update the trainer's β from the KL TRL measured over the last logging window."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[override]
+        ctl = self.trainer.iama.kl_controller
+        if ctl is not None and logs and logs.get("kl") is not None:
+            self.trainer.beta = ctl.update(float(logs["kl"]), args.logging_steps)
+
+
+class CheckpointBookkeeping(TrainerCallback):
+    """After HF saved ``checkpoint-N`` completely, record IAMA state and a completion marker.
+
+    ``--resume`` only trusts checkpoints with the marker: a run killed mid-save falls back to
+    the previous complete checkpoint instead of loading a torn one.
+    """
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[override]
+        if not state.is_world_process_zero:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not ckpt.is_dir():
+            return
+        ctl = self.trainer.iama.kl_controller
+        atomic_write_json(
+            ckpt / STATE, {"beta": float(self.trainer.beta), "kl_controller": ctl.state() if ctl else None}
+        )
+        atomic_write_json(ckpt / COMPLETE, {"step": state.global_step})
+
+
+def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
+    if not ckpt_root.is_dir():
+        return None
+    done = [p for p in ckpt_root.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
