@@ -29,9 +29,8 @@ def test_trl_hook_point_is_where_we_expect():
 
 
 def test_a_moved_hook_fails_loudly(monkeypatch):
-    from trl import GRPOTrainer
-
     from iama_trainer.grpo import check_trl_hook
+    from trl import GRPOTrainer
 
     monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", lambda self, inputs: None)
     with pytest.raises(RuntimeError, match="changed signature"):
