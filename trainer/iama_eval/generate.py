@@ -1,0 +1,130 @@
+"""Sampling M completions per prompt from each model, cached on disk so evaluation resumes.
+
+The cache key covers everything that changes the samples (model, prompts, M, sampling params,
+seed, engine); a finished model's generations are never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Generations:
+    prompts: list[str]
+    completions: list[list[str]]  # per prompt, M completions
+    token_lengths: list[list[int]]
+
+
+def cache_key(
+    model_path: str,
+    prompts: list[Any],
+    m: int,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    engine: str,
+) -> str:
+    blob = json.dumps([model_path, prompts, m, max_tokens, temperature, top_p, seed, engine], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_cached(path: Path, key: str) -> Generations | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != key:
+        return None
+    return Generations(data["prompts"], data["completions"], data["token_lengths"])
+
+
+def save_cached(path: Path, key: str, gen: Generations) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(
+            {"key": key, "prompts": gen.prompts, "completions": gen.completions, "token_lengths": gen.token_lengths}, f
+        )
+    os.replace(tmp, path)
+
+
+def _render(tok: Any, prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def sample_vllm(
+    model_path: str, prompts: list[Any], m: int, max_tokens: int, temperature: float, top_p: float, seed: int
+) -> tuple[list[list[str]], list[list[int]]]:
+    import gc
+
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_path, enforce_eager=True, seed=seed, max_model_len=2048)
+    try:
+        tok = llm.get_tokenizer()
+        outs = llm.generate(
+            [_render(tok, p) for p in prompts],
+            SamplingParams(n=m, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+            use_tqdm=True,
+        )
+        texts = [[o.text for o in sorted(r.outputs, key=lambda o: o.index)] for r in outs]
+        lens = [[len(o.token_ids) for o in sorted(r.outputs, key=lambda o: o.index)] for r in outs]
+    finally:
+        # Stop the engine-core process now rather than at interpreter exit: the next model needs the memory.
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    return texts, lens
+
+
+def sample_hf(
+    model_path: str, prompts: list[Any], m: int, max_tokens: int, temperature: float, top_p: float, seed: int
+) -> tuple[list[list[str]], list[list[int]]]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    texts, lens = [], []
+    with torch.no_grad():
+        for p in prompts:
+            enc = tok(_render(tok, p), return_tensors="pt", add_special_tokens=not isinstance(p, list))
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_tokens,
+                num_return_sequences=m,
+                pad_token_id=pad,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]
+            texts.append(tok.batch_decode(new, skip_special_tokens=True))
+            ends = [(row == tok.eos_token_id).nonzero() for row in new]
+            lens.append([int(e[0]) + 1 if len(e) else int(new.shape[1]) for e in ends])
+    return texts, lens
+
+
+def generate(
+    model_path: str, prompts_text: list[str], prompts_trl: list[Any], m: int, cfg: Any, engine: str, cache: Path
+) -> Generations:
+    key = cache_key(model_path, prompts_trl, m, cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.seed, engine)
+    hit = load_cached(cache, key)
+    if hit is not None:
+        return hit
+    fn = sample_vllm if engine == "vllm" else sample_hf
+    texts, lens = fn(model_path, prompts_trl, m, cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.seed)
+    gen = Generations(prompts_text, texts, lens)
+    save_cached(cache, key, gen)
+    return gen

@@ -1,0 +1,120 @@
+"""Orchestration of ``iama eval``: generate (cached) → score → table, plots, summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from iama_trainer.data import load_prompt_texts, to_trl_prompt
+
+from iama.modelcard import load_model_card
+from iama.models import resolve_model
+from iama.rewards import RewardSet, bind_tokenizer
+from iama_eval.config import EvalConfig
+from iama_eval.evaluate import Row, evaluate_model, score_generations, summarize, weight_grid
+from iama_eval.generate import generate
+from iama_eval.plots import length_histogram, pareto_plot
+
+log = logging.getLogger("iama.eval")
+
+
+def _reward_set(cfg: EvalConfig, paths: dict[str, str]) -> RewardSet:
+    """Explicit rewards, else the rewards (with normalisation) of ``rewards_from`` / the first
+    model that has a card: every model is scored with the *same* statistics."""
+    order = [cfg.rewards_from] if cfg.rewards_from else list(paths)
+    card = next((c for c in (load_model_card(paths[m]) if Path(paths[m]).is_dir() else None for m in order) if c), None)
+    if cfg.rewards is not None:
+        specs = dict(cfg.rewards)
+        if card:  # reuse the card's statistics for rewards of the same name
+            specs = {
+                k: v if v.stats or k not in card.rewards else v.model_copy(update={"stats": card.rewards[k].stats})
+                for k, v in specs.items()
+            }
+    elif card is not None:
+        specs = dict(card.rewards)
+    else:
+        raise ValueError("no rewards given and no model has an iama.json: set `rewards:`")
+    return RewardSet(bind_tokenizer(specs, next(iter(paths.values()))))
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    engine = cfg.engine
+    if engine == "auto":
+        import importlib.util
+
+        engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
+    paths = {label: resolve_model(m) for label, m in cfg.models.items()}
+    rewards = _reward_set(cfg, paths)
+    names = rewards.names
+    weights_list = cfg.weights or weight_grid(names, cfg.grid)
+    texts = load_prompt_texts(cfg.prompts)
+    trl_prompts = [to_trl_prompt(t, cfg.prompts) for t in texts]
+
+    rows: list[Row] = []
+    lengths: dict[str, np.ndarray] = {}
+    for label in tqdm(list(paths), desc="models"):
+        gen = generate(
+            paths[label], texts, trl_prompts, cfg.samples, cfg, engine, out / "generations" / f"{label}.json"
+        )
+        raw = score_generations(rewards, gen.prompts, gen.completions)
+        lengths[label] = np.asarray(gen.token_lengths, dtype=np.float64)
+        rows += evaluate_model(
+            label, raw, lengths[label], rewards, weights_list, cfg.budgets, cfg.algorithms, cfg.tau, cfg.seed
+        )
+
+    _write_csv(rows, names, out / "results.csv")
+    summary = summarize(rows, names, cfg.baseline, cfg.candidate)
+    summary["config"] = json.loads(cfg.model_dump_json())
+    summary["engine"] = engine
+    summary["mean_tokens"] = {k: float(v.mean()) for k, v in lengths.items()}
+    summary["rows"] = [r.__dict__ for r in rows]
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    figures = []
+    if len(names) >= 2:
+        for alg in cfg.algorithms:
+            p = out / f"pareto_{alg}.png"
+            pareto_plot(rows, names, alg, p)
+            figures.append(str(p))
+    length_histogram(lengths, out / "lengths.png")
+    figures.append(str(out / "lengths.png"))
+    summary["figures"] = figures
+    log.info("wrote %s", out)
+    return summary
+
+
+def _write_csv(rows: list[Row], names: list[str], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "model",
+                "algorithm",
+                "budget",
+                "weights",
+                *[f"{n}_raw" for n in names],
+                *[f"{n}_normalized" for n in names],
+                "weighted",
+                "mean_tokens",
+            ]
+        )
+        for r in rows:
+            w.writerow(
+                [
+                    r.model,
+                    r.algorithm,
+                    r.budget,
+                    json.dumps(r.weights),
+                    *[r.raw[n] for n in names],
+                    *[r.normalized[n] for n in names],
+                    r.weighted,
+                    r.mean_tokens,
+                ]
+            )
