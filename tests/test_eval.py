@@ -38,8 +38,9 @@ def test_weight_grid_and_selection_expectations():
     n1, n4 = rows
     assert n1.raw["a"] == pytest.approx(0.45) and n1.mean_tokens == pytest.approx(25)  # N=1: the policy's mean
     assert n4.raw["a"] == pytest.approx(0.9) and n4.raw["b"] == 0.0 and n4.mean_tokens == 30  # N=M: the argmax
-    rows2 = evaluate_model("m2", {k: v - 1 for k, v in raw.items()}, lengths, rs, [{"a": 1.0, "b": 0.0}], [1, 4],
-                           ["bon"], 0.1, 0)
+    rows2 = evaluate_model(
+        "m2", {k: v - 1 for k, v in raw.items()}, lengths, rs, [{"a": 1.0, "b": 0.0}], [1, 4], ["bon"], 0.1, 0
+    )
     s = summarize(rows + rows2, ["a", "b"], baseline="m2", candidate="m")
     cs = s["compute_saving"]["bon"]
     assert cs["smallest_n_matching_on_average"] == 1  # m at N=1 already beats m2 at N=4
@@ -58,8 +59,10 @@ def _config(tmp_path, models, engine, **extra):
         "models": models,
         "output_dir": str(tmp_path / "eval"),
         "prompts": {"source": "builtin", "limit": 3},
-        "rewards": {"short": {"type": "length", "target": 4, "max_length": 16, "unit": "tokens"},
-                    "pos": {"type": "sentiment"}},
+        "rewards": {
+            "short": {"type": "length", "target": 4, "max_length": 16, "unit": "tokens"},
+            "pos": {"type": "sentiment"},
+        },
         "grid": 3,
         "budgets": [1, 2, 4],
         "algorithms": ["bon", "soft_bon"],
@@ -77,8 +80,9 @@ def test_eval_end_to_end_with_hf_engine_and_cache(tmp_path, tiny_llama, second_t
     from iama_eval.config import load_eval_config
     from iama_eval.run import run_eval
 
-    path = _config(tmp_path, {"base": str(tiny_llama), "other": str(second_tiny)}, "hf",
-                   baseline="base", candidate="other")
+    path = _config(
+        tmp_path, {"base": str(tiny_llama), "other": str(second_tiny)}, "hf", baseline="base", candidate="other"
+    )
     summary = run_eval(load_eval_config(str(path)))
     out = tmp_path / "eval"
     for f in ("results.csv", "results.json", "pareto_bon.png", "pareto_soft_bon.png", "lengths.png"):
@@ -104,10 +108,15 @@ def test_eval_end_to_end_with_hf_engine_and_cache(tmp_path, tiny_llama, second_t
 @pytest.mark.slow
 def test_eval_cli_with_vllm(tmp_path, tiny_llama):
     path = _config(tmp_path, {"tiny": str(tiny_llama)}, "vllm", algorithms=["bon"])
-    out = subprocess.run([IAMA, "eval", str(path)], capture_output=True, text=True, timeout=600,
-                         env={**__import__("os").environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    out = subprocess.run(
+        [IAMA, "eval", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    summary = json.loads(out.stdout[out.stdout.index("{") :])
     assert "tiny" in summary["mean_tokens"] and summary["figures"]
     gens = json.loads((tmp_path / "eval" / "generations" / "tiny.json").read_text())
     assert len(gens["completions"]) == 3 and all(len(g) == 4 for g in gens["completions"])

@@ -300,38 +300,44 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             kl_bound=out.kl_bound,
         ).model_dump()
 
-    @app.post("/v1/completions", dependencies=[Depends(auth)])
-    async def completions(body: CompletionRequest, request: Request) -> Response:
+    async def openai_endpoint(
+        body: CompletionRequest | ChatCompletionRequest, request: Request, chat: bool
+    ) -> Response:
+        """Shared by both OpenAI routes; they differ only in prompt encoding and response shape."""
         check_model(body.model)
         require_engine()
-        assert isinstance(body.prompt, str)
-        ids, text, _ = state.service.encode_prompt(body.prompt, None, raw=True)
+        if isinstance(body, ChatCompletionRequest):
+            ids, text, _ = state.service.encode_prompt(None, body.messages, raw=False)
+        else:
+            assert isinstance(body.prompt, str)
+            ids, text, _ = state.service.encode_prompt(body.prompt, None, raw=True)
         call = openai_call(body, ids, text)
         try:
             out = await execute(request, call)
         except ClientGone:
             return Response(status_code=499)
-        rid, created = new_id("cmpl"), now()
+        rid, created = new_id("chatcmpl" if chat else "cmpl"), now()
         if body.stream:
             c = out.generation.candidates[out.chosen[0]]
-            return _sse(
-                _stream_chunks(
-                    rid,
-                    created,
-                    state.model_name,
-                    c.text,
-                    c.finish_reason,
-                    chat=False,
-                    usage=_usage(out) if body.stream_options and body.stream_options.include_usage else None,
-                )
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            chunks = _stream_chunks(
+                rid,
+                created,
+                state.model_name,
+                c.text,
+                c.finish_reason,
+                chat=chat,
+                usage=_usage(out) if include_usage else None,
             )
+            return _sse(chunks)
         choices = []
         for k, i in enumerate(out.chosen):
             c = out.generation.candidates[i]
+            content = {"message": {"role": "assistant", "content": c.text}} if chat else {"text": c.text}
             choices.append(
                 {
                     "index": k,
-                    "text": c.text,
+                    **content,
                     "finish_reason": c.finish_reason,
                     "logprobs": None,
                     "alignment": alignment_info(out, i),
@@ -340,7 +346,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         return JSONResponse(
             {
                 "id": rid,
-                "object": "text_completion",
+                "object": "chat.completion" if chat else "text_completion",
                 "created": created,
                 "model": state.model_name,
                 "choices": choices,
@@ -348,52 +354,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             }
         )
 
+    @app.post("/v1/completions", dependencies=[Depends(auth)])
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await openai_endpoint(body, request, chat=False)
+
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        check_model(body.model)
-        require_engine()
-        ids, text, _ = state.service.encode_prompt(None, body.messages, raw=False)
-        call = openai_call(body, ids, text)
-        try:
-            out = await execute(request, call)
-        except ClientGone:
-            return Response(status_code=499)
-        rid, created = new_id("chatcmpl"), now()
-        if body.stream:
-            c = out.generation.candidates[out.chosen[0]]
-            return _sse(
-                _stream_chunks(
-                    rid,
-                    created,
-                    state.model_name,
-                    c.text,
-                    c.finish_reason,
-                    chat=True,
-                    usage=_usage(out) if body.stream_options and body.stream_options.include_usage else None,
-                )
-            )
-        choices = []
-        for k, i in enumerate(out.chosen):
-            c = out.generation.candidates[i]
-            choices.append(
-                {
-                    "index": k,
-                    "message": {"role": "assistant", "content": c.text},
-                    "finish_reason": c.finish_reason,
-                    "logprobs": None,
-                    "alignment": alignment_info(out, i),
-                }
-            )
-        return JSONResponse(
-            {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": state.model_name,
-                "choices": choices,
-                "usage": _usage(out).model_dump(),
-            }
-        )
+        return await openai_endpoint(body, request, chat=True)
 
     return app
 

@@ -55,24 +55,19 @@ def save_cached(path: Path, key: str, gen: Generations) -> None:
     os.replace(tmp, path)
 
 
-def _render(tok: Any, prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
 def sample_vllm(
     model_path: str, prompts: list[Any], m: int, max_tokens: int, temperature: float, top_p: float, seed: int
 ) -> tuple[list[list[str]], list[list[int]]]:
     import gc
 
+    from iama_trainer.sampling import render_prompt
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model_path, enforce_eager=True, seed=seed, max_model_len=2048)
     try:
         tok = llm.get_tokenizer()
         outs = llm.generate(
-            [_render(tok, p) for p in prompts],
+            [render_prompt(tok, p) for p in prompts],
             SamplingParams(n=m, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
             use_tqdm=True,
         )
@@ -90,30 +85,13 @@ def sample_hf(
     model_path: str, prompts: list[Any], m: int, max_tokens: int, temperature: float, top_p: float, seed: int
 ) -> tuple[list[list[str]], list[list[int]]]:
     import torch
+    from iama_trainer.sampling import hf_sample
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    texts, lens = [], []
-    with torch.no_grad():
-        for p in prompts:
-            enc = tok(_render(tok, p), return_tensors="pt", add_special_tokens=not isinstance(p, list))
-            out = model.generate(
-                **enc,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                max_new_tokens=max_tokens,
-                num_return_sequences=m,
-                pad_token_id=pad,
-            )
-            new = out[:, enc["input_ids"].shape[1] :]
-            texts.append(tok.batch_decode(new, skip_special_tokens=True))
-            ends = [(row == tok.eos_token_id).nonzero() for row in new]
-            lens.append([int(e[0]) + 1 if len(e) else int(new.shape[1]) for e in ends])
-    return texts, lens
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    return hf_sample(model, tok, prompts, m, max_tokens, temperature, top_p)
 
 
 def generate(

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from iama_client.errors import APIError, error_for
+from iama_client.errors import APIConnectionError, APIError, APITimeoutError, error_for
 from iama_client.models import ChatMessage, MessagesLike
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -77,6 +77,17 @@ def should_retry(exc: Exception) -> bool:
     if isinstance(exc, APIError):
         return exc.status_code in RETRY_STATUSES
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def retry_delay_or_raise(config: ClientConfig, exc: Exception, attempt: int, url: str) -> float:
+    """Seconds to wait before the next attempt, or raise the exception the caller should see."""
+    if attempt < config.max_retries and should_retry(exc):
+        return config.delay(attempt, getattr(exc, "retry_after", None))
+    if isinstance(exc, httpx.TimeoutException):
+        raise APITimeoutError(f"request to {url} timed out") from exc
+    if isinstance(exc, httpx.TransportError):
+        raise APIConnectionError(f"could not reach {url}: {exc}") from exc
+    raise exc
 
 
 def messages_payload(messages: MessagesLike | None) -> list[dict[str, str]] | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from iama_client._base import ClientConfig, drop_none, messages_payload, raise_for_error, should_retry
+from iama_client._base import ClientConfig, drop_none, messages_payload, raise_for_error, retry_delay_or_raise
 from iama_client.errors import APIConnectionError, APIError, APITimeoutError
 from iama_client.models import (
     Algorithm,
@@ -128,14 +128,7 @@ class Client:
                 raise_for_error(resp)
                 return resp
             except (APIError, httpx.TransportError) as exc:
-                if attempt < self.config.max_retries and should_retry(exc):
-                    time.sleep(self.config.delay(attempt, getattr(exc, "retry_after", None)))
-                    continue
-                if isinstance(exc, httpx.TimeoutException):
-                    raise APITimeoutError(f"request to {url} timed out") from exc
-                if isinstance(exc, httpx.TransportError):
-                    raise APIConnectionError(f"could not reach {url}: {exc}") from exc
-                raise
+                time.sleep(retry_delay_or_raise(self.config, exc, attempt, url))
         raise AssertionError("unreachable")
 
     def align(
@@ -272,14 +265,7 @@ class AsyncClient:
                 raise_for_error(resp)
                 return resp
             except (APIError, httpx.TransportError) as exc:
-                if attempt < self.config.max_retries and should_retry(exc):
-                    await asyncio.sleep(self.config.delay(attempt, getattr(exc, "retry_after", None)))
-                    continue
-                if isinstance(exc, httpx.TimeoutException):
-                    raise APITimeoutError(f"request to {url} timed out") from exc
-                if isinstance(exc, httpx.TransportError):
-                    raise APIConnectionError(f"could not reach {url}: {exc}") from exc
-                raise
+                await asyncio.sleep(retry_delay_or_raise(self.config, exc, attempt, url))
         raise AssertionError("unreachable")
 
     async def align(

@@ -1,0 +1,61 @@
+"""HF ``generate`` sampling of M completions per prompt: rollouts for calibration (CPU/GPU)
+and the eval fallback when vLLM is not installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def render_prompt(tokenizer: Any, prompt: Any) -> str:
+    """A chat prompt (list of messages) through the chat template; a string as is."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def hf_sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Any],
+    m: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_prompts: int = 8,
+) -> tuple[list[list[str]], list[list[int]]]:
+    """Completions and their token lengths (through the first EOS), left-padded batches."""
+    texts: list[list[str]] = []
+    lengths: list[list[int]] = []
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    try:
+        for s in range(0, len(prompts), batch_prompts):
+            chunk = prompts[s : s + batch_prompts]
+            rendered = [render_prompt(tokenizer, p) for p in chunk]
+            enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=m,
+                pad_token_id=pad,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            ends = [(row == tokenizer.eos_token_id).nonzero() for row in new]
+            lens = [int(e[0]) + 1 if len(e) else int(new.shape[1]) for e in ends]
+            for i in range(len(chunk)):
+                texts.append(decoded[i * m : (i + 1) * m])
+                lengths.append(lens[i * m : (i + 1) * m])
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return texts, lengths
