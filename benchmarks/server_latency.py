@@ -35,7 +35,11 @@ def raw_vllm(model: str, budgets: list[int], max_tokens: int, reps: int) -> dict
     tok = AutoTokenizer.from_pretrained(model)
     ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, enforce_eager=True, max_model_len=2048))
+    from iama.models import vllm_engine_kwargs
+
+    llm = AsyncLLM.from_engine_args(
+        AsyncEngineArgs(model=model, enforce_eager=True, max_model_len=2048, **vllm_engine_kwargs())
+    )
     out: dict[int, dict[str, float]] = {}
 
     async def go() -> None:

@@ -71,7 +71,9 @@ def surrogate_overhead(cfg, batch: int = 1024) -> dict[str, float]:
 def sample(model_dir: str, prompts: list[str], m: int, max_tokens: int, seed: int) -> list[list[str]]:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_dir, max_model_len=1024, enforce_eager=True, seed=seed)
+    from iama.models import vllm_engine_kwargs
+
+    llm = LLM(model=model_dir, max_model_len=1024, enforce_eager=True, seed=seed, **vllm_engine_kwargs())
     tok = llm.get_tokenizer()
     texts = [
         tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)

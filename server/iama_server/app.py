@@ -43,7 +43,7 @@ log = logging.getLogger("iama.server")
 
 
 class State:
-    """Everything a request needs; built in the lifespan so tests can run several apps."""
+    """Everything a request needs, per app (no module globals), so several apps can coexist."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -138,11 +138,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             state.metrics.queue_depth.set(state.admission.waiting)
             state.metrics.in_flight.set(state.admission.active)
             try:
-                outcome = await guarded(state.service.run(call), request.receive, settings.request_timeout_s)
+                outcome: Outcome = await guarded(state.service.run(call), request.receive, settings.request_timeout_s)
             finally:
                 state.metrics.in_flight.set(state.admission.active - 1)
-            outcome.queue_s = queued  # type: ignore[attr-defined]
-            return outcome  # type: ignore[return-value]
+            outcome.queue_s = queued
+            return outcome
 
     # ------------------------------------------------------------------ health & meta
     @app.get("/health")
@@ -205,18 +205,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         weights = svc.resolve_weights(body.reward_weights, required=True)
         budget = svc.resolve_budget(body.budget, "budget")
         ids, prompt_text, _ = svc.encode_prompt(body.prompt, body.messages, body.raw_prompt)
-        call = AlignmentCall(
-            prompt_ids=ids,
-            prompt_text=prompt_text,
+        call = svc.make_call(
+            ids,
+            prompt_text,
+            body,
             weights=weights,
             budget=budget,
             algorithm=body.algorithm,
-            tau=body.alignment_temperature or settings.default_alignment_temperature,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            max_tokens=svc.resolve_max_tokens(body.max_tokens, len(ids)),
-            seed=body.seed,
-            stop=svc.stops(body.stop),
+            tau=body.alignment_temperature,
             normalize=body.normalize,
         )
         try:
@@ -257,7 +253,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             candidates=candidates,
             usage=_usage(out),
             timings=Timings(
-                queue_s=getattr(out, "queue_s", 0.0),
+                queue_s=out.queue_s,
                 generation_s=out.generation_s,
                 scoring_s=out.scoring_s,
                 total_s=time.perf_counter() - t0,
@@ -274,18 +270,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if budget > settings.max_budget:
             raise APIError(400, f"n must be <= {settings.max_budget}", "n")
         weights = svc.resolve_weights(body.reward_weights, required=budget > body.n) if aligned else None
-        return AlignmentCall(
-            prompt_ids=ids,
-            prompt_text=prompt_text,
+        return svc.make_call(
+            ids,
+            prompt_text,
+            body,
             weights=weights,
             budget=max(budget, body.n),
             algorithm=body.alignment,
-            tau=body.alignment_temperature or settings.default_alignment_temperature,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            max_tokens=svc.resolve_max_tokens(body.max_tokens, len(ids)),
-            seed=body.seed,
-            stop=svc.stops(body.stop),
+            tau=body.alignment_temperature,
             keep=body.n,
         )
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from iama.models import vllm_engine_kwargs
 from iama_server.settings import ServerSettings
 
 
@@ -55,6 +56,7 @@ class Engine:
             enforce_eager=s.enforce_eager,
             seed=s.seed,
             disable_log_stats=True,
+            **vllm_engine_kwargs(),
         )
         self._llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = int(self._llm.model_config.max_model_len)

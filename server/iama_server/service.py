@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,7 +22,7 @@ from iama.rewards.normalization import normalize
 from iama_server.engine import Engine, GenerationResult
 from iama_server.errors import APIError
 from iama_server.metrics import Metrics
-from iama_server.schemas import Algorithm, ChatMessage, RewardScore
+from iama_server.schemas import Algorithm, ChatMessage, RewardScore, SamplingFields
 from iama_server.scoring import BatchedScorer
 from iama_server.settings import ServerSettings
 
@@ -54,6 +56,7 @@ class Outcome:
     chosen: list[int]  # indices into candidates, best/selected first
     generation_s: float
     scoring_s: float
+    queue_s: float = 0.0
 
     def scores_of(self, i: int) -> dict[str, RewardScore]:
         return {k: RewardScore(raw=float(v[i]), normalized=float(self.normalized[k][i])) for k, v in self.raw.items()}
@@ -150,6 +153,36 @@ class AlignmentService:
             return None
         return [stop] if isinstance(stop, str) else list(stop)
 
+    def make_call(
+        self,
+        ids: list[int],
+        prompt_text: str,
+        sampling: SamplingFields,
+        *,
+        weights: dict[str, float] | None,
+        budget: int,
+        algorithm: Algorithm,
+        tau: float | None,
+        normalize: bool = True,
+        keep: int = 1,
+    ) -> AlignmentCall:
+        """The validated call, with the sampling fields every endpoint shares."""
+        return AlignmentCall(
+            prompt_ids=ids,
+            prompt_text=prompt_text,
+            weights=weights,
+            budget=budget,
+            algorithm=algorithm,
+            tau=tau or self.settings.default_alignment_temperature,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=self.resolve_max_tokens(sampling.max_tokens, len(ids)),
+            seed=sampling.seed,
+            stop=self.stops(sampling.stop),
+            normalize=normalize,
+            keep=keep,
+        )
+
     # ------------------------------------------------------------------ execution
     async def run(self, call: AlignmentCall) -> Outcome:
         self.metrics.budget.observe(call.budget)
@@ -200,17 +233,21 @@ class AlignmentService:
         return out
 
 
-async def wait_disconnect(receive: object) -> None:
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
+
+
+async def wait_disconnect(receive: Receive) -> None:
     """Return when the ASGI client disconnects (the body has already been read)."""
     while True:
-        message = await receive()  # type: ignore[operator]
+        message = await receive()
         if message.get("type") == "http.disconnect":
             return
 
 
-async def guarded(coro: object, receive: object, timeout_s: float) -> object:
+async def guarded(coro: Coroutine[Any, Any, T], receive: Receive, timeout_s: float) -> T:
     """Run ``coro`` but cancel it (aborting vLLM) on client disconnect or timeout."""
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(coro)
     watcher = asyncio.ensure_future(wait_disconnect(receive))
     try:
         done, _ = await asyncio.wait({task, watcher}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)

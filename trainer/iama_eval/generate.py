@@ -63,7 +63,9 @@ def sample_vllm(
     from iama_trainer.sampling import render_prompt
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model_path, enforce_eager=True, seed=seed, max_model_len=2048)
+    from iama.models import vllm_engine_kwargs
+
+    llm = LLM(model=model_path, enforce_eager=True, seed=seed, **vllm_engine_kwargs())
     try:
         tok = llm.get_tokenizer()
         outs = llm.generate(
