@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,10 +114,10 @@ def test_eval_cli_with_vllm(tmp_path, tiny_llama):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**__import__("os").environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout[out.stdout.index("{") :])
+    summary = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert "tiny" in summary["mean_tokens"] and summary["figures"]
     gens = json.loads((tmp_path / "eval" / "generations" / "tiny.json").read_text())
     assert len(gens["completions"]) == 3 and all(len(g) == 4 for g in gens["completions"])
