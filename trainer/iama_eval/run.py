@@ -76,7 +76,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     summary["engine"] = engine
     summary["mean_tokens"] = {k: float(v.mean()) for k, v in lengths.items()}
     summary["rows"] = [r.__dict__ for r in rows]
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
     figures = []
     if len(names) >= 2:
         for alg in cfg.algorithms:
@@ -86,6 +85,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     length_histogram(lengths, out / "lengths.png")
     figures.append(str(out / "lengths.png"))
     summary["figures"] = figures
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s", out)
     return summary
 
