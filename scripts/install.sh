@@ -22,11 +22,11 @@ esac
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
-stamp_key=$( { cat pyproject.toml scripts/install.sh; cat clients/python/pyproject.toml 2>/dev/null || true; echo "$EXTRAS"; } \
+stamp_key=$( { cat pyproject.toml scripts/install.sh; cat clients/python/pyproject.toml 2>/dev/null || true; } \
   | sha256sum | cut -c1-16)
-[ "${IAMA_EDITABLE:-1}" = 1 ] || stamp_key="$stamp_key-ne"
-stamp="$VENV/.iama-installed-$PROFILE-$TARGET-$stamp_key"
-if [ -f "$stamp" ]; then
+stamp="$VENV/.iama-installed-$TARGET-$stamp_key-e$EDITABLE"
+# A dev install contains everything the run profile needs.
+if [ -f "$stamp" ] && { grep -qx "$PROFILE" "$stamp" || grep -qx dev "$stamp"; }; then
   exit 0
 fi
 
@@ -52,6 +52,6 @@ if [ "$TARGET" = cpu ]; then
 fi
 "$VENV/bin/python" -c "import transformers, vllm, trl, iama, iama_server, iama_trainer" \
   || { echo "iama: install check failed" >&2; exit 1; }
-rm -f "$VENV"/.iama-installed-*
-touch "$stamp"
+find "$VENV" -maxdepth 1 -name '.iama-installed-*' ! -name "$(basename "$stamp")" -delete
+echo "$PROFILE" >> "$stamp"
 echo "iama: installed" >&2

@@ -42,10 +42,20 @@ class ServerProc:
         return self.log.read_text(errors="replace")
 
 
-def start_server(model: str, log_dir: Path, env: dict[str, str] | None = None, wait_s: float = 300) -> ServerProc:
+def start_server(
+    model: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    wait_s: float = 300,
+    kv_cache_gb: str | None = "1",
+) -> ServerProc:
+    """Start ``iama serve``; ``kv_cache_gb=None`` leaves the KV cache to the server's default."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    if kv_cache_gb is not None:
+        full_env["VLLM_CPU_KVCACHE_SPACE"] = kv_cache_gb
     proc = subprocess.Popen(
         [IAMA, "serve", "--model", model, "--port", str(port), "--log-level", "info"],
         stdout=log.open("wb"),

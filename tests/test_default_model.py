@@ -1,6 +1,7 @@
 """The embedded default model: prepared once, atomically, loadable by transformers."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,14 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.delenv("IAMA_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert models.cache_dir() == tmp_path / "x" / "iama"
+
+
+def test_vllm_cpu_cache_size_defaults_but_respects_explicit_settings(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    models.configure_vllm_cpu()
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    models.configure_vllm_cpu()
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    models.configure_vllm_cpu(0.5)
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "0.5"

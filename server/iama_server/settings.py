@@ -51,7 +51,9 @@ class ServerSettings(BaseSettings):
     dtype: str = "auto"
     tensor_parallel_size: int = Field(default=1, ge=1)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
-    kv_cache_gb: float | None = Field(default=None, description="CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    kv_cache_gb: float | None = Field(
+        default=None, description="CPU KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); default: that variable, else 4"
+    )
     enforce_eager: bool = True
     seed: int = 0
 
