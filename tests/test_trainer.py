@@ -67,6 +67,19 @@ def test_nonlinear_and_linear_objectives_give_different_advantages():
         compute_surrogate(raw[:12], ["a", "b"], objective, "iama", {}, 8)
 
 
+def test_full_finetuning_keeps_fp32_master_weights_under_bf16():
+    import torch
+    from iama_trainer.run import weights_dtype
+
+    assert weights_dtype(bf16=True, lora=False) == "float32"
+    assert weights_dtype(bf16=False, lora=False) == "float32"
+    assert weights_dtype(bf16=True, lora=True) == "bfloat16"
+    # Why: an AdamW-sized step (~lr) on a typical weight vanishes in bf16 but not in fp32.
+    w = torch.full((4,), 0.05)
+    assert torch.equal((w.bfloat16() + 1e-5).float(), w.bfloat16().float())
+    assert not torch.equal(w + 1e-5, w)
+
+
 def test_presets_and_config_errors(tmp_path):
     from iama_trainer.config import load_config
 

@@ -93,7 +93,11 @@ def sample_hf(
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    # On a GPU without vLLM: bf16 on the device (fp32 on CPU, where bf16 matmuls are slow).
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if cuda else torch.float32)
+    if cuda:
+        model.to("cuda")
     return hf_sample(model, tok, prompts, m, max_tokens, temperature, top_p)
 
 
