@@ -48,6 +48,19 @@ def test_weight_grid_and_selection_expectations():
     assert s["hypervolume"]["m"]["bon"]["4"] > s["hypervolume"]["m2"]["bon"]["4"]
 
 
+def test_mirror_rewards_are_flagged_as_a_degenerate_trade_off():
+    from iama_eval.evaluate import trade_off_warnings
+
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(4, 8))
+    mirror = {"m": {"pos": pos, "neg": -pos}, "m2": {"pos": pos + 1, "neg": -pos - 1}}
+    (w,) = trade_off_warnings(mirror, ["pos", "neg"])
+    assert "anti-collinear" in w and "-1.000" in w
+    independent = {"m": {"pos": pos, "len": rng.normal(size=(4, 8))}}
+    assert trade_off_warnings(independent, ["pos", "len"]) == []
+    assert "constant" in trade_off_warnings({"m": {"pos": pos, "c": np.zeros((4, 8))}}, ["pos", "c"])[0]
+
+
 @pytest.fixture(scope="module")
 def second_tiny(tmp_path_factory):
     from tiny_models import build_tiny_llama
@@ -93,6 +106,7 @@ def test_eval_end_to_end_with_hf_engine_and_cache(tmp_path, tiny_llama, second_t
     assert set(summary["hypervolume"]) == {"base", "other"}
     assert summary["compute_saving"]["bon"]["max_n"] == 4
     assert set(summary["compute_saving"]["bon"]["candidate_mean_by_n"]) == {1, 2, 4}
+    assert summary["warnings"] == []  # length vs sentiment: a real trade-off
     # BoN can only help the weighted score it selects on
     rows = [r for r in summary["rows"] if r["model"] == "base" and r["algorithm"] == "bon"]
     by_n = {n: np.mean([r["weighted"] for r in rows if r["budget"] == n]) for n in (1, 2, 4)}

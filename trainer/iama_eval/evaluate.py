@@ -131,6 +131,30 @@ def summarize(rows: list[Row], names: list[str], baseline: str | None, candidate
     return out
 
 
+def trade_off_warnings(raw_by_model: dict[str, dict[str, np.ndarray]], names: list[str]) -> list[str]:
+    """Flag a plotted pair of rewards that is (anti-)collinear over all samples.
+
+    Then every Pareto point lies on one line (e.g. ``negative_sentiment`` = −``sentiment``), the
+    "front" is a segment whose ends come from the extreme weight vectors, and hypervolume can
+    fall as N grows: users should compare the objective or per-task values instead.
+    """
+    if len(names) < 2:
+        return []
+    a, b = names[:2]
+    xa = np.concatenate([np.ravel(r[a]) for r in raw_by_model.values()])
+    xb = np.concatenate([np.ravel(r[b]) for r in raw_by_model.values()])
+    if xa.std() == 0 or xb.std() == 0:
+        return [f"reward {a if xa.std() == 0 else b!r} is constant over all samples: the trade-off plot is degenerate"]
+    corr = float(np.corrcoef(xa, xb)[0, 1])
+    if abs(corr) > 0.99:
+        return [
+            f"rewards {a!r} and {b!r} are {'anti-' if corr < 0 else ''}collinear over all samples "
+            f"(correlation {corr:+.3f}): the Pareto points lie on one line and hypervolume is not "
+            "informative; compare the objective or the per-reward values instead"
+        ]
+    return []
+
+
 def _unique_weights(rows: list[Row]) -> list[dict[str, float]]:
     seen: list[dict[str, float]] = []
     for r in rows:

@@ -15,7 +15,7 @@ from iama.modelcard import load_model_card
 from iama.models import resolve_model
 from iama.rewards import RewardSet, bind_tokenizer
 from iama_eval.config import EvalConfig
-from iama_eval.evaluate import Row, evaluate_model, score_generations, summarize, weight_grid
+from iama_eval.evaluate import Row, evaluate_model, score_generations, summarize, trade_off_warnings, weight_grid
 from iama_eval.generate import generate
 from iama_eval.plots import length_histogram, pareto_plot
 
@@ -60,11 +60,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     rows: list[Row] = []
     lengths: dict[str, np.ndarray] = {}
+    raw_by_model: dict[str, dict[str, np.ndarray]] = {}
     for label in tqdm(list(paths), desc="models"):
         gen = generate(
             paths[label], texts, trl_prompts, cfg.samples, cfg, engine, out / "generations" / f"{label}.json"
         )
-        raw = score_generations(rewards, gen.prompts, gen.completions)
+        raw = raw_by_model[label] = score_generations(rewards, gen.prompts, gen.completions)
         lengths[label] = np.asarray(gen.token_lengths, dtype=np.float64)
         rows += evaluate_model(
             label, raw, lengths[label], rewards, weights_list, cfg.budgets, cfg.algorithms, cfg.tau, cfg.seed
@@ -75,6 +76,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     summary["config"] = json.loads(cfg.model_dump_json())
     summary["engine"] = engine
     summary["mean_tokens"] = {k: float(v.mean()) for k, v in lengths.items()}
+    summary["warnings"] = trade_off_warnings(raw_by_model, names)
+    for w in summary["warnings"]:
+        log.warning("%s", w)
     summary["rows"] = [r.__dict__ for r in rows]
     figures = []
     if len(names) >= 2:
