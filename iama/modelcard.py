@@ -6,15 +6,14 @@ serve, how to normalise them, which tasks the model is good at) and by ``iama ev
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from iama.files import atomic_write_json
 from iama.objective import Objective
 from iama.rewards.reward_set import RewardSpec
 
@@ -47,8 +46,5 @@ def save_model_card(card: ModelCard, model_dir: str | os.PathLike[str]) -> Path:
     """Atomic write (temp file + rename) so a reader never sees half a card."""
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".iama-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(card.model_dump(mode="json"), f, indent=2)
-    os.replace(tmp, out / CARD_FILE)
+    atomic_write_json(out / CARD_FILE, card.model_dump(mode="json"))
     return out / CARD_FILE

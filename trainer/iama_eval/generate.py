@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from iama.files import atomic_write_json
 
 
 @dataclass
@@ -47,12 +47,8 @@ def load_cached(path: Path, key: str) -> Generations | None:
 
 def save_cached(path: Path, key: str, gen: Generations) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(
-            {"key": key, "prompts": gen.prompts, "completions": gen.completions, "token_lengths": gen.token_lengths}, f
-        )
-    os.replace(tmp, path)
+    data = {"key": key, "prompts": gen.prompts, "completions": gen.completions, "token_lengths": gen.token_lengths}
+    atomic_write_json(path, data, indent=None)
 
 
 def sample_vllm(

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from iama.files import atomic_write_json
+
 COMPLETE = "iama-complete.json"
 STATE = "iama-state.json"
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 class JsonlMetrics(TrainerCallback):

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from iama.files import atomic_write_json
 from iama.modelcard import ModelCard, save_model_card
 from iama.models import resolve_model
 from iama.objective import Objective
@@ -18,7 +19,6 @@ from iama_trainer.callbacks import (
     AdaptiveBeta,
     CheckpointBookkeeping,
     JsonlMetrics,
-    atomic_write_json,
     latest_complete_checkpoint,
 )
 from iama_trainer.config import TrainConfig
