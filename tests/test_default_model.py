@@ -98,3 +98,7 @@ def test_vllm_cpu_cache_size_defaults_but_respects_explicit_settings(monkeypatch
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
     models.configure_vllm_cpu(0.5)
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "0.5"
+    # every engine builder goes through vllm_engine_kwargs, which applies it
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
+    models.vllm_engine_kwargs()
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"

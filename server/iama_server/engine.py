@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from iama.models import configure_vllm_cpu, vllm_engine_kwargs
+from iama.models import vllm_engine_kwargs
 from iama_server.settings import ServerSettings
 
 
@@ -38,7 +38,6 @@ class Engine:
         self.max_model_len: int = 0
 
     def start(self) -> None:
-        configure_vllm_cpu(self.settings.kv_cache_gb)
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -54,7 +53,7 @@ class Engine:
             enforce_eager=s.enforce_eager,
             seed=s.seed,
             disable_log_stats=True,
-            **vllm_engine_kwargs(),
+            **vllm_engine_kwargs(self.settings.kv_cache_gb),
         )
         self._llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = int(self._llm.model_config.max_model_len)

@@ -59,9 +59,8 @@ def sample_vllm(
     from iama_trainer.sampling import render_prompt
     from vllm import LLM, SamplingParams
 
-    from iama.models import configure_vllm_cpu, vllm_engine_kwargs
+    from iama.models import vllm_engine_kwargs
 
-    configure_vllm_cpu()
     llm = LLM(model=model_path, enforce_eager=True, seed=seed, **vllm_engine_kwargs())
     try:
         tok = llm.get_tokenizer()
