@@ -69,23 +69,12 @@ def surrogate_overhead(cfg, batch: int = 1024) -> dict[str, float]:
 
 
 def sample(model_dir: str, prompts: list[str], m: int, max_tokens: int, seed: int) -> list[list[str]]:
-    from vllm import LLM, SamplingParams
+    """M chat completions per prompt with vLLM, through the same sampler as ``iama eval``."""
+    from iama_eval.generate import sample_vllm
 
-    from iama.models import vllm_engine_kwargs
-
-    llm = LLM(model=model_dir, max_model_len=1024, enforce_eager=True, seed=seed, **vllm_engine_kwargs())
-    tok = llm.get_tokenizer()
-    texts = [
-        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
-    outs = llm.generate(texts, SamplingParams(n=m, temperature=1.0, max_tokens=max_tokens, seed=seed))
-    res = [[o.text for o in r.outputs] for r in outs]
-    del llm
-    import gc
-
-    gc.collect()
-    return res
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    texts, _ = sample_vllm(model_dir, chats, m, max_tokens, temperature=1.0, top_p=1.0, seed=seed)
+    return texts
 
 
 def evaluate(cfg, card, samples: list[list[str]], prompts: list[str], budgets: list[int]) -> dict:
