@@ -292,12 +292,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             kl_bound=out.kl_bound,
         ).model_dump()
 
-    async def openai_endpoint(
-        body: CompletionRequest | ChatCompletionRequest, request: Request, chat: bool
-    ) -> Response:
+    async def openai_endpoint(body: CompletionRequest | ChatCompletionRequest, request: Request) -> Response:
         """Shared by both OpenAI routes; they differ only in prompt encoding and response shape."""
         check_model(body.model)
         require_engine()
+        chat = isinstance(body, ChatCompletionRequest)
         if isinstance(body, ChatCompletionRequest):
             ids, text, _ = state.service.encode_prompt(None, body.messages, raw=False)
         else:
@@ -348,11 +347,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await openai_endpoint(body, request, chat=False)
+        return await openai_endpoint(body, request)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await openai_endpoint(body, request, chat=True)
+        return await openai_endpoint(body, request)
 
     return app
 

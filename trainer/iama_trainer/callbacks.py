@@ -68,8 +68,14 @@ class CheckpointBookkeeping(TrainerCallback):
         atomic_write_json(ckpt / COMPLETE, {"step": state.global_step})
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """N of an HF ``checkpoint-N`` directory; None for anything else."""
+    suffix = path.name.split("-")[-1]
+    return int(suffix) if path.name.startswith("checkpoint-") and suffix.isdigit() else None
+
+
 def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
     if not ckpt_root.is_dir():
         return None
-    done = [p for p in ckpt_root.glob("checkpoint-*") if (p / COMPLETE).is_file() and p.name.split("-")[-1].isdigit()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    done = [p for p in ckpt_root.glob("checkpoint-*") if (p / COMPLETE).is_file() and checkpoint_step(p) is not None]
+    return max(done, key=lambda p: checkpoint_step(p) or 0, default=None)

@@ -19,6 +19,7 @@ from iama_trainer.callbacks import (
     AdaptiveBeta,
     CheckpointBookkeeping,
     JsonlMetrics,
+    checkpoint_step,
     latest_complete_checkpoint,
 )
 from iama_trainer.config import TrainConfig
@@ -51,8 +52,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
     from iama_trainer.kl_control import AdaptiveKLController
 
     check_trl_hook()
+    cuda = torch.cuda.is_available()
     # On CPU, accelerate only forms a (gloo) process group when asked for cpu explicitly.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not cuda)
     if state.is_main_process:
         prepare_output_dir(cfg, resume, overwrite)
     state.wait_for_everyone()
@@ -62,7 +64,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
     model_path = broadcast_object_list([model_path])[0]
 
     set_seed(cfg.seed)
-    cuda = torch.cuda.is_available()
     bf16 = cuda if cfg.bf16 == "auto" else bool(cfg.bf16)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
@@ -220,9 +221,10 @@ def _has_vllm() -> bool:
 
 def _drop_incomplete(ckpt_root: Path, keep: Path) -> None:
     """Checkpoints newer than the one we resume from were torn by the interruption."""
-    step = int(keep.name.split("-")[-1])
+    step = checkpoint_step(keep) or 0
     for p in ckpt_root.glob("checkpoint-*"):
-        if p.name.split("-")[-1].isdigit() and int(p.name.split("-")[-1]) > step:
+        n = checkpoint_step(p)
+        if n is not None and n > step:
             shutil.rmtree(p, ignore_errors=True)
 
 
