@@ -119,10 +119,9 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for iama train")
     args = ap.parse_args()
 
-    from iama_trainer.config import load_config
-
     from iama.modelcard import load_model_card
     from iama.models import resolve_model
+    from iama_trainer.config import load_config
 
     out = Path(args.out) / args.preset
     iama_bin = str(Path(sys.executable).with_name("iama"))

@@ -2,8 +2,8 @@
 
 Two kinds of function live here:
 
-* *selection*, used by the server on the N candidates of one request
-  (:func:`best_of_n_select`, :func:`soft_best_of_n_select`);
+* *selection*, used by the server on the N candidates of one request (:func:`select`, with
+  the one-pick shorthands :func:`best_of_n_select` and :func:`soft_best_of_n_select`);
 * *analytic values* of the transformed policy ``T[pi]`` when ``pi`` is a distribution on a
   finite support (the empirical distribution of a group, or an exact discretisation), used by
   the trainer's first variations, by evaluation and by the tests.
@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from iama._arrays import FloatArray, as_probs, as_rewards, check_n, check_tau
+from iama.objective import Algorithm
 
 __all__ = [
     "best_of_n_select",
@@ -29,6 +30,7 @@ __all__ = [
     "bon_selection_weights",
     "bon_unbiased_estimate",
     "bon_value",
+    "select",
     "selection_kl_bound",
     "soft_best_of_n_probabilities",
     "soft_best_of_n_select",
@@ -48,9 +50,39 @@ def _finite_scores(scores: ArrayLike) -> FloatArray:
     return np.where(np.isnan(arr), -np.inf, arr)
 
 
+def select(
+    scores: ArrayLike,
+    algorithm: Algorithm,
+    k: int = 1,
+    tau: float = 1.0,
+    rng: np.random.Generator | int | None = None,
+) -> list[int]:
+    """Indices of the ``k`` candidates a request returns, the chosen one first.
+
+    BoN: the ``k`` highest scores; a stable sort keeps the lowest index first among ties, so
+    replays are deterministic. Soft BoN: ``k`` draws without replacement, each ∝ exp(score/τ)
+    among those left (seeded by ``rng``); when fewer than ``k`` candidates have non-zero
+    probability (NaN scores, or τ tiny next to the score gaps) the rest are filled by score.
+    """
+    arr = _finite_scores(scores)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    k = min(k, arr.size)
+    by_score = [int(i) for i in np.argsort(-arr, kind="stable")]
+    if algorithm == "bon":
+        return by_score[:k]
+    if algorithm != "soft_bon":
+        raise ValueError(f"unknown algorithm {algorithm!r}")
+    probs = soft_best_of_n_probabilities(arr, tau)
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    drawable = min(k, int(np.count_nonzero(probs)))
+    picks = [int(i) for i in gen.choice(arr.size, size=drawable, replace=False, p=probs)]
+    return picks + [i for i in by_score if i not in picks][: k - len(picks)]
+
+
 def best_of_n_select(scores: ArrayLike) -> int:
     """Index of the best candidate; ties go to the lowest index so replays are deterministic."""
-    return int(np.argmax(_finite_scores(scores)))
+    return select(scores, "bon")[0]
 
 
 def soft_best_of_n_probabilities(scores: ArrayLike, tau: float) -> FloatArray:
@@ -64,9 +96,7 @@ def soft_best_of_n_probabilities(scores: ArrayLike, tau: float) -> FloatArray:
 
 def soft_best_of_n_select(scores: ArrayLike, tau: float, rng: np.random.Generator | int | None = None) -> int:
     """Sample one candidate with probability ∝ exp(score/tau); seeded for reproducibility."""
-    probs = soft_best_of_n_probabilities(scores, tau)
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    return int(gen.choice(probs.size, p=probs))
+    return select(scores, "soft_bon", 1, tau, rng)[0]
 
 
 def bon_kl_bound(n: float) -> float:
@@ -75,7 +105,7 @@ def bon_kl_bound(n: float) -> float:
     return math.log(n) - (n - 1.0) / n
 
 
-def selection_kl_bound(algorithm: str, n: int) -> float:
+def selection_kl_bound(algorithm: Algorithm, n: int) -> float:
     """KL bound reported for a request's selection rule.
 
     Soft BoN picks one of N i.i.d. candidates, so its output law has density ratio at most N

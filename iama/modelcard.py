@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from iama.files import atomic_write_json
-from iama.objective import Objective
+from iama.objective import Objective, ObjectiveType
 from iama.rewards.reward_set import RewardSpec
 
 CARD_FILE = "iama.json"
@@ -27,7 +27,7 @@ class ModelCard(BaseModel):
     base_model: str
     rewards: dict[str, RewardSpec]
     objective: Objective | None = None
-    objective_type: Literal["iama", "linear"] = "iama"
+    objective_type: ObjectiveType = "iama"
     beta: float | None = None
     kl: float | None = Field(default=None, description="KL[pi||pi_ref] reached at the end of training")
     training: dict[str, Any] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -132,7 +133,7 @@ def configure_vllm_cpu(kv_cache_gb: float | None = None) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{DEFAULT_CPU_KV_CACHE_GB:g}")
 
 
-def vllm_engine_kwargs(kv_cache_gb: float | None = None) -> dict[str, object]:
+def vllm_engine_kwargs(kv_cache_gb: float | None = None) -> dict[str, Any]:
     """Engine arguments every vLLM engine here gets, whatever builds it (server, eval, benchmarks).
 
     Calling it also sizes vllm-cpu's KV cache (:func:`configure_vllm_cpu`), so no engine builder

@@ -8,7 +8,6 @@ all build on them, so a task means the same thing everywhere.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -18,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from iama._arrays import FloatArray
 
 Algorithm = Literal["bon", "soft_bon"]
+"""Inference-time algorithm T: best-of-N or soft best-of-N (the wire and configs spell it so)."""
 AggregationKind = Literal["weighted", "min", "smooth_min"]
+ObjectiveType = Literal["iama", "linear"]
+"""``iama``: non-linear GRPO on first variations; ``linear``: standard GRPO on weighted rewards."""
 
 
 class Task(BaseModel):
@@ -94,6 +96,12 @@ class Objective(BaseModel):
 
 
 def aggregation_value(values: ArrayLike, agg: Aggregation) -> float:
+    """g(R_1, …, R_m): ``Σ w_i R_i``, ``min_{w_i>0} R_i`` or ``−γ·log Σ_i ŵ_i e^{−R_i/γ}``.
+
+    Smooth-min uses the normalised weights ``ŵ = w/Σw`` and a log-sum-exp shift: with
+    ``z_i = −R_i/γ`` and ``z* = max z_i``, ``log Σ ŵ_i e^{z_i} = z* + log Σ ŵ_i e^{z_i − z*}``,
+    so tasks far below the others (large ``R/γ`` gaps) never overflow.
+    """
     r = np.asarray(values, dtype=np.float64)
     w = agg.resolved_weights(r.size)
     if agg.kind == "weighted":
@@ -103,12 +111,14 @@ def aggregation_value(values: ArrayLike, agg: Aggregation) -> float:
     wn = w / w.sum()
     z = -r / agg.gamma
     mask = wn > 0
-    zmax = z[mask].max()
+    zmax = z[mask].max()  # the log-sum-exp shift
     return float(-agg.gamma * (zmax + math.log(np.sum(wn[mask] * np.exp(z[mask] - zmax)))))
 
 
 def aggregation_gradient(values: ArrayLike, agg: Aggregation) -> FloatArray:
-    """∂g/∂R_i. For the hard min, the subgradient that splits evenly among tied minima."""
+    """∂g/∂R_i: ``w_i`` for the weighted sum; for smooth-min the softmax
+    ``ŵ_i e^{−R_i/γ} / Σ_j ŵ_j e^{−R_j/γ}`` (weights on the log scale, max subtracted); for the
+    hard min the subgradient that splits evenly among tied minima."""
     r = np.asarray(values, dtype=np.float64)
     w = agg.resolved_weights(r.size)
     if agg.kind == "weighted":
@@ -133,12 +143,3 @@ def linear_reward_weights(objective: Objective) -> FloatArray:
     if objective.aggregation.kind == "weighted":
         return w
     return w / w.sum()
-
-
-def combined_weights(tasks: list[Task], coefficients: ArrayLike) -> Mapping[str, float]:
-    """Reward-function weights of ``Σ_i c_i · r_i``: used to fold tasks into one linear reward."""
-    out: dict[str, float] = {}
-    for c, t in zip(np.asarray(coefficients, dtype=np.float64), tasks, strict=True):
-        for k, w in t.weights.items():
-            out[k] = out.get(k, 0.0) + float(c) * w
-    return out

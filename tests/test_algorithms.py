@@ -12,6 +12,7 @@ from iama.algorithms import (
     bon_probabilities,
     bon_unbiased_estimate,
     bon_value,
+    select,
     selection_kl_bound,
     soft_best_of_n_probabilities,
     soft_best_of_n_select,
@@ -79,6 +80,26 @@ def test_selection_rules():
     assert soft_best_of_n_select([1, 2, 3], 0.5, rng=7) == soft_best_of_n_select([1, 2, 3], 0.5, rng=7)
     with pytest.raises(ValueError):
         soft_best_of_n_select([1, 2], 0.0)
+
+
+def test_select_returns_k_indices_chosen_first():
+    scores = [0.2, 0.9, 0.9, -1.0, 0.5]
+    assert select(scores, "bon", k=3) == [1, 2, 4]  # ties: the lower index first
+    assert select(scores, "bon", k=99) == [1, 2, 4, 0, 3]
+    assert select(scores, "bon") == [best_of_n_select(scores)]
+    picks = select(scores, "soft_bon", k=5, tau=0.3, rng=1)
+    assert sorted(picks) == list(range(5))  # without replacement
+    assert picks == select(scores, "soft_bon", k=5, tau=0.3, rng=1)  # seeded
+    # only two candidates have non-zero probability at a tiny τ: the rest are filled by score
+    assert select([5.0, 5.0, 0.0, 1.0], "soft_bon", k=4, tau=1e-4, rng=0)[2:] == [3, 2]
+    # NaN scores are never drawn while a real score is left
+    assert select([float("nan"), 0.0, float("nan")], "soft_bon", k=1, tau=1.0, rng=3) == [1]
+    firsts = [select([0.0, math.log(3.0)], "soft_bon", k=1, tau=1.0, rng=s)[0] for s in range(4000)]
+    assert np.mean(firsts) == pytest.approx(0.75, abs=0.03)
+    with pytest.raises(ValueError, match="algorithm"):
+        select(scores, "beam")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k must be"):
+        select(scores, "bon", k=0)
 
 
 def test_kl_bound_and_soft_kl():

@@ -12,11 +12,15 @@ from iama.rewards import (
     UnknownRewardError,
     WeightError,
     available_rewards,
+    completion_text,
     create_reward,
     fit_stats,
     normalize,
+    normalize_scores,
+    reward_prompt,
     validate_weights,
     weighted_score,
+    weighted_sum,
 )
 
 PROMPTS = ["How was your day?"] * 3
@@ -116,6 +120,26 @@ def test_normalization_and_weighted_score():
     w = validate_weights({"a": 1.0, "b": 0.5}, ["a", "b"])
     assert weighted_score(scores, w) == pytest.approx([6.0, 3.0])
     assert weighted_score(scores, w, {"a": st}) == pytest.approx([5 - 1 / st.std, 1 / st.std])
+    normalized = normalize_scores(scores, {"a": st})
+    assert normalized["a"] == pytest.approx([-1 / st.std, 1 / st.std]) and normalized["b"] == pytest.approx([10, 0])
+    assert weighted_sum(normalized, w) == pytest.approx(weighted_score(scores, w, {"a": st}))
+    # only the weighted rewards need a score: weighted_score ignores the rest
+    assert weighted_score({**scores, "c": np.array([np.nan, np.nan])}, w) == pytest.approx([6.0, 3.0])
+
+
+def test_the_prompt_a_reward_sees_is_the_last_user_turn():
+    conv = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "reply"},
+        {"role": "user", "content": "second"},
+    ]
+    assert reward_prompt(conv) == "second"
+    assert reward_prompt("plain text") == "plain text"
+    assert reward_prompt([{"role": "system", "content": "only"}]) == "only"
+    assert reward_prompt([]) == ""
+    assert completion_text([{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]) == "ab"
+    assert completion_text("text") == "text"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The real server (vLLM on the tiny model) over HTTP: endpoints, errors, auth, concurrency."""
+"""The real server (vLLM on the tiny model) over HTTP: what needs a real engine, tokenizer and
+rewards. The request path's logic is tested in-process and faster in test_request_path.py."""
 
 from __future__ import annotations
 
@@ -90,50 +91,22 @@ def test_auth(tiny_server):
     assert API_KEY not in tiny_server.log_text()
 
 
+# The full set of bad inputs runs in the fast tier (test_request_path.py); these need the real
+# tokenizer (prompt length) or the real reward set.
 BAD = [
     ({"prompt": "x", "reward_weights": {"nope": 1}}, "reward_weights.nope"),
-    ({"prompt": "x", "reward_weights": {"sentiment": -1}}, "reward_weights.sentiment"),
-    ({"prompt": "x", "reward_weights": {"sentiment": "NaN"}}, "reward_weights.sentiment"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 0, "length": 0}}, "reward_weights"),
-    ({"prompt": "x", "reward_weights": {}}, "reward_weights"),
-    ({"prompt": "x"}, "reward_weights"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": 0}, "budget"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": 17}, "budget"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": "four"}, "budget"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "max_tokens": 100000}, "max_tokens"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "temperature": -1}, "temperature"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "algorithm": "beam"}, "algorithm"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "alignment_temperature": 0}, "alignment_temperature"),
-    ({"reward_weights": {"sentiment": 1}}, "messages"),
-    ({"prompt": "x", "messages": [], "reward_weights": {"sentiment": 1}}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "x"}], "reward_weights": {"sentiment": 1}}, "messages.0.role"),
     ({"prompt": "word " * 400, "reward_weights": {"sentiment": 1}}, "prompt"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "surprise": 1}, "surprise"),
-    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "model": "gpt-5"}, "model"),
+    ({"messages": [{"role": "user", "content": "word " * 400}], "reward_weights": {"sentiment": 1}}, "messages"),
 ]
 
 
 @pytest.mark.parametrize(("body", "param"), BAD)
 def test_bad_inputs_name_the_field(tiny_server, body, param):
     r = post(tiny_server, "/v1/align", body)
-    assert 400 <= r.status_code < 500, r.text
+    assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param, err
     assert err["message"] and "Traceback" not in r.text
-
-
-def test_malformed_requests(tiny_server):
-    r = httpx.post(
-        f"{tiny_server.url}/v1/align", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
-    )
-    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
-    r = httpx.post(
-        f"{tiny_server.url}/v1/align", content=b"[1, 2]", headers={**AUTH, "content-type": "application/json"}
-    )
-    assert r.status_code == 400
-    assert httpx.get(f"{tiny_server.url}/v1/nothing", headers=AUTH).status_code == 404
-    assert httpx.get(f"{tiny_server.url}/v1/align", headers=AUTH).status_code == 405
-    assert "Traceback" not in httpx.get(f"{tiny_server.url}/v1/nothing").text
 
 
 def test_openai_client_chat_completions_and_stream(tiny_server):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from iama.objective import Aggregation, Objective, Task
-from iama.rewards import RewardStats
+from iama.rewards import RewardSet, RewardStats
 from iama.variations import grouped_first_variation
 
 IAMA = str(Path(sys.executable).with_name("iama"))
@@ -29,8 +29,9 @@ def test_trl_hook_point_is_where_we_expect():
 
 
 def test_a_moved_hook_fails_loudly(monkeypatch):
-    from iama_trainer.grpo import check_trl_hook
     from trl import GRPOTrainer
+
+    from iama_trainer.grpo import check_trl_hook
 
     monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", lambda self, inputs: None)
     with pytest.raises(RuntimeError, match="changed signature"):
@@ -41,7 +42,7 @@ def test_a_moved_hook_fails_loudly(monkeypatch):
 
 
 def test_nonlinear_and_linear_objectives_give_different_advantages():
-    from iama_trainer.surrogate import compute_surrogate
+    from iama_trainer.surrogate import SurrogateSpec, compute_surrogate
 
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(16, 2))  # two groups of 8, rewards a and b
@@ -49,9 +50,9 @@ def test_nonlinear_and_linear_objectives_give_different_advantages():
         tasks=[Task(weights={"a": 1.0}, algorithm="bon", n=4), Task(weights={"b": 1.0}, algorithm="bon", n=4)],
         aggregation=Aggregation(kind="weighted", weights=[0.5, 0.5]),
     )
-    stats = {"a": RewardStats(mean=0.5, std=2.0)}
-    iama = compute_surrogate(raw, ["a", "b"], objective, "iama", stats, 8)
-    lin = compute_surrogate(raw, ["a", "b"], objective, "linear", stats, 8)
+    rewards = RewardSet({"a": "conciseness", "b": "sentiment"}).with_stats({"a": RewardStats(mean=0.5, std=2.0)})
+    iama = compute_surrogate(raw, SurrogateSpec(rewards, objective, "iama"), 8)
+    lin = compute_surrogate(raw, SurrogateSpec(rewards, objective, "linear"), 8)
     tr = np.stack([(raw[:, 0] - 0.5) / 2.0, raw[:, 1]])
     assert lin.rewards == pytest.approx(0.5 * tr[0] + 0.5 * tr[1])
     assert iama.rewards == pytest.approx(grouped_first_variation(tr, 8, objective.tasks, objective.aggregation))
@@ -64,11 +65,12 @@ def test_nonlinear_and_linear_objectives_give_different_advantages():
     # BoN_4 concentrates credit on the top of each group: the best sample's advantage grows.
     assert iama.group_values.shape == (2, 2) and iama.objective_values.shape == (2,)
     with pytest.raises(ValueError, match="whole number of groups"):
-        compute_surrogate(raw[:12], ["a", "b"], objective, "iama", {}, 8)
+        compute_surrogate(raw[:12], SurrogateSpec(rewards, objective, "iama"), 8)
 
 
 def test_full_finetuning_keeps_fp32_master_weights_under_bf16():
     import torch
+
     from iama_trainer.run import weights_dtype
 
     assert weights_dtype(bf16=True, lora=False) == "float32"
@@ -106,7 +108,7 @@ def test_presets_and_config_errors(tmp_path):
     with pytest.raises(ValueError) as err:
         load_config(str(bad))
     assert "group_size" in str(err.value) and "lernrate" in str(err.value)
-    with pytest.raises(FileNotFoundError, match="presets"):
+    with pytest.raises(ValueError, match="presets"):
         load_config("no-such-preset")
 
 

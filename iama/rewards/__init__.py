@@ -1,6 +1,12 @@
 """Reward functions, their registry, normalisation and weighted aggregation."""
 
-from iama.rewards.aggregation import WeightError, validate_weights, weighted_score
+from iama.rewards.aggregation import (
+    WeightError,
+    normalize_scores,
+    validate_weights,
+    weighted_score,
+    weighted_sum,
+)
 from iama.rewards.base import (
     RewardFunction,
     UnknownRewardError,
@@ -9,6 +15,7 @@ from iama.rewards.base import (
     register,
     register_prefix,
 )
+from iama.rewards.conversation import completion_text, reward_prompt
 from iama.rewards.normalization import RewardStats, fit_stats, normalize
 from iama.rewards.reward_set import DEFAULT_REWARDS, RewardSet, RewardSpec, bind_tokenizer
 
@@ -22,11 +29,15 @@ __all__ = [
     "WeightError",
     "available_rewards",
     "bind_tokenizer",
+    "completion_text",
     "create_reward",
     "fit_stats",
     "normalize",
+    "normalize_scores",
     "register",
     "register_prefix",
+    "reward_prompt",
     "validate_weights",
     "weighted_score",
+    "weighted_sum",
 ]

@@ -44,18 +44,31 @@ def validate_weights(weights: Mapping[str, float], available: Iterable[str]) -> 
     return out
 
 
+def normalize_scores(
+    scores: Mapping[str, ArrayLike], stats: Mapping[str, RewardStats] | None = None
+) -> dict[str, FloatArray]:
+    """Each reward standardised with its statistics; rewards without statistics pass unchanged."""
+    return {name: normalize(v, (stats or {}).get(name)) for name, v in scores.items()}
+
+
+def weighted_sum(normalized: Mapping[str, ArrayLike], weights: Mapping[str, float]) -> FloatArray:
+    """``Σ_k w_k · score_k`` over already-normalised scores; ``weights`` must be validated."""
+    total: FloatArray | None = None
+    for name, w in weights.items():
+        if w == 0:
+            continue
+        part = w * np.asarray(normalized[name], dtype=np.float64)
+        total = part if total is None else total + part
+    if total is None:
+        raise WeightError("reward_weights must not all be zero")
+    return np.asarray(total, dtype=np.float64)
+
+
 def weighted_score(
     scores: Mapping[str, ArrayLike],
     weights: Mapping[str, float],
     stats: Mapping[str, RewardStats] | None = None,
 ) -> FloatArray:
-    """``Σ_k w_k · normalize(score_k)``; ``weights`` must already be validated."""
-    total: FloatArray | None = None
-    for name, w in weights.items():
-        if w == 0:
-            continue
-        part = w * normalize(scores[name], (stats or {}).get(name))
-        total = part if total is None else total + part
-    if total is None:
-        raise WeightError("reward_weights must not all be zero")
-    return np.asarray(total, dtype=np.float64)
+    """``Σ_k w_k · normalize(score_k)``: the one definition of a weighted score that the server,
+    the trainer's task rewards and evaluation all use; ``weights`` must already be validated."""
+    return weighted_sum(normalize_scores({k: scores[k] for k in weights}, stats), weights)

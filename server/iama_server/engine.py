@@ -1,17 +1,32 @@
-"""The vLLM async engine behind the service: one request with ``n = N`` per alignment request.
+"""The generation engine behind the service: one vLLM request with ``n = N`` per alignment request.
 
 Sampling all N candidates in one request computes the prompt's KV cache once (vLLM forks it
-for the N sequences). Cancelling :meth:`Engine.generate` (client gone, timeout) aborts the
+for the N sequences). Cancelling :meth:`VLLMEngine.generate` (client gone, timeout) aborts the
 request inside vLLM, so abandoned work stops consuming the batch.
+
+:class:`GenerationEngine` is what the service needs of an engine; the tests' fast tier
+implements it with fixed candidates (``tests/fake_engine.py``) to run the request path
+in-process without vLLM.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from iama.models import vllm_engine_kwargs
 from iama_server.settings import ServerSettings
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each of the N candidates is sampled (vLLM's ``SamplingParams`` minus ``n``)."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None
+    stop: list[str] | None
 
 
 @dataclass(frozen=True)
@@ -24,10 +39,33 @@ class Generation:
 @dataclass(frozen=True)
 class GenerationResult:
     prompt_tokens: int
-    candidates: list[Generation]
+    candidates: list[Generation]  # in vLLM's output index order
 
 
-class Engine:
+class GenerationEngine(Protocol):
+    """What :class:`iama_server.service.AlignmentService` needs of an engine."""
+
+    max_model_len: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def has_chat_template(self) -> bool: ...
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def encode_text(self, text: str) -> list[int]: ...
+
+    async def generate(
+        self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str
+    ) -> GenerationResult: ...
+
+
+class VLLMEngine:
     """Thin owner of ``vllm.v1.engine.async_llm.AsyncLLM`` and the model's tokenizer."""
 
     def __init__(self, model_path: str, settings: ServerSettings) -> None:
@@ -75,39 +113,38 @@ class Engine:
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 
-    async def generate(
-        self,
-        prompt_token_ids: list[int],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_tokens: int,
-        seed: int | None,
-        stop: list[str] | None,
-        request_id: str,
-    ) -> GenerationResult:
-        from vllm import SamplingParams
+    async def _engine_input(self, prompt_ids: list[int]) -> Any:
+        """Token ids through vLLM's renderer, the input path vLLM 0.32 supports (raw prompts
+        handed to ``generate`` are deprecated there)."""
         from vllm.inputs import TokensPrompt
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        renderer = self._llm.renderer
+        parsed = parse_model_prompt(self._llm.model_config, TokensPrompt(prompt_token_ids=prompt_ids))
+        (engine_input,) = await renderer.render_cmpl_async([parsed], renderer.default_cmpl_tok_params)
+        return engine_input
+
+    async def generate(self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str) -> GenerationResult:
+        from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
             n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            seed=seed,
-            stop=stop,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            stop=sampling.stop,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
-        async for out in self._llm.generate(TokensPrompt(prompt_token_ids=prompt_token_ids), params, request_id):
+        async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
             final = out
         if final is None:
             raise RuntimeError("engine returned no output")
         outs = sorted(final.outputs, key=lambda o: o.index)
         return GenerationResult(
-            prompt_tokens=len(final.prompt_token_ids or prompt_token_ids),
+            prompt_tokens=len(final.prompt_token_ids or prompt_ids),
             candidates=[Generation(o.text, len(o.token_ids), o.finish_reason) for o in outs],
         )
 

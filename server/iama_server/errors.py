@@ -1,18 +1,40 @@
-"""Every failure leaves as an OpenAI-style JSON error naming the offending field; never a trace."""
+"""Every failure leaves as an OpenAI-style JSON error naming the offending field; never a trace.
+
+Code below the routes raises :class:`APIError` (or lets pydantic reject the body);
+:func:`install_error_handlers` is the only place that turns failures into responses. ``code``
+is a closed set (:class:`ErrorCode`), which the client SDK mirrors, so both spell each one alike.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from enum import StrEnum
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from iama_server.schemas import ErrorResponse
 
 log = logging.getLogger("iama.server")
+
+
+class ErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_VALUE = "invalid_value"  # a body field failed validation; ``param`` names it
+    INVALID_REWARD_WEIGHTS = "invalid_reward_weights"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    INVALID_API_KEY = "invalid_api_key"
+    MODEL_NOT_FOUND = "model_not_found"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    OVERLOADED = "overloaded"
+    NOT_READY = "not_ready"
+    TIMEOUT = "timeout"
+    INTERNAL_ERROR = "internal_error"
+
 
 _TYPES = {
     400: "invalid_request_error",
@@ -24,6 +46,20 @@ _TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+_DEFAULT_CODES = {
+    400: ErrorCode.INVALID_VALUE,
+    401: ErrorCode.INVALID_API_KEY,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    429: ErrorCode.OVERLOADED,
+    503: ErrorCode.NOT_READY,
+    504: ErrorCode.TIMEOUT,
+}
+
+
+def error_type(status: int) -> str:
+    """OpenAI's ``error.type`` for a status code (also the label of ``iama_errors_total``)."""
+    return _TYPES.get(status, "api_error")
 
 
 class APIError(Exception):
@@ -32,7 +68,7 @@ class APIError(Exception):
         status: int,
         message: str,
         param: str | None = None,
-        code: str | None = None,
+        code: ErrorCode | None = None,  # default: the usual code of ``status``
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -40,8 +76,13 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def response(self) -> JSONResponse:
-        body = ErrorResponse.make(self.message, _TYPES.get(self.status, "api_error"), self.param, self.code)
+        code = self.code or _DEFAULT_CODES.get(self.status, ErrorCode.INTERNAL_ERROR)
+        body = ErrorResponse.make(self.message, error_type(self.status), self.param, str(code))
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class ClientGone(Exception):
+    """The client disconnected; its vLLM request was aborted and nobody reads the answer."""
 
 
 def _loc_to_param(loc: tuple[object, ...]) -> str | None:
@@ -56,26 +97,31 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "value_error"}
         if first.get("type") == "json_invalid":
-            return APIError(400, "request body is not valid JSON", None, "invalid_json").response()
+            return APIError(400, "request body is not valid JSON", None, ErrorCode.INVALID_JSON).response()
         param = _loc_to_param(tuple(first.get("loc", ())))
         msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         if param:
             msg = f"{param}: {msg}"
         if len(errors) > 1:
             msg += f" (and {len(errors) - 1} more error(s))"
-        return APIError(400, msg, param, str(first.get("type"))).response()
+        return APIError(400, msg, param, ErrorCode.INVALID_VALUE).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return APIError(exc.status_code, detail, headers=dict(exc.headers or {})).response()
+        headers = dict(exc.headers or {})
+        return APIError(exc.status_code, detail, headers=headers).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")  # the trace stays in the server log
-        return APIError(500, "internal server error", code="internal_error").response()
+        return APIError(500, "internal server error", code=ErrorCode.INTERNAL_ERROR).response()

@@ -30,4 +30,4 @@ class Metrics:
             "iama_score_batches", "Batched reward-scoring calls (shared by concurrent requests)", registry=r
         )
         self.scored = Counter("iama_scored_completions", "Completions scored", registry=r)
-        self.errors = Counter("iama_errors", "Error responses by type", ["type"], registry=r)
+        self.errors = Counter("iama_errors", "Error responses by OpenAI error type", ["type"], registry=r)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-Algorithm = Literal["bon", "soft_bon"]
+from iama.objective import Algorithm
 
 
 class ChatMessage(BaseModel):

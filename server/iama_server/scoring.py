@@ -42,7 +42,6 @@ class BatchedScorer:
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iama-score")
-        self.batches_scored = 0  # observable for tests/metrics: how many batched calls ran
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -93,7 +92,6 @@ class BatchedScorer:
                     if not j.future.done():
                         j.future.set_exception(exc)
                 continue
-            self.batches_scored += 1
             if self.on_batch is not None:
                 self.on_batch(len(comps))
             start = 0

@@ -1,18 +1,19 @@
-"""Server configuration: environment variables ``IAMA_*``, an optional YAML file, CLI flags.
+"""Server configuration: an optional YAML file, environment variables ``IAMA_*``, CLI flags.
 
-Precedence (highest first): CLI flags, environment, YAML file, defaults. API keys are
-``SecretStr`` so they never appear in logs or reprs.
+Precedence: defaults < YAML file < environment < CLI flags (:meth:`ServerSettings.load`). API
+keys are ``SecretStr`` so they never appear in logs or reprs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from iama.configfile import ConfigError, describe_errors, read_yaml
 from iama.rewards.reward_set import RewardSpec
 
 
@@ -41,6 +42,10 @@ class ServerSettings(BaseSettings):
 
     # Rewards: added to / overriding the model card's (or the default) reward set.
     rewards: dict[str, RewardSpec] = Field(default_factory=dict)
+    default_rewards: bool = Field(
+        default=True,
+        description="serve the default reward set for a model without iama.json; false: only `rewards`",
+    )
     default_reward_weights: dict[str, float] | None = None
     default_alignment_temperature: float = Field(default=0.1, gt=0)
     score_batch_size: int = Field(default=256, ge=1)
@@ -64,17 +69,48 @@ class ServerSettings(BaseSettings):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> ServerSettings:
+        if self.default_budget > self.max_budget:
+            raise ValueError(f"default_budget ({self.default_budget}) must be <= max_budget ({self.max_budget})")
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens ({self.max_tokens})"
+            )
+        return self
+
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> ServerSettings:
-        """Defaults < YAML file < environment < explicit overrides (None values are ignored)."""
-        file_values: dict[str, Any] = {}
-        if config is not None:
-            loaded = yaml.safe_load(Path(config).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{config}: expected a mapping at the top level")
-            file_values = loaded
-        env_only = cls()  # environment + defaults
-        explicit_env = env_only.model_fields_set
-        merged = {**file_values, **{k: getattr(env_only, k) for k in explicit_env}}
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(merged)
+        """Defaults < YAML file < environment (``IAMA_*``) < explicit overrides (CLI flags;
+        ``None`` values are ignored). A bad value is a :class:`ConfigError` naming where it
+        came from: the file, the variable or the flag."""
+        file_values = read_yaml(config) if config is not None else {}
+        try:
+            env_only = cls()  # environment + defaults
+        except ValidationError as exc:
+            raise ConfigError(f"environment: {_with_sources(exc, lambda f: f'IAMA_{f.upper()}')}") from None
+        from_env = {k: getattr(env_only, k) for k in env_only.model_fields_set}
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls.model_validate({**file_values, **from_env, **flags})
+        except ValidationError as exc:
+
+            def source(field: str) -> str:
+                if field in flags:
+                    return f"--{field.replace('_', '-')}"
+                if field in from_env:
+                    return f"IAMA_{field.upper()}"
+                return f"{config}: {field}" if config is not None and field in file_values else field
+
+            raise ConfigError(f"invalid server settings: {_with_sources(exc, source)}") from None
+
+
+def _with_sources(exc: ValidationError, source: Callable[[str], str]) -> str:
+    """Each error's dotted location, its top-level field replaced by where the value came from."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        head = source(loc[0]) if loc else "(settings)"
+        where = ".".join([head, *loc[1:]])
+        parts.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+    return "; ".join(parts) or describe_errors(exc)

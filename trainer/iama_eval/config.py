@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from iama_trainer.config import PromptsConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from iama.configfile import read_yaml, validate_config
+from iama.objective import Algorithm
 from iama.rewards.reward_set import RewardSpec
+from iama_trainer.config import PromptsConfig
 
 
 class EvalConfig(BaseModel):
@@ -23,7 +24,7 @@ class EvalConfig(BaseModel):
     weights: list[dict[str, float]] | None = Field(default=None, description="explicit weight vectors")
     grid: int = Field(default=5, ge=2, description="points of the weight grid over the first two rewards")
     budgets: list[int] = [1, 2, 4, 8, 16]
-    algorithms: list[Literal["bon", "soft_bon"]] = ["bon"]
+    algorithms: list[Algorithm] = ["bon"]
     tau: float = Field(default=0.1, gt=0)
     samples_per_prompt: int | None = Field(default=None, ge=1, description="M; default max(budgets)")
     max_tokens: int = Field(default=64, ge=1)
@@ -54,12 +55,7 @@ class EvalConfig(BaseModel):
 
 
 def load_eval_config(path: str | None, **overrides: object) -> EvalConfig:
-    raw: dict = {}
-    if path:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+    """The YAML file (if any) with the non-``None`` CLI ``overrides`` on top, validated."""
+    raw = read_yaml(path) if path else {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return EvalConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors()]
-        raise ValueError("invalid eval config:\n" + "\n".join(lines)) from None
+    return validate_config(EvalConfig, raw, f"invalid eval config {path}" if path else "invalid eval config")

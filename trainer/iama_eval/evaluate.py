@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 
 from iama.algorithms import bon_selection_weights, soft_bon_subset_weights
+from iama.objective import Algorithm
 from iama.pareto import compute_saving, hypervolume_2d
-from iama.rewards import RewardSet, normalize
+from iama.rewards import RewardSet, normalize_scores, weighted_sum
 
 
 @dataclass
 class Row:
     model: str
-    algorithm: str
+    algorithm: Algorithm
     budget: int
     weights: dict[str, float]
     raw: dict[str, float]  # mean raw reward of the selected completion
@@ -52,16 +53,15 @@ def evaluate_model(
     rewards: RewardSet,
     weights_list: list[dict[str, float]],
     budgets: list[int],
-    algorithms: list[str],
+    algorithms: list[Algorithm],
     tau: float,
     seed: int,
 ) -> list[Row]:
-    stats = rewards.stats
-    norm = {k: normalize(v, stats.get(k)) for k, v in raw.items()}
+    norm = normalize_scores(raw, rewards.stats)
     rows = []
     for weights in weights_list:
         w = rewards.validate_weights(weights)
-        score = sum(c * norm[k] for k, c in w.items())  # (prompts, M)
+        score = weighted_sum(norm, w)  # (prompts, M): the server's weighted normalised score
         for alg in algorithms:
             for n in budgets:
                 sel = np.stack(

@@ -56,10 +56,10 @@ def sample_vllm(
 ) -> tuple[list[list[str]], list[list[int]]]:
     import gc
 
-    from iama_trainer.sampling import render_prompt
     from vllm import LLM, SamplingParams
 
     from iama.models import vllm_engine_kwargs
+    from iama_trainer.sampling import render_prompt
 
     llm = LLM(model=model_path, enforce_eager=True, seed=seed, **vllm_engine_kwargs())
     try:
@@ -83,8 +83,9 @@ def sample_hf(
     model_path: str, prompts: list[Any], m: int, max_tokens: int, temperature: float, top_p: float, seed: int
 ) -> tuple[list[list[str]], list[list[int]]]:
     import torch
-    from iama_trainer.sampling import hf_sample
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from iama_trainer.sampling import hf_sample
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)

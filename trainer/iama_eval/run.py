@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from iama_trainer.data import load_prompt_texts, to_trl_prompt
 
 from iama.modelcard import load_model_card
 from iama.models import resolve_model
@@ -18,6 +17,7 @@ from iama_eval.config import EvalConfig
 from iama_eval.evaluate import Row, evaluate_model, score_generations, summarize, trade_off_warnings, weight_grid
 from iama_eval.generate import generate
 from iama_eval.plots import length_histogram, pareto_plot
+from iama_trainer.data import load_prompt_texts, to_trl_prompt
 
 log = logging.getLogger("iama.eval")
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iama.rewards import RewardSet, RewardStats, fit_stats
-from iama_trainer.data import prompt_text
+from iama.rewards import RewardSet, RewardStats, fit_stats, reward_prompt
 from iama_trainer.sampling import hf_sample
 
 
@@ -24,7 +23,7 @@ def measure_reward_stats(
     top_p: float = 1.0,
 ) -> dict[str, RewardStats]:
     groups, _ = hf_sample(model, tokenizer, prompts, samples_per_prompt, max_new_tokens, temperature, top_p)
-    flat_prompts = [prompt_text(p) for p, g in zip(prompts, groups, strict=True) for _ in g]
+    flat_prompts = [reward_prompt(p) for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = [c for g in groups for c in g]
     scores = rewards.score(flat_prompts, flat)
     return {name: fit_stats(v) for name, v in scores.items()}

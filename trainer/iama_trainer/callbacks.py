@@ -21,7 +21,7 @@ class JsonlMetrics(TrainerCallback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[override]
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         row = {"step": state.global_step, **{k: v for k, v in logs.items() if _jsonable(v)}}
@@ -39,8 +39,8 @@ class AdaptiveBeta(TrainerCallback):
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[override]
-        ctl = self.trainer.iama.kl_controller
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        ctl = self.trainer.kl_controller
         if ctl is not None and logs and logs.get("kl") is not None:
             self.trainer.beta = ctl.update(float(logs["kl"]), args.logging_steps)
 
@@ -55,13 +55,13 @@ class CheckpointBookkeeping(TrainerCallback):
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
 
-    def on_save(self, args, state, control, **kwargs):  # type: ignore[override]
+    def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not ckpt.is_dir():
             return
-        ctl = self.trainer.iama.kl_controller
+        ctl = self.trainer.kl_controller
         atomic_write_json(
             ckpt / STATE, {"beta": float(self.trainer.beta), "kl_controller": ctl.state() if ctl else None}
         )

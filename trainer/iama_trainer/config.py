@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from iama.objective import Objective
+from iama.configfile import ConfigError, read_yaml, validate_config
+from iama.objective import Objective, ObjectiveType
 from iama.rewards.reward_set import RewardSpec
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -61,7 +61,7 @@ class ObjectiveConfig(Objective):
     """``type: iama`` trains on first variations; ``type: linear`` is standard GRPO on the same
     (weighted) rewards: the paper's baseline."""
 
-    type: Literal["iama", "linear"] = "iama"
+    type: ObjectiveType = "iama"
 
 
 class TrainConfig(_Strict):
@@ -129,33 +129,40 @@ def resolve_config_path(path_or_preset: str) -> Path:
     if preset.is_file():
         return preset
     presets = sorted(x.stem for x in PRESETS_DIR.glob("*.yaml"))
-    raise FileNotFoundError(f"no config file {path_or_preset!r} and no preset of that name (presets: {presets})")
+    raise ConfigError(f"no config file {path_or_preset!r} and no preset of that name (presets: {presets})")
 
 
 def load_config(path_or_preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The validated config of a YAML file or preset, with ``--set`` overrides applied."""
     path = resolve_config_path(path_or_preset)
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the top level must be a mapping")
+    raw = read_yaml(path)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors()]
-        raise ValueError(f"invalid config {path}:\n" + "\n".join(lines)) from None
+        set_dotted(raw, dotted, value)
+    return validate_config(TrainConfig, raw, f"invalid config {path}")
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """``objective.tasks.0.n=2`` style override; digits index into lists."""
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """``objective.tasks.0.n=2`` style override; digits index into lists.
+
+    A path that runs through a scalar or past the end of a list is a :class:`ConfigError`
+    naming the override, not an ``IndexError`` from deep inside.
+    """
     node: Any = raw
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate([*parents, leaf]):
+        here = ".".join([*parents, leaf][: depth + 1])
+        last = depth == len(parents)
         if isinstance(node, list):
-            node = node[int(key)]
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: {here} is not an item of a list of {len(node)}")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
         else:
-            node = node.setdefault(key, {})
-    if isinstance(node, list):
-        node[int(leaf)] = value
-    else:
-        node[leaf] = value
+            raise ConfigError(f"--set {dotted}: {'.'.join([*parents, leaf][:depth])} is a value, not a section")

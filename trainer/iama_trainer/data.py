@@ -47,17 +47,3 @@ def build_dataset(cfg: PromptsConfig):  # -> datasets.Dataset
 
     texts = load_prompt_texts(cfg)
     return datasets.Dataset.from_dict({"prompt": [to_trl_prompt(t, cfg) for t in texts]})
-
-
-def prompt_text(prompt: Any) -> str:
-    """The text a reward sees as 'the prompt': the last user turn of a conversation."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else (prompt[-1]["content"] if prompt else "")
-
-
-def completion_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    return "".join(m.get("content", "") for m in completion if m.get("role", "assistant") == "assistant")

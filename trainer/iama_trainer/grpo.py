@@ -12,19 +12,15 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from trl import GRPOTrainer
 
-from iama.objective import Objective
-from iama.rewards import RewardSet
-from iama.rewards.normalization import RewardStats
-from iama_trainer.data import completion_text, prompt_text
+from iama.rewards import RewardSet, completion_text, reward_prompt
 from iama_trainer.kl_control import AdaptiveKLController
-from iama_trainer.surrogate import compute_surrogate
+from iama_trainer.surrogate import SurrogateSpec, compute_surrogate
 
 EXPECTED_TRL = "1.16.0"
 HOOK_PARAMS = ["self", "inputs", "prompts", "completions", "completion_ids_list"]
@@ -52,7 +48,7 @@ def reward_funcs(rewards: RewardSet) -> list[Callable[..., list[float]]]:
         fn = rewards.functions[name]
 
         def call(prompts: Sequence[Any], completions: Sequence[Any], _fn: Any = fn, **_: Any) -> list[float]:
-            return _fn.score([prompt_text(p) for p in prompts], [completion_text(c) for c in completions]).tolist()
+            return _fn.score([reward_prompt(p) for p in prompts], [completion_text(c) for c in completions]).tolist()
 
         call.__name__ = name
         funcs.append(call)
@@ -65,44 +61,42 @@ def reward_funcs(rewards: RewardSet) -> list[Callable[..., list[float]]]:
     return funcs
 
 
-@dataclass
-class IAMASpec:
-    reward_names: list[str]
-    objective: Objective
-    objective_type: str
-    stats: dict[str, RewardStats]
-    kl_controller: AdaptiveKLController | None = None
-    groups_checked: int = field(default=0)
-
-
 class IAMAGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args: Any, iama: IAMASpec, **kwargs: Any) -> None:
+    """GRPOTrainer whose reward is the surrogate of ``surrogate`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        surrogate: SurrogateSpec,
+        kl_controller: AdaptiveKLController | None = None,
+        **kwargs: Any,
+    ) -> None:
         check_trl_hook()
         super().__init__(*args, **kwargs)
-        self.iama = iama
-        if len(self.reward_funcs) != len(iama.reward_names) + 1:
+        self.surrogate = surrogate
+        self.kl_controller = kl_controller
+        self.groups_checked = 0
+        if len(self.reward_funcs) != len(surrogate.rewards.names) + 1:
             raise ValueError("reward_funcs must be the raw rewards followed by the surrogate slot")
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         gathered = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         mode = "train" if self.model.training else "eval"
         group = self.num_generations if mode == "train" else self.num_generations_eval
         self._check_whole_groups(prompts, group)
-        k = len(self.iama.reward_names)
-        raw = gathered[:, :k].detach().float().cpu().numpy()
-        sur = compute_surrogate(
-            raw, self.iama.reward_names, self.iama.objective, self.iama.objective_type, self.iama.stats, group
-        )
+        k = len(self.surrogate.rewards.names)
+        raw = gathered[:, :k].detach().float().cpu().numpy()  # (B, K) raw rewards, whole groups
+        sur = compute_surrogate(raw, self.surrogate, group)
         gathered[:, k] = torch.as_tensor(sur.rewards, dtype=gathered.dtype, device=gathered.device)
-        m = self._metrics[mode]
-        m["iama/objective"].append(float(sur.objective_values.mean()))
-        for i, task in enumerate(self.iama.objective.tasks):
+        metrics = self._metrics[mode]
+        metrics["iama/objective"].append(float(sur.objective_values.mean()))
+        for i, task in enumerate(self.surrogate.objective.tasks):
             label = task.name or f"task{i}"
-            m[f"iama/R/{label}"].append(float(sur.group_values[:, i].mean()))
-            m[f"iama/r/{label}"].append(float(sur.task_rewards[i].mean()))
-        m["iama/surrogate_std"].append(float(np.std(sur.rewards)))
-        m["iama/processes"].append(float(self.accelerator.num_processes))
-        m["iama/groups_checked"].append(float(self.iama.groups_checked))
+            metrics[f"iama/R/{label}"].append(float(sur.group_values[:, i].mean()))
+            metrics[f"iama/r/{label}"].append(float(sur.task_rewards[i].mean()))
+        metrics["iama/surrogate_std"].append(float(np.std(sur.rewards)))
+        metrics["iama/processes"].append(float(self.accelerator.num_processes))
+        metrics["iama/groups_checked"].append(float(self.groups_checked))
         return gathered
 
     def _check_whole_groups(self, prompts: list[Any], group: int) -> None:
@@ -115,7 +109,7 @@ class IAMAGRPOTrainer(GRPOTrainer):
         for g in range(0, len(everyone), group):
             if len(set(everyone[g : g + group])) != 1:
                 raise RuntimeError("a group mixes prompts: completions of one prompt were split across processes")
-        self.iama.groups_checked += len(everyone) // group
+        self.groups_checked += len(everyone) // group
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs["beta"] = float(self.beta)  # the β in force for the steps being logged

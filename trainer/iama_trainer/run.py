@@ -40,53 +40,96 @@ def prepare_output_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Processes → policy → reward statistics → GRPO arguments → trainer → resume → train → save."""
     import torch
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-    from trl import GRPOConfig
+    from transformers import set_seed
 
-    from iama_trainer.calibration import measure_reward_stats
     from iama_trainer.data import build_dataset
-    from iama_trainer.grpo import IAMAGRPOTrainer, IAMASpec, check_trl_hook, reward_funcs
-    from iama_trainer.kl_control import AdaptiveKLController
+    from iama_trainer.grpo import check_trl_hook
 
     check_trl_hook()
+    # Processes. On CPU, accelerate only forms a (gloo) process group when asked for cpu explicitly.
     cuda = torch.cuda.is_available()
-    # On CPU, accelerate only forms a (gloo) process group when asked for cpu explicitly.
     state = PartialState(cpu=not cuda)
     if state.is_main_process:
         prepare_output_dir(cfg, resume, overwrite)
     state.wait_for_everyone()
-    out = cfg.output_dir
-    ckpt_root = out / "checkpoints"
-    model_path = resolve_model(cfg.model) if state.is_main_process else None
-    model_path = broadcast_object_list([model_path])[0]
+    model_path = broadcast_object_list([resolve_model(cfg.model) if state.is_main_process else None])[0]
 
+    # Policy.
     set_seed(cfg.seed)
     bf16 = cuda if cfg.bf16 == "auto" else bool(cfg.bf16)
+    model, tokenizer = load_policy(model_path, bf16, cfg.lora.enabled, state.device if cuda else None)
+
+    # Reward statistics: measured on the base model once, restored on --resume.
+    dataset = build_dataset(cfg.prompts)
+    rewards = RewardSet(bind_tokenizer(cfg.rewards, model_path))
+    rewards = reward_statistics(cfg, rewards, model, tokenizer, list(dataset["prompt"]), resume, state)
+    set_seed(cfg.seed)  # calibration consumed randomness on the main process only
+
+    # GRPO arguments and the trainer.
+    args = grpo_args(cfg, len(rewards.names), state.num_processes, bf16, cuda)
+    trainer = build_trainer(cfg, model, tokenizer, dataset, rewards, args)
+
+    # Resume point, then train.
+    resume_from = resume_point(trainer, cfg.output_dir / "checkpoints", resume)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    final = cfg.output_dir / "model"
+    if trainer.accelerator.is_main_process:
+        _save_final(trainer, tokenizer, final, cfg, model_path, rewards)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def load_policy(model_path: str, bf16: bool, lora: bool, device: Any) -> tuple[Any, Any]:
+    """The model to train (weights in :func:`weights_dtype`) and its tokenizer (pad = EOS if unset)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = getattr(torch, weights_dtype(bf16, cfg.lora.enabled))
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-    if cuda:
-        model.to(state.device)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, weights_dtype(bf16, lora)))
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
 
-    rewards = RewardSet(bind_tokenizer(cfg.rewards, model_path))
-    dataset = build_dataset(cfg.prompts)
-    run_file = out / RUN_FILE
-    stats: dict[str, RewardStats] | None = None
+
+def reward_statistics(
+    cfg: TrainConfig,
+    rewards: RewardSet,
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Any],
+    resume: bool,
+    state: Any,
+) -> RewardSet:
+    """``rewards`` with the run's normalisation statistics, the one place they live from here on.
+
+    A resumed run restores them from ``run.json`` (re-measuring would change the objective
+    mid-run); a new run measures them on the base model's samples (main process, then
+    broadcast) and records them, with the resolved config, in ``run.json``.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    from iama_trainer.calibration import measure_reward_stats
+
+    run_file = cfg.output_dir / RUN_FILE
     if resume and run_file.is_file():
-        stats = {k: RewardStats(**v) for k, v in json.loads(run_file.read_text())["reward_stats"].items()}
-    elif cfg.normalization.enabled:
+        saved = json.loads(run_file.read_text())["reward_stats"]
+        return rewards.with_stats({k: RewardStats(**v) for k, v in saved.items()})
+    stats: dict[str, RewardStats] = {}
+    if cfg.normalization.enabled:
         if state.is_main_process:
-            n = min(cfg.normalization.prompts, len(dataset))
+            n = min(cfg.normalization.prompts, len(prompts))
             log.info("measuring reward statistics on %d base-model samples", n * cfg.normalization.samples_per_prompt)
             stats = measure_reward_stats(
                 model,
                 tokenizer,
-                list(dataset["prompt"][:n]),
+                prompts[:n],
                 rewards,
                 cfg.normalization.samples_per_prompt,
                 cfg.max_completion_length,
@@ -94,8 +137,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
                 cfg.top_p,
             )
         stats = broadcast_object_list([stats])[0]
-    stats = stats or {}
-    if state.is_main_process and not (resume and run_file.is_file()):
+    if state.is_main_process:
         atomic_write_json(
             run_file,
             {
@@ -103,23 +145,25 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
                 "reward_stats": {k: v.model_dump() for k, v in stats.items()},
             },
         )
-    rewards = rewards.with_stats(stats)
-    set_seed(cfg.seed)  # calibration consumed randomness on the main process only
+    return rewards.with_stats(stats)
+
+
+def grpo_args(cfg: TrainConfig, num_rewards: int, num_processes: int, bf16: bool, cuda: bool) -> Any:
+    """Our config in TRL's terms (``GRPOConfig``)."""
+    from trl import GRPOConfig
 
     total = cfg.prompts_per_step * cfg.group_size
-    if total % state.num_processes:
-        raise ValueError(
-            f"prompts_per_step × group_size = {total} must divide evenly over {state.num_processes} processes"
-        )
+    if total % num_processes:
+        raise ValueError(f"prompts_per_step × group_size = {total} must divide evenly over {num_processes} processes")
     use_vllm = cfg.rollouts == "vllm" or (cfg.rollouts == "auto" and cuda and _has_vllm())
     if cfg.tensorboard:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tensorboard"))
-    args = GRPOConfig(
-        output_dir=str(ckpt_root),
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(cfg.output_dir / "tensorboard"))
+    return GRPOConfig(
+        output_dir=str(cfg.output_dir / "checkpoints"),
         max_steps=cfg.steps,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=total // state.num_processes,
+        per_device_train_batch_size=total // num_processes,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_generations=cfg.group_size,
         max_completion_length=cfg.max_completion_length,
@@ -131,7 +175,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
         scale_rewards=cfg.scale_rewards,
         loss_type=cfg.loss_type,
         max_grad_norm=cfg.max_grad_norm,
-        reward_weights=[0.0] * len(rewards.names) + [1.0],
+        # The raw rewards are logged but weigh 0; the last column is the surrogate, filled in
+        # after gathering by IAMAGRPOTrainer._calculate_rewards (grpo.py).
+        reward_weights=[0.0] * num_rewards + [1.0],
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -148,6 +194,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
         log_completions=False,
         shuffle_dataset=True,
     )
+
+
+def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, rewards: RewardSet, args: Any) -> Any:
+    """The IAMA trainer with its KL controller and callbacks (metrics, β, checkpoint markers)."""
+    from iama_trainer.grpo import IAMAGRPOTrainer, reward_funcs
+    from iama_trainer.kl_control import AdaptiveKLController
+    from iama_trainer.surrogate import SurrogateSpec
+
     peft_config = None
     if cfg.lora.enabled:
         from peft import LoraConfig
@@ -160,15 +214,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
             task_type="CAUSAL_LM",
         )
     kl = cfg.kl_control
-    controller = (
-        AdaptiveKLController(cfg.beta, kl.target, kl.horizon, kl.min_beta, kl.max_beta)
-        if kl.type == "adaptive"
-        else None
-    )
-    if controller is not None and cfg.beta == 0:
-        raise ValueError("adaptive KL control needs beta > 0 to start from")
+    controller = None
+    if kl.type == "adaptive":
+        if cfg.beta == 0:
+            raise ValueError("adaptive KL control needs beta > 0 to start from")
+        controller = AdaptiveKLController(cfg.beta, kl.target, kl.horizon, kl.min_beta, kl.max_beta)
     objective = Objective(tasks=cfg.objective.tasks, aggregation=cfg.objective.aggregation)
-    spec = IAMASpec(rewards.names, objective, cfg.objective.type, dict(stats), controller)
     trainer = IAMAGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs(rewards),
@@ -176,30 +227,31 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        iama=spec,
+        surrogate=SurrogateSpec(rewards, objective, cfg.objective.type),
+        kl_controller=controller,
     )
-    trainer.add_callback(JsonlMetrics(out / "metrics.jsonl"))
+    trainer.add_callback(JsonlMetrics(cfg.output_dir / "metrics.jsonl"))
     if controller is not None:
         trainer.add_callback(AdaptiveBeta(trainer))
     trainer.add_callback(CheckpointBookkeeping(trainer))
+    return trainer
 
-    resume_from = latest_complete_checkpoint(ckpt_root) if resume else None
-    if resume and resume_from is None:
+
+def resume_point(trainer: Any, ckpt_root: Path, resume: bool) -> Path | None:
+    """The last complete checkpoint (β and the controller restored from it), or None."""
+    if not resume:
+        return None
+    resume_from = latest_complete_checkpoint(ckpt_root)
+    if resume_from is None:
         log.warning("--resume: no complete checkpoint under %s; starting from step 0", ckpt_root)
-    if resume_from is not None:
-        saved = json.loads((resume_from / STATE).read_text())
-        trainer.beta = saved["beta"]
-        if controller is not None and saved.get("kl_controller"):
-            controller.beta = saved["kl_controller"]["beta"]
-        _drop_incomplete(ckpt_root, resume_from)
-        log.info("resuming from %s", resume_from)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-
-    final = out / "model"
-    if trainer.accelerator.is_main_process:
-        _save_final(trainer, tokenizer, final, cfg, model_path, rewards, objective, peft_config is not None)
-    trainer.accelerator.wait_for_everyone()
-    return final
+        return None
+    saved = json.loads((resume_from / STATE).read_text())
+    trainer.beta = saved["beta"]
+    if trainer.kl_controller is not None and saved.get("kl_controller"):
+        trainer.kl_controller.beta = saved["kl_controller"]["beta"]
+    _drop_incomplete(ckpt_root, resume_from)
+    log.info("resuming from %s", resume_from)
+    return resume_from
 
 
 def weights_dtype(bf16: bool, lora: bool) -> str:
@@ -235,15 +287,13 @@ def _save_final(
     cfg: TrainConfig,
     model_path: str,
     rewards: RewardSet,
-    objective: Objective,
-    lora: bool,
 ) -> None:
     import trl
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if lora and cfg.lora.merge:
+    if cfg.lora.enabled and cfg.lora.merge:
         model = model.merge_and_unload()
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -252,7 +302,7 @@ def _save_final(
     card = ModelCard(
         base_model=cfg.model if cfg.model != "default" else "SmolLM2-135M-Instruct (embedded default)",
         rewards={k: spec.model_copy(update={"stats": rewards.stats.get(k)}) for k, spec in cfg.rewards.items()},
-        objective=objective,
+        objective=trainer.surrogate.objective,
         objective_type=cfg.objective.type,
         beta=float(trainer.beta),
         kl=last_kl,
@@ -262,7 +312,7 @@ def _save_final(
             "prompts_per_step": cfg.prompts_per_step,
             "learning_rate": cfg.learning_rate,
             "prompts": cfg.prompts.model_dump(),
-            "lora": cfg.lora.model_dump() if lora else None,
+            "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
             "seed": cfg.seed,
             "trl": trl.__version__,
             "base_model_path": model_path,

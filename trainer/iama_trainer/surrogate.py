@@ -1,20 +1,30 @@
 """The per-sample reward non-linear GRPO trains on, from the raw rewards of a gathered batch.
 
-Pure numpy, so it is tested without a model: raw rewards (B, K) → normalised → task rewards
-r_i = Σ_k w_ik·reward_k (m, B) → either the first variation of g(R_1..R_m) per group (IAMA) or
-the weighted task reward itself (the linear GRPO baseline).
+Pure numpy, so it is tested without a model: raw rewards (B, K) → normalised and weighted into
+task rewards r_i (m, B) by :func:`iama.rewards.weighted_score` (the server's formula) → either
+the first variation of g(R_1..R_m) per group (IAMA) or the weighted task reward itself (the
+linear GRPO baseline).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from iama.objective import Objective, aggregation_value, linear_reward_weights
-from iama.rewards.normalization import RewardStats, normalize
+from iama.objective import Objective, ObjectiveType, aggregation_value, linear_reward_weights
+from iama.rewards import RewardSet, weighted_score
 from iama.variations import grouped_first_variation, task_value
+
+
+@dataclass(frozen=True)
+class SurrogateSpec:
+    """Everything that turns raw rewards into the trained reward; travels from the config to
+    TRL's hook (``grpo.py``) as one object."""
+
+    rewards: RewardSet  # column order of the raw rewards, and their normalisation statistics
+    objective: Objective
+    objective_type: ObjectiveType = "iama"
 
 
 @dataclass(frozen=True)
@@ -25,46 +35,30 @@ class Surrogate:
     objective_values: np.ndarray  # (groups,) g(R_1..R_m) per group
 
 
-def task_rewards(
-    raw: np.ndarray, reward_names: Sequence[str], objective: Objective, stats: Mapping[str, RewardStats]
-) -> np.ndarray:
+def task_rewards(raw: np.ndarray, spec: SurrogateSpec) -> np.ndarray:
+    """(m, B): task i's reward ``r_i = Σ_k w_ik·normalize(reward_k)`` for every sample."""
+    names = spec.rewards.names
     raw = np.asarray(raw, dtype=np.float64)
-    if raw.ndim != 2 or raw.shape[1] != len(reward_names):
-        raise ValueError(f"raw rewards must be (batch, {len(reward_names)}), got {raw.shape}")
+    if raw.ndim != 2 or raw.shape[1] != len(names):
+        raise ValueError(f"raw rewards must be (batch, {len(names)}), got {raw.shape}")
     if not np.all(np.isfinite(raw)):
         raise ValueError("raw rewards must be finite")
-    col = {n: normalize(raw[:, k], stats.get(n)) for k, n in enumerate(reward_names)}
-    out = np.zeros((len(objective.tasks), raw.shape[0]))
-    for i, task in enumerate(objective.tasks):
-        for name, w in task.weights.items():
-            out[i] += w * col[name]
-    return out
+    columns = {name: raw[:, k] for k, name in enumerate(names)}
+    stats = spec.rewards.stats
+    return np.stack([weighted_score(columns, task.weights, stats) for task in spec.objective.tasks])
 
 
-def compute_surrogate(
-    raw: np.ndarray,
-    reward_names: Sequence[str],
-    objective: Objective,
-    objective_type: str,
-    stats: Mapping[str, RewardStats],
-    group_size: int,
-) -> Surrogate:
-    tr = task_rewards(raw, reward_names, objective, stats)
+def compute_surrogate(raw: np.ndarray, spec: SurrogateSpec, group_size: int) -> Surrogate:
+    tr = task_rewards(raw, spec)
     b = tr.shape[1]
     if b % group_size:
         raise ValueError(f"batch of {b} is not a whole number of groups of {group_size}")
-    groups = b // group_size
-    values = np.array(
-        [
-            [task_value(tr[i, g * group_size : (g + 1) * group_size], t) for i, t in enumerate(objective.tasks)]
-            for g in range(groups)
-        ]
-    )
-    obj = np.array([aggregation_value(v, objective.aggregation) for v in values])
-    if objective_type == "linear":
-        rewards = linear_reward_weights(objective) @ tr
-    elif objective_type == "iama":
-        rewards = grouped_first_variation(tr, group_size, objective.tasks, objective.aggregation)
+    tasks, aggregation = spec.objective.tasks, spec.objective.aggregation
+    groups = tr.reshape(len(tasks), b // group_size, group_size)  # (m, groups, M)
+    values = np.array([[task_value(groups[i, g], t) for i, t in enumerate(tasks)] for g in range(groups.shape[1])])
+    obj = np.array([aggregation_value(v, aggregation) for v in values])
+    if spec.objective_type == "linear":
+        rewards = linear_reward_weights(spec.objective) @ tr
     else:
-        raise ValueError(f"objective type must be 'iama' or 'linear', got {objective_type!r}")
+        rewards = grouped_first_variation(tr, group_size, tasks, aggregation)
     return Surrogate(rewards, tr, values, obj)

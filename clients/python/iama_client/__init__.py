@@ -2,8 +2,10 @@
 
 from iama_client.client import AsyncClient, Client
 from iama_client.errors import (
+    ERROR_CODES,
     APIConnectionError,
     APIError,
+    APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -11,14 +13,17 @@ from iama_client.errors import (
     InternalServerError,
     NotFoundError,
     RateLimitError,
+    RequestTooLargeError,
     ServerTimeoutError,
     ServiceUnavailableError,
 )
 from iama_client.models import (
+    AlignParams,
     AlignResponse,
     Candidate,
     ChatCompletion,
     ChatMessage,
+    ChatParams,
     Health,
     ModelList,
     RewardScore,
@@ -28,9 +33,12 @@ from iama_client.models import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "ERROR_CODES",
     "APIConnectionError",
     "APIError",
+    "APIStatusError",
     "APITimeoutError",
+    "AlignParams",
     "AlignResponse",
     "AsyncClient",
     "AuthenticationError",
@@ -38,6 +46,7 @@ __all__ = [
     "Candidate",
     "ChatCompletion",
     "ChatMessage",
+    "ChatParams",
     "Client",
     "Health",
     "IAMAError",
@@ -45,6 +54,7 @@ __all__ = [
     "ModelList",
     "NotFoundError",
     "RateLimitError",
+    "RequestTooLargeError",
     "RewardScore",
     "RewardsList",
     "ServerTimeoutError",

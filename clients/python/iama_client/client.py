@@ -1,92 +1,28 @@
-"""The synchronous and asynchronous clients; both share ``_base`` and differ only in I/O."""
+"""The synchronous and asynchronous clients. Each call is defined once in ``calls.py``; the two
+classes differ only in how they send it (and wait between retries)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import httpx
+from typing_extensions import Unpack
 
-from iama_client._base import ClientConfig, drop_none, messages_payload, raise_for_error, retry_delay_or_raise
+from iama_client import calls
+from iama_client.calls import Call, R
 from iama_client.errors import APIConnectionError, APIError, APITimeoutError
 from iama_client.models import (
-    Algorithm,
+    AlignParams,
     AlignResponse,
     ChatCompletion,
+    ChatParams,
     Health,
     MessagesLike,
     ModelList,
     RewardsList,
 )
-
-
-def _align_body(
-    prompt: str | None,
-    messages: MessagesLike | None,
-    reward_weights: dict[str, float] | None,
-    budget: int | None,
-    algorithm: Algorithm,
-    alignment_temperature: float | None,
-    temperature: float | None,
-    top_p: float | None,
-    max_tokens: int | None,
-    seed: int | None,
-    stop: str | list[str] | None,
-    return_candidates: bool,
-    normalize: bool | None,
-    raw_prompt: bool | None,
-) -> dict[str, Any]:
-    return drop_none(
-        {
-            "prompt": prompt,
-            "messages": messages_payload(messages),
-            "reward_weights": reward_weights,
-            "budget": budget,
-            "algorithm": algorithm,
-            "alignment_temperature": alignment_temperature,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_tokens": max_tokens,
-            "seed": seed,
-            "stop": stop,
-            "return_candidates": return_candidates,
-            "normalize": normalize,
-            "raw_prompt": raw_prompt,
-        }
-    )
-
-
-def _chat_body(
-    messages: MessagesLike,
-    model: str | None,
-    reward_weights: dict[str, float] | None,
-    best_of: int | None,
-    alignment: Algorithm,
-    alignment_temperature: float | None,
-    n: int,
-    temperature: float | None,
-    top_p: float | None,
-    max_tokens: int | None,
-    seed: int | None,
-    stop: str | list[str] | None,
-) -> dict[str, Any]:
-    return drop_none(
-        {
-            "model": model,
-            "messages": messages_payload(messages),
-            "reward_weights": reward_weights,
-            "best_of": best_of,
-            "alignment": alignment,
-            "alignment_temperature": alignment_temperature,
-            "n": n,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_tokens": max_tokens,
-            "seed": seed,
-            "stop": stop,
-        }
-    )
+from iama_client.transport import ClientConfig, raise_for_status, retry_delay_or_raise
 
 
 class Client:
@@ -120,101 +56,38 @@ class Client:
         if self._owns_http:
             self._http.close()
 
-    def _request(self, method: str, path: str, json: dict[str, Any] | None = None) -> httpx.Response:
-        url = self.config.base_url + path
+    def _send(self, call: Call[R]) -> R:
+        url = self.config.url(call.path)
         for attempt in range(self.config.max_retries + 1):
             try:
-                resp = self._http.request(method, url, json=json, headers=self.config.headers())
-                raise_for_error(resp)
-                return resp
+                resp = self._http.request(call.method, url, json=call.body, headers=self.config.headers())
+                raise_for_status(resp)
+                return call.response.model_validate(resp.json())
             except (APIError, httpx.TransportError) as exc:
                 time.sleep(retry_delay_or_raise(self.config, exc, attempt, url))
         raise AssertionError("unreachable")
 
-    def align(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: MessagesLike | None = None,
-        reward_weights: dict[str, float] | None = None,
-        budget: int | None = None,
-        algorithm: Algorithm = "bon",
-        alignment_temperature: float | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-        return_candidates: bool = False,
-        normalize: bool | None = None,
-        raw_prompt: bool | None = None,
-    ) -> AlignResponse:
+    def align(self, prompt: str | None = None, **params: Unpack[AlignParams]) -> AlignResponse:
         """Sample ``budget`` candidates and return the one chosen by ``algorithm``."""
-        body = _align_body(
-            prompt,
-            messages,
-            reward_weights,
-            budget,
-            algorithm,
-            alignment_temperature,
-            temperature,
-            top_p,
-            max_tokens,
-            seed,
-            stop,
-            return_candidates,
-            normalize,
-            raw_prompt,
-        )
-        return AlignResponse.model_validate(self._request("POST", "/v1/align", body).json())
+        return self._send(calls.align(prompt, params))
 
-    def chat(
-        self,
-        messages: MessagesLike,
-        *,
-        model: str | None = None,
-        reward_weights: dict[str, float] | None = None,
-        best_of: int | None = None,
-        alignment: Algorithm = "bon",
-        alignment_temperature: float | None = None,
-        n: int = 1,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-    ) -> ChatCompletion:
+    def chat(self, messages: MessagesLike, **params: Unpack[ChatParams]) -> ChatCompletion:
         """OpenAI-style chat completion with optional alignment (``best_of`` = the budget)."""
-        body = _chat_body(
-            messages,
-            model,
-            reward_weights,
-            best_of,
-            alignment,
-            alignment_temperature,
-            n,
-            temperature,
-            top_p,
-            max_tokens,
-            seed,
-            stop,
-        )
-        return ChatCompletion.model_validate(self._request("POST", "/v1/chat/completions", body).json())
+        return self._send(calls.chat(messages, params))
 
     def rewards(self) -> RewardsList:
-        return RewardsList.model_validate(self._request("GET", "/v1/rewards").json())
+        return self._send(calls.REWARDS)
 
     def models(self) -> ModelList:
-        return ModelList.model_validate(self._request("GET", "/v1/models").json())
+        return self._send(calls.MODELS)
 
     def health(self) -> Health:
         """Never raises for 503: a starting server is a normal answer here."""
-        url = self.config.base_url + "/health"
+        url = self.config.url("/health")
         try:
-            resp = self._http.get(url)
+            return Health.model_validate(self._http.get(url).json())
         except httpx.TransportError as exc:
             raise APIConnectionError(f"could not reach {url}: {exc}") from exc
-        return Health.model_validate(resp.json())
 
     def wait_until_ready(self, timeout: float = 300.0, interval: float = 1.0) -> Health:
         deadline = time.monotonic() + timeout
@@ -257,97 +130,48 @@ class AsyncClient:
         if self._owns_http:
             await self._http.aclose()
 
-    async def _request(self, method: str, path: str, json: dict[str, Any] | None = None) -> httpx.Response:
-        url = self.config.base_url + path
+    async def _send(self, call: Call[R]) -> R:
+        url = self.config.url(call.path)
         for attempt in range(self.config.max_retries + 1):
             try:
-                resp = await self._http.request(method, url, json=json, headers=self.config.headers())
-                raise_for_error(resp)
-                return resp
+                resp = await self._http.request(call.method, url, json=call.body, headers=self.config.headers())
+                raise_for_status(resp)
+                return call.response.model_validate(resp.json())
             except (APIError, httpx.TransportError) as exc:
                 await asyncio.sleep(retry_delay_or_raise(self.config, exc, attempt, url))
         raise AssertionError("unreachable")
 
-    async def align(
-        self,
-        prompt: str | None = None,
-        *,
-        messages: MessagesLike | None = None,
-        reward_weights: dict[str, float] | None = None,
-        budget: int | None = None,
-        algorithm: Algorithm = "bon",
-        alignment_temperature: float | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-        return_candidates: bool = False,
-        normalize: bool | None = None,
-        raw_prompt: bool | None = None,
-    ) -> AlignResponse:
+    async def align(self, prompt: str | None = None, **params: Unpack[AlignParams]) -> AlignResponse:
         """See :meth:`Client.align`."""
-        body = _align_body(
-            prompt,
-            messages,
-            reward_weights,
-            budget,
-            algorithm,
-            alignment_temperature,
-            temperature,
-            top_p,
-            max_tokens,
-            seed,
-            stop,
-            return_candidates,
-            normalize,
-            raw_prompt,
-        )
-        return AlignResponse.model_validate((await self._request("POST", "/v1/align", body)).json())
+        return await self._send(calls.align(prompt, params))
 
-    async def chat(
-        self,
-        messages: MessagesLike,
-        *,
-        model: str | None = None,
-        reward_weights: dict[str, float] | None = None,
-        best_of: int | None = None,
-        alignment: Algorithm = "bon",
-        alignment_temperature: float | None = None,
-        n: int = 1,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        seed: int | None = None,
-        stop: str | list[str] | None = None,
-    ) -> ChatCompletion:
+    async def chat(self, messages: MessagesLike, **params: Unpack[ChatParams]) -> ChatCompletion:
         """See :meth:`Client.chat`."""
-        body = _chat_body(
-            messages,
-            model,
-            reward_weights,
-            best_of,
-            alignment,
-            alignment_temperature,
-            n,
-            temperature,
-            top_p,
-            max_tokens,
-            seed,
-            stop,
-        )
-        return ChatCompletion.model_validate((await self._request("POST", "/v1/chat/completions", body)).json())
+        return await self._send(calls.chat(messages, params))
 
     async def rewards(self) -> RewardsList:
-        return RewardsList.model_validate((await self._request("GET", "/v1/rewards")).json())
+        return await self._send(calls.REWARDS)
 
     async def models(self) -> ModelList:
-        return ModelList.model_validate((await self._request("GET", "/v1/models")).json())
+        return await self._send(calls.MODELS)
 
     async def health(self) -> Health:
-        url = self.config.base_url + "/health"
+        url = self.config.url("/health")
         try:
-            resp = await self._http.get(url)
+            return Health.model_validate((await self._http.get(url)).json())
         except httpx.TransportError as exc:
             raise APIConnectionError(f"could not reach {url}: {exc}") from exc
-        return Health.model_validate(resp.json())
+
+    async def wait_until_ready(self, timeout: float = 300.0, interval: float = 1.0) -> Health:
+        """See :meth:`Client.wait_until_ready`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                h = await self.health()
+                if h.ready:
+                    return h
+            except APIConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise APITimeoutError(f"server not ready after {timeout} s")
+            await asyncio.sleep(interval)

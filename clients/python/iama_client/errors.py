@@ -1,80 +1,133 @@
-"""Exceptions carrying the server's message and offending field (``param``)."""
+"""Exceptions, in openai-python's shallow hierarchy, carrying the server's message and field.
+
+    IAMAError
+    └── APIError                    message, param, code, body
+        ├── APIConnectionError      the server was not reached, or did not answer
+        │   └── APITimeoutError
+        └── APIStatusError          the server answered 4xx/5xx: status_code, retry_after
+            ├── BadRequestError (400, 422), AuthenticationError (401, 403), NotFoundError (404),
+            │   RequestTooLargeError (413), RateLimitError (429)
+            └── InternalServerError (5xx)
+                ├── ServiceUnavailableError (503)
+                └── ServerTimeoutError (504)
+
+``code`` is one of :data:`ERROR_CODES`, spelt as the server spells it
+(``iama_server.errors.ErrorCode``; a test pins the two equal).
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+ERROR_CODES = (
+    "invalid_json",
+    "invalid_value",
+    "invalid_reward_weights",
+    "prompt_too_long",
+    "invalid_api_key",
+    "model_not_found",
+    "not_found",
+    "method_not_allowed",
+    "overloaded",
+    "not_ready",
+    "timeout",
+    "internal_error",
+)
 
 
 class IAMAError(Exception):
     """Base of everything this client raises."""
 
 
-class APIConnectionError(IAMAError):
-    """The server could not be reached (after retries)."""
+class APIError(IAMAError):
+    """A request failed; ``param`` names the offending field when the server said which."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message + (f" (field: {param})" if param else ""))
+        self.message = message
+        self.param = param
+        self.code = code
+        self.body = body or {}
+
+
+class APIConnectionError(APIError):
+    """The server could not be reached, or the connection broke (after retries)."""
 
 
 class APITimeoutError(APIConnectionError):
     """The request timed out on the client side."""
 
 
-class APIError(IAMAError):
-    """The server answered with an error status."""
+class APIStatusError(APIError):
+    """The server answered with a 4xx or 5xx status."""
 
     def __init__(
         self,
         message: str,
+        *,
         status_code: int,
         param: str | None = None,
         code: str | None = None,
         body: dict[str, Any] | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(f"{status_code}: {message}" + (f" (field: {param})" if param else ""))
+        super().__init__(f"{status_code}: {message}", param=param, code=code, body=body)
         self.message = message
         self.status_code = status_code
-        self.param = param
-        self.field = param
-        self.code = code
-        self.body = body or {}
         self.retry_after = retry_after
 
 
-class BadRequestError(APIError):
+class BadRequestError(APIStatusError):
     """400/422: invalid input; ``param`` names the field (e.g. ``reward_weights.foo``)."""
 
 
-class AuthenticationError(APIError):
-    """401: missing or wrong API key."""
+class AuthenticationError(APIStatusError):
+    """401/403: missing or wrong API key."""
 
 
-class NotFoundError(APIError):
+class NotFoundError(APIStatusError):
     """404: unknown route or model."""
 
 
-class RateLimitError(APIError):
+class RequestTooLargeError(APIStatusError):
+    """413: the request body is over the server's limit."""
+
+
+class RateLimitError(APIStatusError):
     """429: the server is at capacity; ``retry_after`` says when to come back."""
 
 
-class ServiceUnavailableError(APIError):
-    """503: the engine is still starting (or failed to start)."""
+class InternalServerError(APIStatusError):
+    """5xx."""
 
 
-class ServerTimeoutError(APIError):
+class ServiceUnavailableError(InternalServerError):
+    """503: the engine is still starting, or is going away."""
+
+
+class ServerTimeoutError(InternalServerError):
     """504: the request exceeded the server's timeout."""
 
 
-class InternalServerError(APIError):
-    """500 and other 5xx."""
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    413: RequestTooLargeError,
+    422: BadRequestError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+    504: ServerTimeoutError,
+}
 
 
-def error_for(status: int) -> type:
-    return {
-        400: BadRequestError,
-        401: AuthenticationError,
-        403: AuthenticationError,
-        404: NotFoundError,
-        422: BadRequestError,
-        429: RateLimitError,
-        503: ServiceUnavailableError,
-        504: ServerTimeoutError,
-    }.get(status, InternalServerError if status >= 500 else APIError)
+def error_class_for_status(status: int) -> type[APIStatusError]:
+    return _BY_STATUS.get(status, InternalServerError if status >= 500 else APIStatusError)

@@ -1,13 +1,17 @@
-"""Response models mirroring the server's JSON (``iama_server.schemas``).
+"""Request parameters and response models mirroring the server's JSON (``iama_server.schemas``).
 
-Unknown fields are kept (``extra="allow"``) so a newer server never breaks an older client.
+Request parameters are ``TypedDict``s: each is the one definition of a call's keyword
+arguments for both clients (``**params: Unpack[AlignParams]``) and is validated by pydantic
+before anything is sent. Response models keep unknown fields (``extra="allow"``) so a newer
+server never breaks an older client.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, with_config
+from typing_extensions import TypedDict
 
 Algorithm = Literal["bon", "soft_bon"]
 
@@ -149,3 +153,39 @@ class ChatCompletion(_Model):
 
 
 MessagesLike = list[ChatMessage | dict[str, str]]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class AlignParams(TypedDict, total=False):
+    """Keyword arguments of ``align`` (besides ``prompt``); see the server's ``/v1/align``."""
+
+    messages: MessagesLike
+    reward_weights: dict[str, float]
+    budget: int
+    algorithm: Algorithm
+    alignment_temperature: float
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+    stop: str | list[str]
+    return_candidates: bool
+    normalize: bool
+    raw_prompt: bool
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ChatParams(TypedDict, total=False):
+    """Keyword arguments of ``chat`` (besides ``messages``): OpenAI's fields plus alignment."""
+
+    model: str
+    reward_weights: dict[str, float]
+    best_of: int
+    alignment: Algorithm
+    alignment_temperature: float
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+    stop: str | list[str]

@@ -1,4 +1,5 @@
-"""Configuration, request building, retry policy and error mapping shared by both clients."""
+"""What both clients share about sending a request: configuration, headers, the retry policy,
+and turning a response into a model or an exception. No I/O here."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from typing import Any
 
 import httpx
 
-from iama_client.errors import APIConnectionError, APIError, APITimeoutError, error_for
-from iama_client.models import ChatMessage, MessagesLike
+from iama_client.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    error_class_for_status,
+)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-RETRY_STATUSES = {429, 503}
+RETRY_STATUSES = frozenset({429, 503})
 
 
 class ClientConfig:
@@ -40,6 +46,9 @@ class ClientConfig:
             h["Authorization"] = f"Bearer {self.api_key}"
         return h
 
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Honour Retry-After when the server gives one, else exponential backoff with jitter."""
         if retry_after is not None:
@@ -48,7 +57,7 @@ class ClientConfig:
         return base * (0.5 + random.random() / 2)
 
 
-def retry_after(resp: httpx.Response) -> float | None:
+def _retry_after(resp: httpx.Response) -> float | None:
     value = resp.headers.get("retry-after")
     try:
         return float(value) if value is not None else None
@@ -56,25 +65,35 @@ def retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
-def raise_for_error(resp: httpx.Response) -> None:
+def raise_for_status(resp: httpx.Response) -> None:
+    """An :class:`APIStatusError` subclass for a 4xx/5xx answer, whatever its body: the server's
+    JSON error, or anything else (a proxy's HTML page) as plain text."""
     if resp.status_code < 400:
         return
+    body: Any
     try:
         body = resp.json()
     except ValueError:
-        body = {}
+        body = None
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
-        message, param, code = str(err.get("message", resp.reason_phrase)), err.get("param"), err.get("code")
+        message, param, code = str(err.get("message") or resp.reason_phrase), err.get("param"), err.get("code")
     else:
-        message, param, code = resp.text or resp.reason_phrase, None, None
-    cls = error_for(resp.status_code)
-    raise cls(message, resp.status_code, param, code, body if isinstance(body, dict) else {}, retry_after(resp))
+        message, param, code = (resp.text.strip()[:500] or resp.reason_phrase), None, None
+    raise error_class_for_status(resp.status_code)(
+        message,
+        status_code=resp.status_code,
+        param=param,
+        code=code,
+        body=body if isinstance(body, dict) else {},
+        retry_after=_retry_after(resp),
+    )
 
 
 def should_retry(exc: Exception) -> bool:
-    """429/503 are refusals before any work; connect errors never reached the server."""
-    if isinstance(exc, APIError):
+    """429/503 are refusals before any work; connect errors never reached the server. Nothing
+    else is retried, so a request is never run twice."""
+    if isinstance(exc, APIStatusError):
         return exc.status_code in RETRY_STATUSES
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
 
@@ -83,18 +102,8 @@ def retry_delay_or_raise(config: ClientConfig, exc: Exception, attempt: int, url
     """Seconds to wait before the next attempt, or raise the exception the caller should see."""
     if attempt < config.max_retries and should_retry(exc):
         return config.delay(attempt, getattr(exc, "retry_after", None))
+    if isinstance(exc, APIError):
+        raise exc
     if isinstance(exc, httpx.TimeoutException):
         raise APITimeoutError(f"request to {url} timed out") from exc
-    if isinstance(exc, httpx.TransportError):
-        raise APIConnectionError(f"could not reach {url}: {exc}") from exc
-    raise exc
-
-
-def messages_payload(messages: MessagesLike | None) -> list[dict[str, str]] | None:
-    if messages is None:
-        return None
-    return [m.model_dump() if isinstance(m, ChatMessage) else dict(m) for m in messages]
-
-
-def drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
+    raise APIConnectionError(f"could not reach {url}: {exc}") from exc

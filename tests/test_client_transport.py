@@ -1,0 +1,143 @@
+"""The SDK's retry policy and error mapping on ``httpx.MockTransport``: no server, no waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from iama_client import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    Client,
+    InternalServerError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+
+OK = {
+    "id": "align-1",
+    "created": 0,
+    "model": "m",
+    "text": "hi",
+    "chosen_index": 0,
+    "algorithm": "bon",
+    "budget": 2,
+    "reward_weights": {"a": 1.0},
+    "weighted_score": 0.5,
+    "scores": {"a": {"raw": 0.5, "normalized": 0.5}},
+    "kl_bound": 0.19,
+    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    "timings": {"queue_s": 0, "generation_s": 0.1, "scoring_s": 0.01, "total_s": 0.2},
+}
+
+
+def scripted(*answers: httpx.Response | Exception) -> tuple[list[httpx.Request], httpx.MockTransport]:
+    """A transport that answers each request with the next scripted answer."""
+    seen: list[httpx.Request] = []
+    queue = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = queue.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return seen, httpx.MockTransport(handler)
+
+
+def client(transport: httpx.MockTransport, **kw) -> Client:
+    http = httpx.Client(transport=transport)
+    return Client(base_url="http://iama", api_key="k", backoff=0.001, http_client=http, **kw)
+
+
+def test_a_429_then_503_then_success_is_retried_with_retry_after_honoured(monkeypatch):
+    sleeps: list[float] = []
+    monkeypatch.setattr("iama_client.client.time.sleep", sleeps.append)
+    seen, transport = scripted(
+        httpx.Response(429, headers={"Retry-After": "3"}, json={"error": {"message": "busy", "code": "overloaded"}}),
+        httpx.Response(503, json={"error": {"message": "starting"}}),
+        httpx.Response(200, json=OK),
+    )
+    r = client(transport, max_retries=2).align("hi", reward_weights={"a": 1.0}, budget=2)
+    assert r.text == "hi" and len(seen) == 3 and sleeps[0] == 3.0
+    assert seen[0].headers["authorization"] == "Bearer k"
+    assert seen[0].url == "http://iama/v1/align"
+    import json
+
+    assert json.loads(seen[0].content) == {"prompt": "hi", "reward_weights": {"a": 1.0}, "budget": 2}
+
+
+def test_retries_run_out_and_the_last_error_is_raised(monkeypatch):
+    monkeypatch.setattr("iama_client.client.time.sleep", lambda s: None)
+    _, transport = scripted(*[httpx.Response(429, json={"error": {"message": "busy"}})] * 3)
+    with pytest.raises(RateLimitError) as err:
+        client(transport, max_retries=2).align("hi")
+    assert err.value.status_code == 429 and isinstance(err.value, APIStatusError)
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(400, BadRequestError), (422, BadRequestError), (401, AuthenticationError), (500, InternalServerError)],
+)
+def test_other_errors_are_never_retried_and_keep_message_and_field(status, cls):
+    body = {"error": {"message": "bad weight", "param": "reward_weights.a", "code": "invalid_reward_weights"}}
+    seen, transport = scripted(httpx.Response(status, json=body), httpx.Response(200, json=OK))
+    with pytest.raises(cls) as err:
+        client(transport, max_retries=5).align("hi")
+    assert len(seen) == 1  # a request is never run twice
+    e = err.value
+    assert (e.message, e.param, e.code) == ("bad weight", "reward_weights.a", "invalid_reward_weights")
+
+
+def test_a_proxy_html_page_is_a_status_error_not_a_json_error():
+    _, transport = scripted(httpx.Response(502, text="<html><body>Bad Gateway</body></html>"))
+    with pytest.raises(InternalServerError) as err:
+        client(transport, max_retries=0).align("hi")
+    assert err.value.status_code == 502 and "Bad Gateway" in err.value.message
+
+
+def test_connection_errors_are_retried_then_raised_as_api_errors(monkeypatch):
+    monkeypatch.setattr("iama_client.client.time.sleep", lambda s: None)
+    seen, transport = scripted(*[httpx.ConnectError("refused")] * 3)
+    with pytest.raises(APIConnectionError) as err:
+        client(transport, max_retries=2).align("hi")
+    assert len(seen) == 3 and isinstance(err.value, APIError)
+
+
+def test_a_bad_argument_is_a_type_error_before_anything_is_sent():
+    seen, transport = scripted()
+    with pytest.raises(TypeError, match="budgett"):
+        client(transport).align("hi", budgett=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="budget"):
+        client(transport).align("hi", budget="many")  # type: ignore[arg-type]
+    assert seen == []
+
+
+def test_async_client_shares_the_calls_and_the_policy(monkeypatch):
+    async def no_sleep(_: float) -> None:
+        return None
+
+    monkeypatch.setattr("iama_client.client.asyncio.sleep", no_sleep)
+    seen: list[httpx.Request] = []
+    answers = [httpx.Response(503, json={"error": {"message": "starting"}}), httpx.Response(200, json=OK)]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers.pop(0)
+
+    async def go() -> str:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with AsyncClient(base_url="http://iama", http_client=http, backoff=0.001) as c:
+            return (await c.align(messages=[{"role": "user", "content": "x"}], budget=2)).text
+
+    assert asyncio.run(go()) == "hi" and len(seen) == 2
+    _, transport = scripted(httpx.Response(503, json={"error": {"message": "starting"}}))
+    with pytest.raises(ServiceUnavailableError):
+        client(transport, max_retries=0).rewards()

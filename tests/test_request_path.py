@@ -1,0 +1,346 @@
+"""The server's request path in-process with a fake engine: routes, validation, admission,
+timeouts, disconnects, scoring and selection, rendering. Fast and independent of machine speed:
+waits that matter are built in (``FakeEngine.hold``), never raced."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+from fake_engine import CANDIDATES, FakeEngine
+from in_process import API_KEY, REWARDS, metric, serve
+
+from iama.rewards import RewardSet, weighted_score
+from iama_server.errors import ErrorCode
+from iama_server.schemas import AlignRequest
+
+ALIGN = {"prompt": "How was your day?", "reward_weights": {"sentiment": 1.0}, "budget": 4, "max_tokens": 32}
+
+
+async def test_health_is_503_until_the_engine_is_up_then_ok():
+    engine = FakeEngine()
+    engine_start = engine.start
+    gate = asyncio.Event()
+
+    def slow_start() -> None:  # runs in a worker thread: wait for the test to let it finish
+        asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        engine_start()
+
+    engine.start = slow_start  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    async with serve(engine, wait_ready=False) as s:
+        r = await s.client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "starting"
+        r = await s.client.post("/v1/align", json=ALIGN)
+        assert r.status_code == 503 and r.json()["error"]["code"] == ErrorCode.NOT_READY
+        assert r.headers["retry-after"] == "5"
+        gate.set()
+        for _ in range(500):
+            if (await s.client.get("/health")).status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert (await s.client.get("/health")).json() == {"status": "ok", "model": "fake"}
+
+
+async def test_bon_returns_the_argmax_of_the_weighted_normalised_score():
+    async with serve() as s:
+        weights = {"sentiment": 1.0, "conciseness": 0.5}
+        r = await s.client.post(
+            "/v1/align", json={**ALIGN, "reward_weights": weights, "budget": 6, "return_candidates": True}
+        )
+        assert r.status_code == 200, r.text
+        d = r.json()
+    texts = CANDIDATES[:6]
+    rs = RewardSet(REWARDS)
+    expect = weighted_score(rs.score(["How was your day?"] * 6, texts), weights)
+    assert [c["text"] for c in d["candidates"]] == texts
+    assert [c["weighted_score"] for c in d["candidates"]] == pytest.approx(expect.tolist())
+    assert d["chosen_index"] == int(np.argmax(expect)) and d["text"] == texts[d["chosen_index"]]
+    assert [c["chosen"] for c in d["candidates"]].count(True) == 1
+    assert d["kl_bound"] == pytest.approx(math.log(6) - 5 / 6)
+    assert d["usage"]["completion_tokens"] == sum(len(t.split()) for t in texts)
+    assert d["reward_weights"] == weights and d["budget"] == 6 and d["algorithm"] == "bon"
+    assert "alignment_temperature" not in d  # only soft BoN has one
+
+
+async def test_the_engine_gets_one_request_with_n_equal_to_the_budget_and_the_sampling_asked_for():
+    async with serve() as s:
+        body = {**ALIGN, "budget": 5, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": "\n"}
+        assert (await s.client.post("/v1/align", json=body)).status_code == 200
+        ((ids, sampling, n, _),) = s.engine.calls
+    assert n == 5 and ids == s.engine.encode_chat([{"role": "user", "content": ALIGN["prompt"]}])
+    assert (sampling.temperature, sampling.top_p, sampling.seed, sampling.stop) == (0.7, 0.9, 3, ["\n"])
+    assert sampling.max_tokens == 32
+
+
+async def test_soft_bon_is_seeded_and_reports_its_temperature():
+    async with serve() as s:
+        body = {**ALIGN, "algorithm": "soft_bon", "alignment_temperature": 0.5, "seed": 11, "budget": 8}
+        first = (await s.client.post("/v1/align", json=body)).json()
+        again = (await s.client.post("/v1/align", json=body)).json()
+    assert first["algorithm"] == "soft_bon" and first["alignment_temperature"] == 0.5
+    assert first["kl_bound"] == pytest.approx(math.log(8))
+    assert first["chosen_index"] == again["chosen_index"]
+
+
+async def test_rewards_see_the_last_user_turn_of_a_conversation():
+    async with serve() as s:
+        msgs = [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "an answer"},
+            {"role": "user", "content": "the real question"},
+        ]
+        call = s.state.service.align_call(AlignRequest(messages=msgs, reward_weights={"sentiment": 1.0}))
+    assert call.prompt_text == "the real question"
+
+
+BAD = [
+    ({"prompt": "x", "reward_weights": {"nope": 1}}, "reward_weights.nope"),
+    ({"prompt": "x", "reward_weights": {"sentiment": -1}}, "reward_weights.sentiment"),
+    ({"prompt": "x", "reward_weights": {"sentiment": "NaN"}}, "reward_weights.sentiment"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 0, "short": 0}}, "reward_weights"),
+    ({"prompt": "x", "reward_weights": {}}, "reward_weights"),
+    ({"prompt": "x"}, "reward_weights"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": 0}, "budget"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": 9}, "budget"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "budget": "four"}, "budget"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "max_tokens": 100000}, "max_tokens"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "temperature": -1}, "temperature"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "algorithm": "beam"}, "algorithm"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "alignment_temperature": 0}, "alignment_temperature"),
+    ({"reward_weights": {"sentiment": 1}}, "messages"),
+    ({"prompt": "x", "messages": [], "reward_weights": {"sentiment": 1}}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}], "reward_weights": {"sentiment": 1}}, "messages.0.role"),
+    ({"prompt": "word " * 60, "reward_weights": {"sentiment": 1}}, "prompt"),
+    ({"prompt": "", "reward_weights": {"sentiment": 1}}, "prompt"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "surprise": 1}, "surprise"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "model": "gpt-5"}, "model"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), BAD, ids=[p for _, p in BAD])
+async def test_bad_inputs_are_4xx_naming_the_field(body, param):
+    async with serve() as s:
+        r = await s.client.post("/v1/align", json=body)
+        assert 400 <= r.status_code < 500, r.text
+        err = r.json()["error"]
+        assert err["param"] == param, err
+        assert err["message"] and "Traceback" not in r.text
+        assert err["code"] in {c.value for c in ErrorCode}
+        assert s.engine.calls == []  # nothing bad reaches the engine
+
+
+async def test_malformed_bodies_and_unknown_routes():
+    async with serve() as s:
+        r = await s.client.post("/v1/align", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+        r = await s.client.post("/v1/align", content=b"[1, 2]", headers={"content-type": "application/json"})
+        assert r.status_code == 400
+        r = await s.client.get("/v1/nothing")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = await s.client.get("/v1/align")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_messages_need_a_chat_template():
+    async with serve(FakeEngine(chat_template=False)) as s:
+        r = await s.client.post(
+            "/v1/align",
+            json={"messages": [{"role": "user", "content": "hi"}], **{k: v for k, v in ALIGN.items() if k != "prompt"}},
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        assert (await s.client.post("/v1/align", json=ALIGN)).status_code == 200  # prompt: sent raw
+
+
+async def test_api_keys_guard_v1_but_not_the_probes():
+    async with serve() as s:
+        for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+            r = await s.client.post("/v1/align", json=ALIGN, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert (await s.client.get("/health", headers={"Authorization": ""})).status_code == 200
+        assert (await s.client.get("/metrics", headers={"Authorization": ""})).status_code == 200
+
+
+async def test_overload_is_refused_at_once_with_429_and_admitted_requests_all_finish():
+    async with serve(max_concurrent_requests=2, max_queued_requests=3, retry_after_s=7) as s:
+        s.engine.hold()
+        tasks = [asyncio.create_task(s.client.post("/v1/align", json=ALIGN)) for _ in range(5)]
+        while s.state.admission.active + s.state.admission.waiting < 5:
+            await asyncio.sleep(0.005)
+        refused = [await s.client.post("/v1/align", json=ALIGN) for _ in range(3)]
+        assert [r.status_code for r in refused] == [429] * 3
+        assert refused[0].headers["retry-after"] == "7"
+        assert refused[0].json()["error"] == {
+            "message": refused[0].json()["error"]["message"],
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "overloaded",
+        }
+        s.engine.release()
+        done = await asyncio.gather(*tasks)
+        assert [r.status_code for r in done] == [200] * 5  # an admitted request is never dropped
+        text = (await s.client.get("/metrics")).text
+        assert metric(text, "iama_in_flight") == 0 and metric(text, "iama_queue_depth") == 0
+        assert metric(text, 'iama_errors_total{type="rate_limit_error"}') == 3
+
+
+async def test_a_request_past_the_timeout_is_a_504_and_its_generation_is_aborted():
+    async with serve(request_timeout_s=0.2) as s:
+        s.engine.hold()  # the generation can never finish: the timeout must fire
+        r = await s.client.post("/v1/align", json=ALIGN)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert len(s.engine.aborted) == 1 and not s.engine.running
+        assert s.state.admission.active == 0
+        s.engine.release()
+        assert (await s.client.post("/v1/align", json=ALIGN)).status_code == 200
+
+
+async def test_a_client_that_disconnects_has_its_generation_aborted():
+    import json
+
+    async with serve() as s:
+        s.engine.hold()
+        gone = asyncio.Event()
+        sent: list[dict] = []
+        body = json.dumps(ALIGN).encode()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/align",
+            "raw_path": b"/v1/align",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {API_KEY}".encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("iama", 80),
+            "state": {},
+            "app": s.app,
+        }
+        call = asyncio.create_task(s.app(scope, receive, send))
+        while not s.engine.running:
+            await asyncio.sleep(0.005)
+        gone.set()
+        await call
+        assert sent[0]["status"] == 499
+        assert len(s.engine.aborted) == 1 and s.state.admission.active == 0
+
+
+async def test_openai_client_chat_completions_stream_and_errors():
+    import openai
+
+    async with serve() as s:
+        client = openai.AsyncOpenAI(base_url="http://iama/v1", api_key=API_KEY, http_client=s.client)
+        assert (await client.models.list()).data[0].id == "fake"
+        r = await client.chat.completions.create(
+            model="fake",
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=10,
+            extra_body={"reward_weights": {"sentiment": 1, "short": 1}, "best_of": 4},
+        )
+        assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+        info = r.choices[0].model_extra["alignment"]
+        assert info["budget"] == 4 and set(info["scores"]) == {"sentiment", "short"}
+        assert r.usage.completion_tokens == sum(min(len(c.split()), 10) for c in CANDIDATES[:4])
+
+        plain = await client.completions.create(model="fake", prompt="The quick brown", max_tokens=6)
+        assert plain.object == "text_completion" and plain.choices[0].model_extra["alignment"] is None
+        assert s.engine.calls[-1][2] == 1
+
+        top2 = await client.completions.create(
+            model="fake", prompt="hello", max_tokens=6, n=2, extra_body={"best_of": 6, "reward_weights": {"short": 1}}
+        )
+        scores = [c.model_extra["alignment"]["weighted_score"] for c in top2.choices]
+        assert len(scores) == 2 and scores[0] >= scores[1]
+
+        stream = await client.chat.completions.create(
+            model="fake",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=10,
+            seed=2,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"reward_weights": {"sentiment": 1}, "best_of": 2, "alignment": "soft_bon"},
+        )
+        chunks = [c async for c in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        same = await client.chat.completions.create(
+            model="fake",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=10,
+            seed=2,
+            extra_body={"reward_weights": {"sentiment": 1}, "best_of": 2, "alignment": "soft_bon"},
+        )
+        assert same.choices[0].message.content == text
+
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.chat.completions.create(
+                model="fake",
+                messages=[{"role": "user", "content": "x"}],
+                extra_body={"reward_weights": {"zzz": 1}, "best_of": 2},
+            )
+        assert err.value.body["param"] == "reward_weights.zzz"
+        with pytest.raises(openai.NotFoundError):
+            await client.completions.create(model="not-this-one", prompt="x", max_tokens=2)
+        with pytest.raises(openai.AuthenticationError):
+            bad = openai.AsyncOpenAI(base_url="http://iama/v1", api_key="bad", http_client=s.client)
+            await bad.models.list()
+
+
+async def test_sse_wire_format():
+    async with serve() as s:
+        body = {"prompt": "hi", "max_tokens": 5, "stream": True}
+        async with s.client.stream("POST", "/v1/completions", json=body) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            lines = [ln async for ln in r.aiter_lines() if ln]
+    assert all(ln.startswith("data: ") for ln in lines)
+    assert lines[-1] == "data: [DONE]"
+
+
+async def test_rewards_listing_and_metrics():
+    async with serve() as s:
+        rw = (await s.client.get("/v1/rewards")).json()
+        by_name = {r["name"]: r for r in rw["data"]}
+        assert set(by_name) == set(REWARDS)
+        assert by_name["short"]["parameters"]["target"] == 3 and by_name["sentiment"]["description"]
+        assert rw["meta_aligned_for"]["tasks"] == [] and rw["limits"] == {"max_budget": 8, "max_tokens": 64}
+        await s.client.post("/v1/align", json={**ALIGN, "budget": 0})
+        await s.client.post("/v1/align", json=ALIGN)
+        text = (await s.client.get("/metrics")).text
+    assert metric(text, 'iama_errors_total{type="invalid_request_error"}') == 1
+    assert metric(text, 'iama_requests_total{endpoint="/v1/align",status="200"}') == 1
+    assert metric(text, 'iama_tokens_total{kind="completion"}') > 0
+    assert metric(text, "iama_score_batches_total") == 1
+
+
+async def test_concurrent_requests_share_scoring_batches():
+    async with serve(max_concurrent_requests=8, max_queued_requests=0, score_batch_wait_ms=50) as s:
+        s.engine.hold()
+        tasks = [asyncio.create_task(s.client.post("/v1/align", json=ALIGN)) for _ in range(8)]
+        while len(s.engine.running) < 8:
+            await asyncio.sleep(0.005)
+        s.engine.release()  # all eight reach the scorer together
+        rs = await asyncio.gather(*tasks)
+        text = (await s.client.get("/metrics")).text
+    assert [r.status_code for r in rs] == [200] * 8
+    assert metric(text, "iama_scored_completions_total") == 32
+    assert metric(text, "iama_score_batches_total") < 8
