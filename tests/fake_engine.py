@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import AsyncIterator
 
-from iama_server.engine import Generation, GenerationResult, Sampling
+from iama_server.engine import Delta, Generation, GenerationResult, Sampling
 
 CANDIDATES = [
     "I love this wonderful day, it is great.",
@@ -61,6 +62,9 @@ class FakeEngine:
     def has_chat_template(self) -> bool:
         return self.chat_template
 
+    def unfinished_requests(self) -> int:
+        return len(self.running)
+
     def encode_text(self, text: str) -> list[int]:
         return [zlib.crc32(w.encode()) % 1000 for w in text.split()]
 
@@ -75,6 +79,12 @@ class FakeEngine:
     def release(self) -> None:
         self._open.set()
 
+    def die(self) -> None:
+        """What vLLM does when its engine core process is killed: not ready, and every running
+        generation fails (vLLM raises EngineDeadError)."""
+        self.started = False
+        self.release()
+
     async def generate(self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str) -> GenerationResult:
         self.calls.append((prompt_ids, sampling, n, request_id))
         self.running.add(request_id)
@@ -85,6 +95,8 @@ class FakeEngine:
             raise
         finally:
             self.running.discard(request_id)
+        if not self.started:
+            raise RuntimeError("EngineDeadError: engine core process died")
         shift = (sampling.seed or 0) % len(self.candidates)
         out = []
         for i in range(n):
@@ -92,3 +104,21 @@ class FakeEngine:
             finish = "length" if len(words) > sampling.max_tokens else "stop"
             out.append(Generation(" ".join(words[: sampling.max_tokens]), min(len(words), sampling.max_tokens), finish))
         return GenerationResult(prompt_tokens=len(prompt_ids), candidates=out)
+
+    async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]:
+        """The first candidate, a word at a time; ``hold()`` stops it after the first word."""
+        self.calls.append((prompt_ids, sampling, 1, request_id))
+        self.running.add(request_id)
+        words = self.candidates[(sampling.seed or 0) % len(self.candidates)].split()[: sampling.max_tokens]
+        try:
+            for i, word in enumerate(words):
+                if i:
+                    await self._open.wait()
+                last = i == len(words) - 1
+                piece = word if i == 0 else f" {word}"
+                yield Delta(piece, "stop" if last else None, len(prompt_ids), i + 1)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted.append(request_id)
+            raise
+        finally:
+            self.running.discard(request_id)

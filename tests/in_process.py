@@ -83,3 +83,58 @@ def metric(text: str, name: str) -> float:
         if key == name:
             return float(value)
     raise AssertionError(f"{name} not in metrics")
+
+
+@dataclass
+class RawCall:
+    """One request driven at the ASGI level: what the app sent so far, and a disconnect switch.
+
+    httpx's ASGI transport returns a response only once the app has finished; streaming and
+    disconnects need to be watched while it runs.
+    """
+
+    sent: list[dict[str, Any]]
+    gone: asyncio.Event
+    task: asyncio.Task[None]
+
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+    def status(self) -> int | None:
+        return next((m["status"] for m in self.sent if m["type"] == "http.response.start"), None)
+
+
+def raw_post(app: FastAPI, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> RawCall:
+    import json
+
+    gone = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    all_headers = {"content-type": "application/json", "authorization": f"Bearer {API_KEY}", **(headers or {})}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in all_headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("iama", 80),
+        "state": {},
+        "app": app,
+    }
+    return RawCall(sent, gone, asyncio.create_task(app(scope, receive, send)))

@@ -141,3 +141,59 @@ def test_async_client_shares_the_calls_and_the_policy(monkeypatch):
     _, transport = scripted(httpx.Response(503, json={"error": {"message": "starting"}}))
     with pytest.raises(ServiceUnavailableError):
         client(transport, max_retries=0).rewards()
+
+
+def test_timeouts_connect_is_short_read_is_long_and_a_call_can_override():
+    c = Client(base_url="http://iama", timeout=300, connect_timeout=3)
+    assert (c.config.timeout.connect, c.config.timeout.read) == (3, 300)
+    seen, transport = scripted(httpx.Response(200, json=OK), httpx.Response(200, json=OK))
+    c = client(transport)
+    c.align("hi")
+    c.align("hi", timeout=7)
+    assert seen[0].extensions["timeout"]["read"] == 120.0 and seen[0].extensions["timeout"]["connect"] == 10.0
+    assert seen[1].extensions["timeout"]["read"] == 7 and seen[1].extensions["timeout"]["connect"] == 10.0
+
+
+def test_an_openai_style_base_url_ending_in_v1_works():
+    seen, transport = scripted(httpx.Response(200, json=OK))
+    Client(base_url="http://iama/v1/", http_client=httpx.Client(transport=transport)).align("hi")
+    assert str(seen[0].url) == "http://iama/v1/align"
+
+
+def sse_body(*events: dict | str) -> bytes:
+    import json
+
+    return b"".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events)
+
+
+CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+
+
+def test_chat_stream_yields_chunks_until_done():
+    events = [
+        {**CHUNK, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {**CHUNK, "choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {**CHUNK, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+        {**CHUNK, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},
+        "[DONE]",
+    ]
+    seen, transport = scripted(httpx.Response(200, content=sse_body(*events)))
+    chunks = list(client(transport).chat_stream([{"role": "user", "content": "hi"}], max_tokens=4))
+    assert "".join(c.text for c in chunks) == "Hello" and chunks[-1].usage.completion_tokens == 2
+    import json
+
+    assert json.loads(seen[0].content)["stream"] is True
+
+
+def test_a_stream_refused_is_retried_but_an_error_mid_stream_is_raised_not_retried(monkeypatch):
+    monkeypatch.setattr("iama_client.client.time.sleep", lambda s: None)
+    timeout_event = {"error": {"message": "request exceeded the server's timeout", "code": "timeout"}}
+    body = sse_body({**CHUNK, "choices": [{"index": 0, "delta": {"content": "a"}}]}, timeout_event, "[DONE]")
+    seen, transport = scripted(
+        httpx.Response(429, json={"error": {"message": "busy"}}), httpx.Response(200, content=body)
+    )
+    got = []
+    with pytest.raises(APIError) as err:
+        for chunk in client(transport, max_retries=3).chat_stream([{"role": "user", "content": "hi"}]):
+            got.append(chunk.text)
+    assert got == ["a"] and err.value.code == "timeout" and len(seen) == 2

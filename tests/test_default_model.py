@@ -45,6 +45,15 @@ def test_second_call_reuses_cache(default_model, monkeypatch):
     assert models.resolve_model("default") == str(default_model)
 
 
+@pytest.mark.slow
+def test_the_prepared_default_model_is_readable_by_other_users(default_model):
+    import stat
+
+    assert stat.S_IMODE(default_model.stat().st_mode) & 0o055 == 0o055  # not mkdtemp's 0700
+    for f in default_model.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044, f
+
+
 def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setenv("IAMA_CACHE_DIR", str(tmp_path))
 
@@ -76,9 +85,38 @@ def test_incomplete_cache_is_replaced(tmp_path, monkeypatch):
     assert any("preparing" in m for m in messages)
 
 
-def test_resolve_passes_paths_and_hub_ids_through(tmp_path):
+def test_resolve_passes_model_dirs_and_hub_ids_through(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
     assert models.resolve_model(str(tmp_path)) == str(tmp_path.resolve())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert models.resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelNotFound, match="HF_HUB_OFFLINE=1 forbids fetching it"):
+        models.resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")
+
+
+def test_what_cannot_be_served_says_why_and_what_to_give_instead(tmp_path):
+    with pytest.raises(models.ModelNotFound, match="does not exist"):
+        models.resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(models.ModelNotFound, match="does not exist"):
+        models.resolve_model("runs/length/model")  # a relative path, not a hub id
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    with pytest.raises(models.ModelNotFound, match=r"is a training run directory; serve its model: '.*run/model'"):
+        models.resolve_model(str(run))
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text("{}")
+    with pytest.raises(models.ModelNotFound, match=r"holds a LoRA adapter.*iama merge-lora"):
+        models.resolve_model(str(lora))
+    (tmp_path / "weights.gguf").write_text("x")
+    with pytest.raises(models.ModelNotFound, match="is a file"):
+        models.resolve_model(str(tmp_path / "weights.gguf"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(models.ModelNotFound, match=r"no config\.json"):
+        models.resolve_model(str(empty))
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
@@ -90,15 +128,20 @@ def test_cache_dir_env(monkeypatch, tmp_path):
 
 
 def test_vllm_cpu_cache_size_defaults_but_respects_explicit_settings(monkeypatch):
+    from iama import vllm_settings
+
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    models.configure_vllm_cpu()
+    vllm_settings.configure_vllm_cpu()
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
-    models.configure_vllm_cpu()
+    vllm_settings.configure_vllm_cpu()
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    models.configure_vllm_cpu(0.5)
+    vllm_settings.configure_vllm_cpu(0.5)
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "0.5"
     # every engine builder goes through vllm_engine_kwargs, which applies it
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
-    models.vllm_engine_kwargs()
+    kwargs = vllm_settings.vllm_engine_kwargs()
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert kwargs["enable_chunked_prefill"] is False and kwargs["enforce_eager"] is True  # CPU
+    assert kwargs["dtype"] == vllm_settings.choose_dtype().dtype
+    assert vllm_settings.vllm_engine_kwargs(dtype="bfloat16")["dtype"] == "bfloat16"  # explicit wins

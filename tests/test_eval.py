@@ -119,6 +119,14 @@ def test_eval_end_to_end_with_hf_engine_and_cache(tmp_path, tiny_llama, second_t
     again = run_eval(load_eval_config(str(path)))  # resumes from cached generations
     assert again["hypervolume"] == summary["hypervolume"]
 
+    # A retrain into the same directory must not reuse the old generations.
+    import os
+
+    weights = second_tiny / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="must come from the cache"):
+        run_eval(load_eval_config(str(path)))
+
 
 @pytest.mark.slow
 def test_eval_cli_with_vllm(tmp_path, tiny_llama):
@@ -127,7 +135,7 @@ def test_eval_cli_with_vllm(tmp_path, tiny_llama):
         [IAMA, "eval", str(path)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -135,3 +143,19 @@ def test_eval_cli_with_vllm(tmp_path, tiny_llama):
     assert "tiny" in summary["mean_tokens"] and summary["figures"]
     gens = json.loads((tmp_path / "eval" / "generations" / "tiny.json").read_text())
     assert len(gens["completions"]) == 3 and all(len(g) == 4 for g in gens["completions"])
+
+
+def test_eval_warms_its_rewards_before_sampling(tmp_path, tiny_llama, monkeypatch):
+    from iama.rewards import RewardLoadError
+    from iama_eval import generate as gen_mod
+    from iama_eval.config import load_eval_config
+    from iama_eval.run import run_eval
+
+    def boom(*a, **k):
+        raise AssertionError("a broken reward must fail before any sampling")
+
+    monkeypatch.setattr(gen_mod, "sample_hf", boom)
+    path = _config(tmp_path, {"base": str(tiny_llama)}, "hf")
+    cfg = load_eval_config(str(path), rewards={"rel": {"type": "relevance", "model": str(tmp_path / "missing")}})
+    with pytest.raises(RewardLoadError, match=r"reward 'rel' \(relevance\) failed to load"):
+        run_eval(cfg)

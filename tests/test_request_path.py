@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 from fake_engine import CANDIDATES, FakeEngine
-from in_process import API_KEY, REWARDS, metric, serve
+from in_process import API_KEY, REWARDS, metric, raw_post, serve
 
 from iama.rewards import RewardSet, weighted_score
 from iama_server.errors import ErrorCode
@@ -93,7 +93,7 @@ async def test_rewards_see_the_last_user_turn_of_a_conversation():
             {"role": "assistant", "content": "an answer"},
             {"role": "user", "content": "the real question"},
         ]
-        call = s.state.service.align_call(AlignRequest(messages=msgs, reward_weights={"sentiment": 1.0}))
+        call = s.state.service.align_call(AlignRequest(messages=msgs, reward_weights={"sentiment": 1.0}), "rid")
     assert call.prompt_text == "the real question"
 
 
@@ -195,52 +195,25 @@ async def test_a_request_past_the_timeout_is_a_504_and_its_generation_is_aborted
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         assert len(s.engine.aborted) == 1 and not s.engine.running
         assert s.state.admission.active == 0
+        text = (await s.client.get("/metrics")).text
+        assert metric(text, 'iama_cancelled_requests_total{reason="timeout"}') == 1
+        assert metric(text, "iama_engine_unfinished_requests") == 0
         s.engine.release()
         assert (await s.client.post("/v1/align", json=ALIGN)).status_code == 200
 
 
 async def test_a_client_that_disconnects_has_its_generation_aborted():
-    import json
-
     async with serve() as s:
         s.engine.hold()
-        gone = asyncio.Event()
-        sent: list[dict] = []
-        body = json.dumps(ALIGN).encode()
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict:
-            if messages:
-                return messages.pop()
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/align",
-            "raw_path": b"/v1/align",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {API_KEY}".encode())],
-            "client": ("127.0.0.1", 1),
-            "server": ("iama", 80),
-            "state": {},
-            "app": s.app,
-        }
-        call = asyncio.create_task(s.app(scope, receive, send))
+        call = raw_post(s.app, "/v1/align", ALIGN)
         while not s.engine.running:
             await asyncio.sleep(0.005)
-        gone.set()
-        await call
-        assert sent[0]["status"] == 499
+        call.gone.set()
+        await call.task
+        assert call.status() == 499
         assert len(s.engine.aborted) == 1 and s.state.admission.active == 0
+        text = (await s.client.get("/metrics")).text
+        assert metric(text, 'iama_cancelled_requests_total{reason="disconnect"}') == 1
 
 
 async def test_openai_client_chat_completions_stream_and_errors():

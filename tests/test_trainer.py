@@ -142,7 +142,7 @@ def tiny_config(tmp_path: Path, tiny_llama: Path, name: str, **extra) -> Path:
     return path
 
 
-def run_iama(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_iama(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run([IAMA, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -152,6 +152,9 @@ def metrics(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_llama):
+    import os
+
+    os.umask(0o022)  # the usual umask: what the run writes must come out 0644 / 0755
     tmp = tmp_path_factory.mktemp("train")
     cfg = tiny_config(tmp, tiny_llama, "run")
     out = run_iama("train", str(cfg))
@@ -200,6 +203,26 @@ def test_training_writes_checkpoint_card_metrics_and_tensorboard(trained, tiny_l
 
 
 @pytest.mark.slow
+def test_what_a_run_writes_is_readable_by_another_user(trained):
+    import stat
+
+    _, _, run = trained
+    files = [
+        run / "model" / "iama.json",
+        run / "model" / "model.safetensors",
+        run / "model" / "config.json",
+        run / "run.json",
+        run / "metrics.jsonl",
+        run / "checkpoints" / "checkpoint-4" / "iama-complete.json",
+        run / "checkpoints" / "checkpoint-4" / "iama-state.json",
+    ]
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    for d in (run / "model", run / "checkpoints" / "checkpoint-4"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o755, d
+
+
+@pytest.mark.slow
 def test_resume_after_a_torn_checkpoint_continues_exactly(trained):
     tmp, cfg, run = trained
     torn = tmp / "torn"
@@ -229,8 +252,9 @@ def test_killed_run_resumes_to_completion(tmp_path, tiny_llama):
     cfg = tiny_config(tmp_path, tiny_llama, "killed", steps=40, save_steps=2, normalization={"enabled": False})
     run = tmp_path / "killed"
     proc = subprocess.Popen([IAMA, "train", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (run / "checkpoints" / "checkpoint-2" / "iama-complete.json").exists():
+    deadline = time.monotonic() + 1800
+    # Kill as soon as any checkpoint is complete: 40 steps leave far more than one poll's time.
+    while not list((run / "checkpoints").glob("checkpoint-*/iama-complete.json")):
         assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -240,6 +264,7 @@ def test_killed_run_resumes_to_completion(tmp_path, tiny_llama):
     assert out.returncode == 0, out.stderr[-3000:]
     steps = [r["step"] for r in metrics(run) if "loss" in r]
     assert steps[-1] == 40 and (run / "model" / "iama.json").is_file()
+    assert steps == sorted(set(steps))  # rows logged after the resumed checkpoint were not kept twice
 
 
 @pytest.mark.slow
@@ -261,7 +286,7 @@ def test_two_processes_keep_groups_whole(tmp_path, tiny_llama):
         "train",
         str(cfg),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [r for r in metrics(tmp_path / "ddp") if "loss" in r]
     assert all(r["iama/processes"] == 2 for r in rows)
@@ -302,4 +327,34 @@ def test_cli_rejects_bad_config_and_existing_output(tmp_path, tiny_llama):
     (tmp_path / "exists").mkdir()
     (tmp_path / "exists" / "something").write_text("x")
     out = run_iama("train", str(cfg))
-    assert out.returncode == 2 and "--resume" in out.stderr
+    assert out.returncode == 1 and "--resume" in out.stderr  # valid arguments that cannot be carried out
+
+
+@pytest.mark.slow
+def test_an_unmerged_lora_run_is_refused_by_serve_and_merged_by_merge_lora(tmp_path, tiny_llama):
+    import stat
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = tmp_path / "run" / "model"
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(adapter)
+    (adapter / "iama.json").write_text(json.dumps({"base_model": "tiny", "rewards": {"s": {"type": "sentiment"}}}))
+
+    out = subprocess.run([IAMA, "serve", "--model", str(adapter)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "holds a LoRA adapter, not a full model" in out.stderr.strip().splitlines()[-1]
+
+    merged = tmp_path / "merged"
+    out = run_iama("merge-lora", str(adapter), str(merged))
+    assert out.returncode == 0, out.stderr[-3000:]
+    from iama.models import resolve_model
+
+    assert resolve_model(str(merged)) == str(merged.resolve())  # a servable checkpoint now
+    AutoModelForCausalLM.from_pretrained(merged)
+    assert json.loads((merged / "iama.json").read_text())["base_model"] == "tiny"
+    assert stat.S_IMODE((merged / "model.safetensors").stat().st_mode) & 0o044 == 0o044
+    again = run_iama("merge-lora", str(adapter), str(merged))
+    assert again.returncode == 1 and again.stderr.strip().endswith("exists and is not empty")

@@ -17,11 +17,12 @@ from iama.rewards.base import (
 )
 from iama.rewards.conversation import completion_text, reward_prompt
 from iama.rewards.normalization import RewardStats, fit_stats, normalize
-from iama.rewards.reward_set import DEFAULT_REWARDS, RewardSet, RewardSpec, bind_tokenizer
+from iama.rewards.reward_set import DEFAULT_REWARDS, RewardLoadError, RewardSet, RewardSpec, bind_tokenizer
 
 __all__ = [
     "DEFAULT_REWARDS",
     "RewardFunction",
+    "RewardLoadError",
     "RewardSet",
     "RewardSpec",
     "RewardStats",

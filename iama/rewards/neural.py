@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from iama._arrays import FloatArray
+from iama.dtypes import Dtype, choose_dtype
 from iama.rewards.base import register_prefix
 
 
@@ -44,7 +45,7 @@ class HFRewardModel:
     batch_size: int = 16
     max_length: int = 512
     device: str | None = None
-    dtype: str = "auto"
+    dtype: Dtype = "auto"  # auto: iama.dtypes (fp32 on a CPU without native bf16)
     name: str = field(init=False)
     description: str = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -75,9 +76,9 @@ class HFRewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         device = self.device or default_device()
-        dtype: Any = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+        dtype = choose_dtype(self.dtype, cuda=device.startswith("cuda"))
         tok = AutoTokenizer.from_pretrained(self.path)
-        model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=getattr(torch, dtype.dtype))
         model.to(device).eval()
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token or tok.unk_token

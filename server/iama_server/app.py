@@ -4,18 +4,26 @@ handlers, and runs the engine's lifespan. Routes live in ``routes.py``."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
+from iama_server.body_limit import BodyLimit
 from iama_server.engine import GenerationEngine
 from iama_server.errors import error_type, install_error_handlers
 from iama_server.routes import probes, v1
 from iama_server.settings import ServerSettings
 from iama_server.state import ServerState
+
+log = logging.getLogger("iama.server")
 
 
 def create_app(settings: ServerSettings | None = None, engine: GenerationEngine | None = None) -> FastAPI:
@@ -25,7 +33,7 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.scorer.start()
-        starter = asyncio.create_task(state.start_engine())  # /health answers 503 meanwhile
+        starter = asyncio.create_task(state.start())  # /health answers 503 until READY
         try:
             yield
         finally:
@@ -36,21 +44,50 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
     app = FastAPI(title="IAMA server", version="0.1.0", lifespan=lifespan)
     app.state.iama = state
     install_error_handlers(app)
-    app.middleware("http")(_observe)
+    app.add_middleware(BodyLimit, max_bytes=state.settings.max_request_bytes)
+    app.middleware("http")(_observe)  # added last: outermost, so it counts the 413s too
     app.include_router(probes)
     app.include_router(v1)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, minus the 422 it documents for every body: bad input is a 400 here, in
+    the shape of ``ErrorResponse`` (``errors.py``), and the schema must say what really happens."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(header: str | None) -> str:
+    """The client's ``X-Request-Id`` when it is a sane token, else a new one."""
+    return header if header is not None and _CLIENT_ID.fullmatch(header) else f"req-{uuid.uuid4().hex}"
+
+
 async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Request count, latency and errors per route template (not per raw path: bounded labels)."""
+    """A request id for every request (``X-Request-Id`` in, out, in the body's ``id`` and in the
+    log), and request count, latency and errors per route template (bounded labels)."""
     metrics = request.app.state.iama.metrics
+    rid = request.state.request_id = request_id(request.headers.get("x-request-id"))
     t0 = time.perf_counter()
     response = await call_next(request)
+    elapsed = time.perf_counter() - t0
+    response.headers["X-Request-Id"] = rid
     route = request.scope.get("route")
     endpoint = route.path if route is not None else "unmatched"
     metrics.requests.labels(endpoint, str(response.status_code)).inc()
-    metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+    metrics.latency.labels(endpoint).observe(elapsed)
     if response.status_code >= 400:
         metrics.errors.labels(error_type(response.status_code)).inc()
+    log.info("request %s: %s %s -> %d in %.3f s", rid, request.method, request.url.path, response.status_code, elapsed)
     return response

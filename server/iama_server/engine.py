@@ -1,8 +1,9 @@
 """The generation engine behind the service: one vLLM request with ``n = N`` per alignment request.
 
 Sampling all N candidates in one request computes the prompt's KV cache once (vLLM forks it
-for the N sequences). Cancelling :meth:`VLLMEngine.generate` (client gone, timeout) aborts the
-request inside vLLM, so abandoned work stops consuming the batch.
+for the N sequences). Cancelling :meth:`VLLMEngine.generate` or :meth:`VLLMEngine.stream`
+(client gone, timeout) aborts the request inside vLLM, so abandoned work stops consuming the
+batch.
 
 :class:`GenerationEngine` is what the service needs of an engine; the tests' fast tier
 implements it with fixed candidates (``tests/fake_engine.py``) to run the request path
@@ -11,10 +12,11 @@ in-process without vLLM.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from iama.models import vllm_engine_kwargs
+from iama.vllm_settings import vllm_engine_kwargs
 from iama_server.settings import ServerSettings
 
 
@@ -27,6 +29,8 @@ class Sampling:
     max_tokens: int
     seed: int | None
     stop: list[str] | None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,16 @@ class Generation:
 class GenerationResult:
     prompt_tokens: int
     candidates: list[Generation]  # in vLLM's output index order
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of one streamed completion; the last one carries the finish reason and totals."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class GenerationEngine(Protocol):
@@ -56,6 +70,8 @@ class GenerationEngine(Protocol):
 
     def has_chat_template(self) -> bool: ...
 
+    def unfinished_requests(self) -> int: ...
+
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
 
     def encode_text(self, text: str) -> list[int]: ...
@@ -63,6 +79,8 @@ class GenerationEngine(Protocol):
     async def generate(
         self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str
     ) -> GenerationResult: ...
+
+    def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]: ...
 
 
 class VLLMEngine:
@@ -81,17 +99,18 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self.settings
+        machine = vllm_engine_kwargs(s.kv_cache_gb, s.dtype)
+        if s.enforce_eager is not None:
+            machine["enforce_eager"] = s.enforce_eager
         args = AsyncEngineArgs(
             model=self.model_path,
             served_model_name=s.served_model_name,
-            max_model_len=s.max_model_len,
-            dtype=s.dtype,
+            max_model_len=s.max_model_len,  # None: the model's own
             tensor_parallel_size=s.tensor_parallel_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
-            enforce_eager=s.enforce_eager,
             seed=s.seed,
             disable_log_stats=True,
-            **vllm_engine_kwargs(self.settings.kv_cache_gb),
+            **machine,
         )
         self._llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = int(self._llm.model_config.max_model_len)
@@ -103,6 +122,10 @@ class VLLMEngine:
 
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def unfinished_requests(self) -> int:
+        """Requests vLLM still holds: an aborted request leaves this count at once."""
+        return int(self._llm.get_num_unfinished_requests()) if self._llm is not None else 0
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -125,18 +148,9 @@ class VLLMEngine:
         return engine_input
 
     async def generate(self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str) -> GenerationResult:
-        from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(
-            n=n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            stop=sampling.stop,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+        params = _sampling_params(sampling, n, RequestOutputKind.FINAL_ONLY)
         final = None
         async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
             final = out
@@ -148,7 +162,37 @@ class VLLMEngine:
             candidates=[Generation(o.text, len(o.token_ids), o.finish_reason) for o in outs],
         )
 
+    async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]:
+        """One completion, text as vLLM produces it (plain generation: nothing to select)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params = _sampling_params(sampling, 1, RequestOutputKind.DELTA)
+        tokens = 0  # DELTA outputs carry only the new tokens
+        async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
+            o = out.outputs[0]
+            tokens += len(o.token_ids)
+            if out.finished:
+                yield Delta(o.text, o.finish_reason, len(out.prompt_token_ids or prompt_ids), tokens)
+            else:
+                yield Delta(o.text)
+
     def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _sampling_params(sampling: Sampling, n: int, kind: Any) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        seed=sampling.seed,
+        stop=sampling.stop,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        output_kind=kind,
+    )

@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     INVALID_VALUE = "invalid_value"  # a body field failed validation; ``param`` names it
     INVALID_REWARD_WEIGHTS = "invalid_reward_weights"
     PROMPT_TOO_LONG = "prompt_too_long"
+    REQUEST_TOO_LARGE = "request_too_large"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"  # an OpenAI field this server does not implement
     INVALID_API_KEY = "invalid_api_key"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
@@ -51,6 +53,7 @@ _DEFAULT_CODES = {
     401: ErrorCode.INVALID_API_KEY,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.REQUEST_TOO_LARGE,
     429: ErrorCode.OVERLOADED,
     503: ErrorCode.NOT_READY,
     504: ErrorCode.TIMEOUT,
@@ -113,7 +116,9 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = f"{param}: {msg}"
         if len(errors) > 1:
             msg += f" (and {len(errors) - 1} more error(s))"
-        return APIError(400, msg, param, ErrorCode.INVALID_VALUE).response()
+        kind = str(first.get("type"))
+        code = ErrorCode(kind) if kind in ErrorCode._value2member_map_ else ErrorCode.INVALID_VALUE
+        return APIError(400, msg, param, code).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

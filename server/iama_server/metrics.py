@@ -26,8 +26,17 @@ class Metrics:
         self.budget = Histogram("iama_budget", "Requested budget N", buckets=BUDGET_BUCKETS, registry=r)
         self.queue_depth = Gauge("iama_queue_depth", "Admitted requests waiting for a slot", registry=r)
         self.in_flight = Gauge("iama_in_flight", "Requests generating or scoring", registry=r)
+        self.cancelled = Counter(
+            "iama_cancelled_requests", "Requests whose generation was aborted, by reason", ["reason"], registry=r
+        )
+        self.engine_unfinished = Gauge(
+            "iama_engine_unfinished_requests", "Requests the engine itself still holds (vLLM's count)", registry=r
+        )
         self.score_batches = Counter(
             "iama_score_batches", "Batched reward-scoring calls (shared by concurrent requests)", registry=r
         )
         self.scored = Counter("iama_scored_completions", "Completions scored", registry=r)
+        self.reward_warmup = Gauge(
+            "iama_reward_warmup_seconds", "Seconds the reward's start-up warm-up took", ["reward"], registry=r
+        )
         self.errors = Counter("iama_errors", "Error responses by OpenAI error type", ["type"], registry=r)

@@ -13,7 +13,7 @@ from typing import Any
 
 from iama.modelcard import ModelCard
 from iama.rewards import RewardSet, available_rewards
-from iama_server.schemas import AlignmentInfo, AlignResponse, Candidate, RewardScore, Timings, Usage, new_id, now
+from iama_server.schemas import AlignmentInfo, AlignResponse, Candidate, RewardScore, Timings, Usage, now
 from iama_server.service import Outcome
 
 
@@ -47,7 +47,7 @@ def align_response(outcome: Outcome, *, model: str, return_candidates: bool, tot
             for j, c in enumerate(cands)
         ]
     return AlignResponse(
-        id=new_id("align"),
+        id=call.request_id,
         created=now(),
         model=model,
         text=cands[i].text,
@@ -84,32 +84,60 @@ def alignment_info(outcome: Outcome, i: int) -> dict[str, Any] | None:
     ).model_dump()
 
 
-def openai_response(outcome: Outcome, *, chat: bool, model: str, response_id: str, created: int) -> dict[str, Any]:
-    """A ``chat.completion`` or ``text_completion`` object, one choice per returned candidate."""
-    choices = []
-    for k, i in enumerate(outcome.chosen):
-        c = outcome.generation.candidates[i]
-        content = {"message": {"role": "assistant", "content": c.text}} if chat else {"text": c.text}
-        choices.append(
-            {
-                "index": k,
-                **content,
-                "finish_reason": c.finish_reason,
-                "logprobs": None,
-                "alignment": alignment_info(outcome, i),
-            }
-        )
+def openai_response(
+    outcomes: list[Outcome], *, chat: bool, model: str, response_id: str, created: int
+) -> dict[str, Any]:
+    """A ``chat.completion`` or ``text_completion`` object: per prompt (in order), one choice
+    per returned candidate, numbered across prompts as OpenAI does; usage summed."""
+    choices: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        for i in outcome.chosen:
+            c = outcome.generation.candidates[i]
+            content = {"message": {"role": "assistant", "content": c.text}} if chat else {"text": c.text}
+            choices.append(
+                {
+                    "index": len(choices),
+                    **content,
+                    "finish_reason": c.finish_reason,
+                    "logprobs": None,
+                    "alignment": alignment_info(outcome, i),
+                }
+            )
+    parts = [usage(o) for o in outcomes]
+    prompt, completion = sum(u.prompt_tokens for u in parts), sum(u.completion_tokens for u in parts)
+    total = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
     return {
         "id": response_id,
         "object": "chat.completion" if chat else "text_completion",
         "created": created,
         "model": model,
         "choices": choices,
-        "usage": usage(outcome).model_dump(),
+        "usage": total.model_dump(),
     }
 
 
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
+
+
+def stream_chunk(
+    base: dict[str, Any], *, chat: bool, text: str | None, finish: str | None = None, role: bool = False
+) -> dict[str, Any]:
+    """One OpenAI chunk object: a chat delta or a text piece of choice 0."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+
+
+def chunk_base(*, chat: bool, model: str, response_id: str, created: int) -> dict[str, Any]:
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    return {"id": response_id, "object": obj, "created": created, "model": model}
+
+
+def usage_chunk(base: dict[str, Any], u: Usage) -> dict[str, Any]:
+    return {**base, "choices": [], "usage": u.model_dump()}
 
 
 def stream_chunks(
@@ -117,35 +145,31 @@ def stream_chunks(
 ) -> list[dict[str, Any]]:
     """OpenAI chunk objects for the already-selected completion, a word at a time.
 
-    Selection needs all N candidates, so an aligned stream starts after generation and scoring.
+    Selection needs all N candidates, so an aligned stream starts after generation and scoring
+    (plain generation streams tokens as they come: ``routes._stream_plain``).
     """
     c = outcome.generation.candidates[outcome.chosen[0]]
-    obj = "chat.completion.chunk" if chat else "text_completion"
-    base = {"id": response_id, "object": obj, "created": created, "model": model}
-
-    def choice(delta: str | None, fin: str | None, role: bool = False) -> dict[str, Any]:
-        if chat:
-            d: dict[str, Any] = {"role": "assistant"} if role else {}
-            if delta is not None:
-                d["content"] = delta
-            return {"index": 0, "delta": d, "finish_reason": fin, "logprobs": None}
-        return {"index": 0, "text": delta or "", "finish_reason": fin, "logprobs": None}
-
-    chunks = []
-    if chat:
-        chunks.append({**base, "choices": [choice("", None, role=True)]})
-    chunks += [{**base, "choices": [choice(piece, None)]} for piece in _PIECES.findall(c.text)]
-    chunks.append({**base, "choices": [choice(None if chat else "", c.finish_reason or "stop")]})
+    base = chunk_base(chat=chat, model=model, response_id=response_id, created=created)
+    chunks = [stream_chunk(base, chat=True, text="", role=True)] if chat else []
+    chunks += [stream_chunk(base, chat=chat, text=piece) for piece in _PIECES.findall(c.text)]
+    chunks.append(stream_chunk(base, chat=chat, text=None if chat else "", finish=c.finish_reason or "stop"))
     if include_usage:
-        chunks.append({**base, "choices": [], "usage": usage(outcome).model_dump()})
+        chunks.append(usage_chunk(base, usage(outcome)))
     return chunks
+
+
+def sse(chunk: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
 
 
 def sse_events(chunks: list[dict[str, Any]]) -> Iterator[bytes]:
     """Server-sent events as OpenAI's clients read them, ending with ``[DONE]``."""
     for ch in chunks:
-        yield f"data: {json.dumps(ch)}\n\n".encode()
-    yield b"data: [DONE]\n\n"
+        yield sse(ch)
+    yield SSE_DONE
 
 
 def rewards_listing(
@@ -153,9 +177,10 @@ def rewards_listing(
     card: ModelCard | None,
     default_weights: dict[str, float] | None,
     limits: dict[str, int],
+    ready: set[str],
 ) -> dict[str, Any]:
-    """``GET /v1/rewards``: what can be weighted, how it is normalised, what the model was
-    meta-aligned for."""
+    """``GET /v1/rewards``: what can be weighted, how it is normalised, whether it is warm
+    (``ready``), what the model was meta-aligned for."""
     descriptions = available_rewards()
     data = []
     for name, spec in rewards.specs.items():
@@ -167,6 +192,7 @@ def rewards_listing(
                 "description": descriptions.get(spec.type, fn.description),
                 "parameters": fn.params,
                 "normalization": spec.stats.model_dump() if spec.stats else None,
+                "ready": name in ready,
             }
         )
     objective = card.objective if card else None

@@ -7,8 +7,12 @@ requires an API key when the server has any.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -16,11 +20,37 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from iama_server.admission import cancel_on_disconnect_or_timeout
-from iama_server.errors import APIError, ErrorCode
-from iama_server.rendering import align_response, openai_response, rewards_listing, sse_events, stream_chunks
-from iama_server.schemas import AlignRequest, AlignResponse, ChatCompletionRequest, CompletionRequest, new_id, now
+from iama_server.errors import APIError, ClientGone, ErrorCode
+from iama_server.rendering import (
+    SSE_DONE,
+    align_response,
+    chunk_base,
+    openai_response,
+    rewards_listing,
+    sse,
+    sse_events,
+    stream_chunk,
+    stream_chunks,
+    usage_chunk,
+)
+from iama_server.schemas import (
+    AlignRequest,
+    AlignResponse,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    Health,
+    ModelList,
+    RewardsList,
+    Usage,
+    now,
+)
 from iama_server.service import AlignmentCall, Outcome
 from iama_server.state import ServerState
+
+log = logging.getLogger("iama.server")
 
 
 def server_state(request: Request) -> ServerState:
@@ -40,72 +70,111 @@ async def require_api_key(request: Request) -> None:
         )
 
 
-async def execute(state: ServerState, request: Request, call: AlignmentCall) -> Outcome:
-    """Admission (429 when full), then the service's run under the request timeout (504) and
-    the client's attention (disconnect aborts vLLM)."""
+async def execute(state: ServerState, request: Request, calls: list[AlignmentCall]) -> list[Outcome]:
+    """Admission (429 when full; one slot per HTTP request, however many prompts it holds), then
+    the service's runs, side by side, under the request timeout (504) and the client's
+    attention (a disconnect aborts them in vLLM)."""
     async with state.admission.slot() as queued:
         state.metrics.queue_depth.set(state.admission.waiting)
         state.metrics.in_flight.set(state.admission.active)
+
+        async def run_all() -> list[Outcome]:
+            return list(await asyncio.gather(*(state.service.run(call) for call in calls)))
+
         try:
-            outcome = await cancel_on_disconnect_or_timeout(
-                state.service.run(call), request.receive, state.settings.request_timeout_s
-            )
+            timeout_s = state.settings.request_timeout_s
+            outcomes = await cancel_on_disconnect_or_timeout(run_all(), request.receive, timeout_s)
+        except ClientGone:
+            state.metrics.cancelled.labels("disconnect").inc()
+            log.info("request %s: client went away; generation aborted", calls[0].request_id)
+            raise
+        except APIError as exc:
+            if exc.code == ErrorCode.TIMEOUT:
+                state.metrics.cancelled.labels("timeout").inc()
+                log.info("request %s: timed out; generation aborted", calls[0].request_id)
+            raise
         finally:
             state.metrics.in_flight.set(state.admission.active - 1)
-        outcome.queue_s = queued
-        return outcome
+        for outcome in outcomes:
+            outcome.queue_s = queued
+        return outcomes
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route really gives (``errors.py``'s shape)."""
+    what = {
+        400: "invalid request: `error.param` names the field",
+        401: "missing or invalid API key",
+        404: "unknown route or model",
+        413: "request body over the server's limit",
+        429: "at capacity: retry after `Retry-After` seconds",
+        500: "unexpected server error (logged; no trace leaves the server)",
+        503: "starting, or failed and going away: retry after `Retry-After` seconds",
+        504: "request exceeded the server's timeout",
+    }
+    return {s: {"model": ErrorResponse, "description": what[s]} for s in statuses}
 
 
 probes = APIRouter()
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors(401, 404, 413, 500))
+_RUN_ERRORS = _errors(400, 429, 503, 504)
 
 
-@probes.get("/health")
+@probes.get("/health", response_model=Health, responses={503: {"model": Health, "description": "not ready"}})
 async def health(request: Request) -> JSONResponse:
+    """200 once the engine is up and every reward is warm (``lifecycle.py``); 503 otherwise."""
     state = server_state(request)
-    if state.engine.ready:
+    life = state.lifecycle
+    if life.ready:
         return JSONResponse({"status": "ok", "model": state.model_name})
-    status = "error" if state.engine_error else "starting"
-    return JSONResponse({"status": status, "detail": state.engine_error}, status_code=503)
+    return JSONResponse({"status": life.phase.value, "detail": life.detail}, status_code=503)
 
 
-@probes.get("/metrics")
+@probes.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
     state = server_state(request)
     state.metrics.queue_depth.set(state.admission.waiting)
+    state.metrics.engine_unfinished.set(state.engine.unfinished_requests())
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@v1.get("/models")
+@v1.get("/models", response_model=ModelList)
 async def models(request: Request) -> dict[str, Any]:
     state = server_state(request)
     model = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "iama", "root": state.model_path}
     return {"object": "list", "data": [model]}
 
 
-@v1.get("/rewards")
+@v1.get("/rewards", response_model=RewardsList)
 async def rewards(request: Request) -> dict[str, Any]:
     state = server_state(request)
     limits = {"max_budget": state.settings.max_budget, "max_tokens": state.settings.max_tokens}
-    return rewards_listing(state.rewards, state.card, state.service.default_weights(), limits)
+    return rewards_listing(
+        state.rewards, state.card, state.service.default_weights(), limits, state.lifecycle.ready_rewards
+    )
 
 
-@v1.post("/align", response_model=AlignResponse, response_model_exclude_none=True)
+@v1.post("/align", response_model=AlignResponse, response_model_exclude_none=True, responses=_RUN_ERRORS)
 async def align(body: AlignRequest, request: Request) -> AlignResponse:
     state, t0 = server_state(request), time.perf_counter()
-    call = state.service.align_call(body)  # every 4xx about the body is raised here
-    outcome = await execute(state, request, call)
+    call = state.service.align_call(body, request.state.request_id)  # every 4xx about the body is here
+    (outcome,) = await execute(state, request, [call])
     return align_response(
         outcome, model=state.model_name, return_candidates=body.return_candidates, total_s=time.perf_counter() - t0
     )
 
 
-@v1.post("/completions")
+def _openai_responses(model: type) -> dict[int | str, dict[str, Any]]:
+    sse = {"text/event-stream": {"schema": {"type": "string", "description": "OpenAI chunks when `stream`"}}}
+    return {200: {"model": model, "content": sse}, **_RUN_ERRORS}
+
+
+@v1.post("/completions", response_model=None, responses=_openai_responses(CompletionResponse))
 async def completions(body: CompletionRequest, request: Request) -> Response:
     return await _openai(body, request)
 
 
-@v1.post("/chat/completions")
+@v1.post("/chat/completions", response_model=None, responses=_openai_responses(ChatCompletionResponse))
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     return await _openai(body, request)
 
@@ -113,21 +182,69 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 async def _openai(body: CompletionRequest | ChatCompletionRequest, request: Request) -> Response:
     """Both OpenAI routes; they differ only in prompt encoding (the service) and object names."""
     state = server_state(request)
-    call = state.service.openai_call(body)
-    outcome = await execute(state, request, call)
+    rid = request.state.request_id
+    calls = state.service.openai_calls(body, rid)
     chat = isinstance(body, ChatCompletionRequest)
-    rid, created = new_id("chatcmpl" if chat else "cmpl"), now()
+    usage_asked = body.stream_options is not None and body.stream_options.include_usage
+    if body.stream and calls[0].weights is None and calls[0].budget == 1:
+        return await _stream_plain(state, calls[0], chat=chat, include_usage=usage_asked)
+    outcomes = await execute(state, request, calls)
     if body.stream:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
         chunks = stream_chunks(
-            outcome, chat=chat, model=state.model_name, response_id=rid, created=created, include_usage=include_usage
+            outcomes[0], chat=chat, model=state.model_name, response_id=rid, created=now(), include_usage=usage_asked
         )
-        return StreamingResponse(
-            _iterate(chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
-    return JSONResponse(openai_response(outcome, chat=chat, model=state.model_name, response_id=rid, created=created))
+        return StreamingResponse(_iterate(chunks), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return JSONResponse(openai_response(outcomes, chat=chat, model=state.model_name, response_id=rid, created=now()))
 
 
-async def _iterate(chunks: list[dict[str, Any]]):  # -> AsyncIterator[bytes]
+_SSE_HEADERS = {"Cache-Control": "no-cache"}
+
+
+async def _iterate(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
     for event in sse_events(chunks):
         yield event
+
+
+async def _stream_plain(state: ServerState, call: AlignmentCall, *, chat: bool, include_usage: bool) -> Response:
+    """Plain generation streamed token by token. Admission is decided before the response
+    starts (a 429 cannot follow a 200); the slot is held until the stream ends. A client that
+    goes away cancels the stream (Starlette), which aborts the request in vLLM; the request
+    timeout ends the stream with an OpenAI error event."""
+    slot = AsyncExitStack()
+    await slot.enter_async_context(state.admission.slot())
+    state.metrics.in_flight.set(state.admission.active)
+    base = chunk_base(chat=chat, model=state.model_name, response_id=call.request_id, created=now())
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            if chat:
+                yield sse(stream_chunk(base, chat=True, text="", role=True))
+            async with asyncio.timeout(state.settings.request_timeout_s):
+                async for delta in state.service.stream(call):
+                    if delta.text:
+                        yield sse(stream_chunk(base, chat=chat, text=delta.text))
+                    if delta.finish_reason is not None:
+                        yield sse(stream_chunk(base, chat=chat, text=None if chat else "", finish=delta.finish_reason))
+                        if include_usage:
+                            total = delta.prompt_tokens + delta.completion_tokens
+                            u = Usage(
+                                prompt_tokens=delta.prompt_tokens,
+                                completion_tokens=delta.completion_tokens,
+                                total_tokens=total,
+                            )
+                            yield sse(usage_chunk(base, u))
+            yield SSE_DONE
+        except TimeoutError:
+            state.metrics.cancelled.labels("timeout").inc()
+            log.info("request %s: stream stopped at the server's timeout", call.request_id)
+            yield sse(ErrorResponse.make("request exceeded the server's timeout", "timeout_error", None, "timeout"))
+            yield SSE_DONE
+        except asyncio.CancelledError:
+            state.metrics.cancelled.labels("disconnect").inc()
+            log.info("request %s: client went away mid-stream; generation aborted", call.request_id)
+            raise
+        finally:
+            await slot.aclose()
+            state.metrics.in_flight.set(state.admission.active)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)

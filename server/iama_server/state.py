@@ -16,6 +16,7 @@ from iama.models import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_NAME, resolve_model
 from iama.rewards import DEFAULT_REWARDS, RewardSet, RewardSpec, bind_tokenizer
 from iama_server.admission import Admission
 from iama_server.engine import GenerationEngine, VLLMEngine
+from iama_server.lifecycle import ENGINE_DIED, Lifecycle, one_line
 from iama_server.metrics import Metrics
 from iama_server.scoring import BatchedScorer
 from iama_server.service import AlignmentService
@@ -27,11 +28,13 @@ log = logging.getLogger("iama.server")
 class ServerState:
     def __init__(self, settings: ServerSettings, engine: GenerationEngine | None = None) -> None:
         self.settings = settings
+        self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.admission = Admission(
             settings.max_concurrent_requests, settings.max_queued_requests, settings.retry_after_s
         )
-        self.model_path = resolve_model(settings.model)
+        # An injected engine (the tests' fake) brings its own model; vLLM gets a checked one.
+        self.model_path = resolve_model(settings.model) if engine is None else settings.model
         self.card: ModelCard | None = load_model_card(self.model_path) if Path(self.model_path).is_dir() else None
         self.rewards = RewardSet(bind_tokenizer(served_reward_specs(settings, self.card), self.model_path))
         self.model_name = settings.served_model_name or (
@@ -49,22 +52,42 @@ class ServerState:
             self.metrics,
             self.card,
             (self.model_name, settings.model),
+            self.lifecycle,
         )
-        self.engine_error: str | None = None
         self.api_keys = [k.get_secret_value() for k in settings.api_keys]
 
     def _count_batch(self, size: int) -> None:
         self.metrics.score_batches.inc()
         self.metrics.scored.inc(size)
 
-    async def start_engine(self) -> None:
-        """Start the engine off the event loop; /health reports a failure instead of crashing."""
-        try:
-            await asyncio.to_thread(self.engine.start)
-            log.info("engine ready: %s", self.model_path)
-        except Exception as exc:
-            self.engine_error = f"{type(exc).__name__}: {exc}"
-            log.exception("engine failed to start")
+    async def start(self) -> None:
+        """Engine start and reward warm-up, side by side off the event loop; READY when both
+        succeed, a fatal failure naming what broke otherwise. Then watch the engine."""
+        results = await asyncio.gather(
+            asyncio.to_thread(self.engine.start),
+            asyncio.to_thread(self.rewards.warm_up, self._reward_ready),
+            return_exceptions=True,
+        )
+        failures = [one_line(r) for r in results if isinstance(r, BaseException)]
+        if failures:
+            self.lifecycle.fail("start-up failed: " + "; ".join(failures))
+            return
+        self.lifecycle.mark_ready()
+        log.info("ready: %s with rewards %s", self.model_path, ", ".join(self.rewards.names))
+        await self._watch_engine()
+
+    def _reward_ready(self, name: str, seconds: float) -> None:
+        self.lifecycle.ready_rewards.add(name)
+        self.metrics.reward_warmup.labels(name).set(seconds)
+        log.info("reward %s ready (warm-up %.2f s)", name, seconds)
+
+    async def _watch_engine(self, interval_s: float = 1.0) -> None:
+        """A dead engine never recovers: fail at once, even with no traffic to notice it."""
+        while self.lifecycle.ready:
+            if not self.engine.ready:
+                self.lifecycle.fail(ENGINE_DIED)
+                return
+            await asyncio.sleep(interval_s)
 
 
 def served_reward_specs(settings: ServerSettings, card: ModelCard | None) -> dict[str, RewardSpec]:

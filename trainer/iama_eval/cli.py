@@ -8,6 +8,15 @@ from typing import Annotated
 
 import typer
 
+from iama.console import fail
+
+
+def _budgets(value: str) -> list[int]:
+    try:
+        return [int(b) for b in value.split(",")]
+    except ValueError:
+        fail("eval", f"--budgets: expected comma-separated whole numbers such as 1,2,4,8, got {value!r}", 2)
+
 
 def eval_cmd(
     config: Annotated[str | None, typer.Argument(help="YAML eval config (flags override it)")] = None,
@@ -19,15 +28,18 @@ def eval_cmd(
     engine: Annotated[str | None, typer.Option(help="auto | vllm | hf")] = None,
 ) -> None:
     """Reward per (model, weights, N) under BoN / soft BoN, Pareto plots, hypervolume, savings."""
+    from iama.configfile import ConfigError
+    from iama.models import ModelNotFound
+    from iama.rewards import RewardLoadError
     from iama_eval.config import load_eval_config
-    from iama_eval.run import run_eval
+    from iama_eval.run import NoRewards, run_eval
 
     models = None
     if model:
         models = {}
         for item in model:
             if "=" not in item:
-                raise typer.BadParameter(f"--model expects LABEL=PATH, got {item!r}")
+                fail("eval", f"--model: expected LABEL=PATH, got {item!r}", 2)
             k, v = item.split("=", 1)
             models[k] = v
     try:
@@ -35,16 +47,18 @@ def eval_cmd(
             config,
             models=models,
             output_dir=output_dir,
-            budgets=[int(b) for b in budgets.split(",")] if budgets else None,
+            budgets=_budgets(budgets) if budgets else None,
             baseline=baseline,
             candidate=candidate,
             engine=engine,
         )
-    except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        fail("eval", str(exc), 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run_eval(cfg)
+    try:
+        summary = run_eval(cfg)
+    except (ModelNotFound, RewardLoadError, NoRewards) as exc:
+        fail("eval", str(exc), 1)
     typer.echo(
         json.dumps({k: summary[k] for k in ("hypervolume", "compute_saving", "mean_tokens", "figures")}, indent=2)
     )

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iama.dtypes import choose_dtype, torch_dtype
 from iama.files import atomic_write_json
+
+log = logging.getLogger("iama.eval")
 
 
 @dataclass
@@ -20,6 +24,26 @@ class Generations:
     prompts: list[str]
     completions: list[list[str]]  # per prompt, M completions
     token_lengths: list[list[int]]
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_fingerprint(model_path: str) -> str:
+    """Identifies the weights behind a path: a retrain into the same directory changes it.
+
+    Size and modification time of every weight file plus ``config.json``: cheap (no reading
+    of gigabytes) and changed by any rewrite. A hub id is its own fingerprint.
+    """
+    root = Path(model_path)
+    if not root.is_dir():
+        return model_path
+    parts = [
+        f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def cache_key(
@@ -32,7 +56,8 @@ def cache_key(
     seed: int,
     engine: str,
 ) -> str:
-    blob = json.dumps([model_path, prompts, m, max_tokens, temperature, top_p, seed, engine], sort_keys=True)
+    weights = weights_fingerprint(model_path)
+    blob = json.dumps([model_path, weights, prompts, m, max_tokens, temperature, top_p, seed, engine], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -58,10 +83,10 @@ def sample_vllm(
 
     from vllm import LLM, SamplingParams
 
-    from iama.models import vllm_engine_kwargs
+    from iama.vllm_settings import vllm_engine_kwargs
     from iama_trainer.sampling import render_prompt
 
-    llm = LLM(model=model_path, enforce_eager=True, seed=seed, **vllm_engine_kwargs())
+    llm = LLM(model=model_path, seed=seed, **vllm_engine_kwargs())
     try:
         tok = llm.get_tokenizer()
         outs = llm.generate(
@@ -89,12 +114,12 @@ def sample_hf(
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
-    # On a GPU without vLLM: bf16 on the device (fp32 on CPU, where bf16 matmuls are slow).
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if cuda else torch.float32)
-    if cuda:
+    choice = choose_dtype()  # bf16 on a GPU or a CPU with native bf16, else fp32
+    log.info("HF sampling dtype: %s", choice.reason)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(choice))
+    if torch.cuda.is_available():
         model.to("cuda")
-    return hf_sample(model, tok, prompts, m, max_tokens, temperature, top_p)
+    return hf_sample(model, tok, prompts, m, max_tokens, temperature, top_p, progress=f"sampling {model_path}")
 
 
 def generate(

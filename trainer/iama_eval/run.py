@@ -22,6 +22,10 @@ from iama_trainer.data import load_prompt_texts, to_trl_prompt
 log = logging.getLogger("iama.eval")
 
 
+class NoRewards(ValueError):
+    """Neither the config nor any model card says which rewards to evaluate."""
+
+
 def _reward_set(cfg: EvalConfig, paths: dict[str, str]) -> RewardSet:
     """Explicit rewards, else the rewards (with normalisation) of ``rewards_from`` / the first
     model that has a card: every model is scored with the *same* statistics."""
@@ -37,7 +41,7 @@ def _reward_set(cfg: EvalConfig, paths: dict[str, str]) -> RewardSet:
     elif card is not None:
         specs = dict(card.rewards)
     else:
-        raise ValueError("no rewards given and no model has an iama.json: set `rewards:`")
+        raise NoRewards("no rewards to evaluate with: no model has an iama.json; set `rewards:` in the config")
     return RewardSet(bind_tokenizer(specs, next(iter(paths.values()))))
 
 
@@ -53,6 +57,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
     paths = {label: resolve_model(m) for label, m in cfg.models.items()}
     rewards = _reward_set(cfg, paths)
+    # A broken reward fails here, naming itself, not after minutes of sampling.
+    for name, seconds in rewards.warm_up().items():
+        log.info("reward %s ready (warm-up %.2f s)", name, seconds)
     names = rewards.names
     weights_list = cfg.weights or weight_grid(names, cfg.grid)
     texts = load_prompt_texts(cfg.prompts)

@@ -22,7 +22,17 @@ def measure_reward_stats(
     temperature: float = 1.0,
     top_p: float = 1.0,
 ) -> dict[str, RewardStats]:
-    groups, _ = hf_sample(model, tokenizer, prompts, samples_per_prompt, max_new_tokens, temperature, top_p)
+    groups, _ = hf_sample(
+        model,
+        tokenizer,
+        prompts,
+        samples_per_prompt,
+        max_new_tokens,
+        temperature,
+        top_p,
+        batch_prompts=2,
+        progress="reward statistics (base-model samples)",
+    )
     flat_prompts = [reward_prompt(p) for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = [c for g in groups for c in g]
     scores = rewards.score(flat_prompts, flat)

@@ -1,12 +1,16 @@
-"""``iama train CONFIG``: non-linear GRPO (or the linear baseline) from a YAML config."""
+"""``iama train CONFIG`` and ``iama merge-lora``: non-linear GRPO (or the linear baseline) from a
+YAML config, and turning an unmerged LoRA run into a servable checkpoint."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
+
+from iama.console import fail
 
 
 def train(
@@ -19,30 +23,51 @@ def train(
     ] = None,
 ) -> None:
     """Train an IAMA model (non-linear GRPO on TRL) and write an HF checkpoint + iama.json."""
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:  # e.g. the server-only Docker image
+        fail("train", "the trainer is not installed here: pip install 'iama[trainer]' (or the iama:*-train image)")
+    from iama.configfile import ConfigError
+    from iama.models import ModelNotFound
     from iama_trainer.config import load_config
     from iama_trainer.run import train as run_train
 
     overrides = {}
     for item in set_ or []:
         if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+            fail("train", f"--set expects key=value, got {item!r}", 2)
         k, v = item.split("=", 1)
-        overrides[k] = yaml.safe_load(v)
+        try:
+            overrides[k] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            fail("train", f"--set {item}: the value is not valid YAML", 2)
     if output_dir:
         overrides["output_dir"] = output_dir
     try:
         cfg = load_config(config, overrides)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        fail("train", str(exc), 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         final = run_train(cfg, resume=resume, overwrite=overwrite)
-    except FileExistsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except (FileExistsError, ModelNotFound) as exc:
+        fail("train", str(exc), 1)
     typer.echo(str(final))
+
+
+def merge_lora(
+    adapter: Annotated[Path, typer.Argument(help="a LoRA run's model directory (adapter_config.json)")],
+    output: Annotated[Path, typer.Argument(help="where the merged checkpoint goes")],
+) -> None:
+    """Merge a LoRA adapter into its base model: a full checkpoint (with iama.json) to serve."""
+    from iama_trainer.lora import merge_adapter
+
+    try:
+        typer.echo(str(merge_adapter(adapter, output)))
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        fail("merge-lora", str(exc), 1)
 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
+    app.command("merge-lora")(merge_lora)

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from iama.files import atomic_write_json
+from iama.files import atomic_write_json, make_readable
 from iama.modelcard import ModelCard, save_model_card
 from iama.models import resolve_model
 from iama.objective import Objective
@@ -27,6 +27,7 @@ from iama_trainer.config import TrainConfig
 log = logging.getLogger("iama.trainer")
 
 RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
 
 
 def prepare_output_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
@@ -230,7 +231,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
         surrogate=SurrogateSpec(rewards, objective, cfg.objective.type),
         kl_controller=controller,
     )
-    trainer.add_callback(JsonlMetrics(cfg.output_dir / "metrics.jsonl"))
+    trainer.add_callback(JsonlMetrics(cfg.output_dir / METRICS_FILE))
     if controller is not None:
         trainer.add_callback(AdaptiveBeta(trainer))
     trainer.add_callback(CheckpointBookkeeping(trainer))
@@ -250,6 +251,7 @@ def resume_point(trainer: Any, ckpt_root: Path, resume: bool) -> Path | None:
     if trainer.kl_controller is not None and saved.get("kl_controller"):
         trainer.kl_controller.beta = saved["kl_controller"]["beta"]
     _drop_incomplete(ckpt_root, resume_from)
+    _drop_metrics_after(ckpt_root.parent / METRICS_FILE, checkpoint_step(resume_from) or 0)
     log.info("resuming from %s", resume_from)
     return resume_from
 
@@ -269,6 +271,19 @@ def _has_vllm() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Rows logged after the checkpoint we resume from will be logged again: drop them first,
+    so that ``metrics.jsonl`` holds each step once."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(f"{ln}\n" for ln in kept))
+        os.replace(tmp, path)
 
 
 def _drop_incomplete(ckpt_root: Path, keep: Path) -> None:
@@ -319,6 +334,7 @@ def _save_final(
         },
     )
     save_model_card(card, tmp)
+    make_readable(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     log.info("saved %s", final)

@@ -25,8 +25,12 @@ def hf_sample(
     temperature: float,
     top_p: float,
     batch_prompts: int = 8,
+    progress: str | None = None,
 ) -> tuple[list[list[str]], list[list[int]]]:
-    """Completions and their token lengths (through the first EOS), left-padded batches."""
+    """Completions and their token lengths (through the first EOS), left-padded batches;
+    ``progress`` names a progress bar over the prompts (minutes of sampling on a CPU)."""
+    from tqdm.auto import tqdm
+
     texts: list[list[str]] = []
     lengths: list[list[int]] = []
     old_side = tokenizer.padding_side
@@ -34,6 +38,7 @@ def hf_sample(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
+    bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None)
     try:
         for s in range(0, len(prompts), batch_prompts):
             chunk = prompts[s : s + batch_prompts]
@@ -55,7 +60,9 @@ def hf_sample(
             for i in range(len(chunk)):
                 texts.append(decoded[i * m : (i + 1) * m])
                 lengths.append(lens[i * m : (i + 1) * m])
+            bar.update(len(chunk))
     finally:
+        bar.close()
         tokenizer.padding_side = old_side
         model.train(was_training)
     return texts, lengths

@@ -53,9 +53,11 @@ def align(prompt: str | None, params: AlignParams) -> Call[AlignResponse]:
     return Call("POST", "/v1/align", body, AlignResponse)
 
 
-def chat(messages: MessagesLike, params: ChatParams) -> Call[ChatCompletion]:
+def chat(messages: MessagesLike, params: ChatParams, stream: bool = False) -> Call[ChatCompletion]:
     body = _body(_CHAT, dict(params), "chat")
     body["messages"] = _body(_ALIGN, {"messages": messages}, "chat")["messages"]
+    if stream:
+        body["stream"] = True
     return Call("POST", "/v1/chat/completions", body, ChatCompletion)
 
 

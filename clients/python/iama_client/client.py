@@ -1,10 +1,16 @@
 """The synchronous and asynchronous clients. Each call is defined once in ``calls.py``; the two
-classes differ only in how they send it (and wait between retries)."""
+classes differ only in how they send it (and wait between retries).
+
+Every method takes ``timeout=`` for that call alone (seconds, or an ``httpx.Timeout``); the
+client's own timeout is a read timeout for the whole answer plus a short connect timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 from typing_extensions import Unpack
@@ -16,13 +22,22 @@ from iama_client.models import (
     AlignParams,
     AlignResponse,
     ChatCompletion,
+    ChatCompletionChunk,
     ChatParams,
     Health,
     MessagesLike,
     ModelList,
     RewardsList,
 )
-from iama_client.transport import ClientConfig, raise_for_status, retry_delay_or_raise
+from iama_client.transport import (
+    DONE,
+    ClientConfig,
+    Timeout,
+    as_timeout,
+    raise_for_status,
+    retry_delay_or_raise,
+    sse_payload,
+)
 
 
 class Client:
@@ -36,14 +51,15 @@ class Client:
         self,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout: float = 120.0,
+        timeout: Timeout = 120.0,
+        connect_timeout: float = 10.0,
         max_retries: int = 2,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         http_client: httpx.Client | None = None,
     ) -> None:
-        self.config = ClientConfig(base_url, api_key, timeout, max_retries, backoff, max_backoff)
-        self._http = http_client or httpx.Client(timeout=timeout)
+        self.config = ClientConfig(base_url, api_key, timeout, connect_timeout, max_retries, backoff, max_backoff)
+        self._http = http_client or httpx.Client(timeout=self.config.timeout)
         self._owns_http = http_client is None
 
     def __enter__(self) -> Client:
@@ -56,36 +72,70 @@ class Client:
         if self._owns_http:
             self._http.close()
 
-    def _send(self, call: Call[R]) -> R:
+    def _timeout(self, timeout: Timeout | None) -> httpx.Timeout:
+        return self.config.timeout if timeout is None else as_timeout(timeout, self.config.connect_timeout)
+
+    def _send(self, call: Call[R], timeout: Timeout | None = None) -> R:
         url = self.config.url(call.path)
         for attempt in range(self.config.max_retries + 1):
             try:
-                resp = self._http.request(call.method, url, json=call.body, headers=self.config.headers())
+                resp = self._http.request(
+                    call.method, url, json=call.body, headers=self.config.headers(), timeout=self._timeout(timeout)
+                )
                 raise_for_status(resp)
                 return call.response.model_validate(resp.json())
             except (APIError, httpx.TransportError) as exc:
                 time.sleep(retry_delay_or_raise(self.config, exc, attempt, url))
         raise AssertionError("unreachable")
 
-    def align(self, prompt: str | None = None, **params: Unpack[AlignParams]) -> AlignResponse:
+    def _events(self, call: Call[Any], timeout: Timeout | None) -> Iterator[dict[str, Any]]:
+        """The JSON events of a streamed answer. Refusals are retried like any call; once the
+        server has answered 200 nothing is, so a generation never runs twice."""
+        url = self.config.url(call.path)
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                with self._http.stream(
+                    call.method, url, json=call.body, headers=self.config.headers(), timeout=self._timeout(timeout)
+                ) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        raise_for_status(resp)
+                    yield from _payloads(resp.iter_lines(), url)
+                    return
+            except (APIError, httpx.TransportError) as exc:
+                time.sleep(retry_delay_or_raise(self.config, exc, attempt, url))
+
+    def align(
+        self, prompt: str | None = None, *, timeout: Timeout | None = None, **params: Unpack[AlignParams]
+    ) -> AlignResponse:
         """Sample ``budget`` candidates and return the one chosen by ``algorithm``."""
-        return self._send(calls.align(prompt, params))
+        return self._send(calls.align(prompt, params), timeout)
 
-    def chat(self, messages: MessagesLike, **params: Unpack[ChatParams]) -> ChatCompletion:
+    def chat(
+        self, messages: MessagesLike, *, timeout: Timeout | None = None, **params: Unpack[ChatParams]
+    ) -> ChatCompletion:
         """OpenAI-style chat completion with optional alignment (``best_of`` = the budget)."""
-        return self._send(calls.chat(messages, params))
+        return self._send(calls.chat(messages, params), timeout)
 
-    def rewards(self) -> RewardsList:
-        return self._send(calls.REWARDS)
+    def chat_stream(
+        self, messages: MessagesLike, *, timeout: Timeout | None = None, **params: Unpack[ChatParams]
+    ) -> Iterator[ChatCompletionChunk]:
+        """:meth:`chat`, streamed: plain generation token by token; an aligned answer word by
+        word once it is chosen (selection needs all N candidates)."""
+        for event in self._events(calls.chat(messages, params, stream=True), timeout):
+            yield ChatCompletionChunk.model_validate(event)
 
-    def models(self) -> ModelList:
-        return self._send(calls.MODELS)
+    def rewards(self, *, timeout: Timeout | None = None) -> RewardsList:
+        return self._send(calls.REWARDS, timeout)
 
-    def health(self) -> Health:
+    def models(self, *, timeout: Timeout | None = None) -> ModelList:
+        return self._send(calls.MODELS, timeout)
+
+    def health(self, *, timeout: Timeout | None = None) -> Health:
         """Never raises for 503: a starting server is a normal answer here."""
         url = self.config.url("/health")
         try:
-            return Health.model_validate(self._http.get(url).json())
+            return Health.model_validate(self._http.get(url, timeout=self._timeout(timeout)).json())
         except httpx.TransportError as exc:
             raise APIConnectionError(f"could not reach {url}: {exc}") from exc
 
@@ -110,14 +160,15 @@ class AsyncClient:
         self,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout: float = 120.0,
+        timeout: Timeout = 120.0,
+        connect_timeout: float = 10.0,
         max_retries: int = 2,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        self.config = ClientConfig(base_url, api_key, timeout, max_retries, backoff, max_backoff)
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self.config = ClientConfig(base_url, api_key, timeout, connect_timeout, max_retries, backoff, max_backoff)
+        self._http = http_client or httpx.AsyncClient(timeout=self.config.timeout)
         self._owns_http = http_client is None
 
     async def __aenter__(self) -> AsyncClient:
@@ -130,35 +181,74 @@ class AsyncClient:
         if self._owns_http:
             await self._http.aclose()
 
-    async def _send(self, call: Call[R]) -> R:
+    def _timeout(self, timeout: Timeout | None) -> httpx.Timeout:
+        return self.config.timeout if timeout is None else as_timeout(timeout, self.config.connect_timeout)
+
+    async def _send(self, call: Call[R], timeout: Timeout | None = None) -> R:
         url = self.config.url(call.path)
         for attempt in range(self.config.max_retries + 1):
             try:
-                resp = await self._http.request(call.method, url, json=call.body, headers=self.config.headers())
+                resp = await self._http.request(
+                    call.method, url, json=call.body, headers=self.config.headers(), timeout=self._timeout(timeout)
+                )
                 raise_for_status(resp)
                 return call.response.model_validate(resp.json())
             except (APIError, httpx.TransportError) as exc:
                 await asyncio.sleep(retry_delay_or_raise(self.config, exc, attempt, url))
         raise AssertionError("unreachable")
 
-    async def align(self, prompt: str | None = None, **params: Unpack[AlignParams]) -> AlignResponse:
+    async def _events(self, call: Call[Any], timeout: Timeout | None) -> AsyncIterator[dict[str, Any]]:
+        url = self.config.url(call.path)
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                async with self._http.stream(
+                    call.method, url, json=call.body, headers=self.config.headers(), timeout=self._timeout(timeout)
+                ) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        raise_for_status(resp)
+                    try:
+                        async for line in resp.aiter_lines():
+                            payload = sse_payload(line)
+                            if payload is DONE:
+                                return
+                            if payload is not None:
+                                yield payload
+                    except httpx.TransportError as exc:  # mid-stream: never retried
+                        raise APIConnectionError(f"the stream from {url} broke off: {exc}") from exc
+                    return
+            except (APIError, httpx.TransportError) as exc:
+                await asyncio.sleep(retry_delay_or_raise(self.config, exc, attempt, url))
+
+    async def align(
+        self, prompt: str | None = None, *, timeout: Timeout | None = None, **params: Unpack[AlignParams]
+    ) -> AlignResponse:
         """See :meth:`Client.align`."""
-        return await self._send(calls.align(prompt, params))
+        return await self._send(calls.align(prompt, params), timeout)
 
-    async def chat(self, messages: MessagesLike, **params: Unpack[ChatParams]) -> ChatCompletion:
+    async def chat(
+        self, messages: MessagesLike, *, timeout: Timeout | None = None, **params: Unpack[ChatParams]
+    ) -> ChatCompletion:
         """See :meth:`Client.chat`."""
-        return await self._send(calls.chat(messages, params))
+        return await self._send(calls.chat(messages, params), timeout)
 
-    async def rewards(self) -> RewardsList:
-        return await self._send(calls.REWARDS)
+    async def chat_stream(
+        self, messages: MessagesLike, *, timeout: Timeout | None = None, **params: Unpack[ChatParams]
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """See :meth:`Client.chat_stream`."""
+        async for event in self._events(calls.chat(messages, params, stream=True), timeout):
+            yield ChatCompletionChunk.model_validate(event)
 
-    async def models(self) -> ModelList:
-        return await self._send(calls.MODELS)
+    async def rewards(self, *, timeout: Timeout | None = None) -> RewardsList:
+        return await self._send(calls.REWARDS, timeout)
 
-    async def health(self) -> Health:
+    async def models(self, *, timeout: Timeout | None = None) -> ModelList:
+        return await self._send(calls.MODELS, timeout)
+
+    async def health(self, *, timeout: Timeout | None = None) -> Health:
         url = self.config.url("/health")
         try:
-            return Health.model_validate((await self._http.get(url)).json())
+            return Health.model_validate((await self._http.get(url, timeout=self._timeout(timeout))).json())
         except httpx.TransportError as exc:
             raise APIConnectionError(f"could not reach {url}: {exc}") from exc
 
@@ -175,3 +265,15 @@ class AsyncClient:
             if time.monotonic() > deadline:
                 raise APITimeoutError(f"server not ready after {timeout} s")
             await asyncio.sleep(interval)
+
+
+def _payloads(lines: Iterator[str], url: str) -> Iterator[dict[str, Any]]:
+    try:
+        for line in lines:
+            payload = sse_payload(line)
+            if payload is DONE:
+                return
+            if payload is not None:
+                yield payload
+    except httpx.TransportError as exc:  # mid-stream: never retried
+        raise APIConnectionError(f"the stream from {url} broke off: {exc}") from exc

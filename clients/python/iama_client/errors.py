@@ -24,6 +24,8 @@ ERROR_CODES = (
     "invalid_value",
     "invalid_reward_weights",
     "prompt_too_long",
+    "request_too_large",
+    "unsupported_parameter",
     "invalid_api_key",
     "model_not_found",
     "not_found",

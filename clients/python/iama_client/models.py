@@ -152,6 +152,32 @@ class ChatCompletion(_Model):
         return self.choices[0].message.content or ""
 
 
+class ChunkDelta(_Model):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(_Model):
+    index: int
+    delta: ChunkDelta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Model):
+    """One server-sent event of a streamed chat completion (OpenAI's ``chat.completion.chunk``)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(c.delta.content or "" for c in self.choices)
+
+
 MessagesLike = list[ChatMessage | dict[str, str]]
 
 
@@ -169,6 +195,8 @@ class AlignParams(TypedDict, total=False):
     max_tokens: int
     seed: int
     stop: str | list[str]
+    presence_penalty: float
+    frequency_penalty: float
     return_candidates: bool
     normalize: bool
     raw_prompt: bool
@@ -189,3 +217,5 @@ class ChatParams(TypedDict, total=False):
     max_tokens: int
     seed: int
     stop: str | list[str]
+    presence_penalty: float
+    frequency_penalty: float

@@ -3,6 +3,7 @@ and turning a response into a model or an exception. No I/O here."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from typing import Any
@@ -21,21 +22,34 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 RETRY_STATUSES = frozenset({429, 503})
 
 
+Timeout = float | httpx.Timeout
+
+
+def as_timeout(timeout: Timeout, connect: float) -> httpx.Timeout:
+    """A read timeout for the whole answer (best-of-N takes a while) and a short connect one,
+    so that a server that is down is noticed in seconds, not after the read timeout."""
+    return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=connect)
+
+
 class ClientConfig:
     def __init__(
         self,
         base_url: str | None,
         api_key: str | None,
-        timeout: float,
+        timeout: Timeout,
+        connect_timeout: float,
         max_retries: int,
         backoff: float,
         max_backoff: float,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("IAMA_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        base = (base_url or os.environ.get("IAMA_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        # Paths already start with /v1; accept the OpenAI-style base URL too.
+        self.base_url = base.removesuffix("/v1")
         self.api_key = api_key if api_key is not None else os.environ.get("IAMA_API_KEY")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.timeout = as_timeout(timeout, connect_timeout)
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -107,3 +121,21 @@ def retry_delay_or_raise(config: ClientConfig, exc: Exception, attempt: int, url
     if isinstance(exc, httpx.TimeoutException):
         raise APITimeoutError(f"request to {url} timed out") from exc
     raise APIConnectionError(f"could not reach {url}: {exc}") from exc
+
+
+DONE: dict[str, Any] = {}  # sse_payload's "the stream is over" (``data: [DONE]``)
+
+
+def sse_payload(line: str) -> dict[str, Any] | None:
+    """One line of a server-sent event stream: its JSON payload, :data:`DONE` at ``[DONE]``,
+    ``None`` for anything else; an error event (a timeout mid-stream) raises ``APIError``."""
+    if not line.startswith("data: "):
+        return None
+    data = line[6:].strip()
+    if data == "[DONE]":
+        return DONE
+    payload = json.loads(data)
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        err = payload["error"]
+        raise APIError(str(err.get("message")), param=err.get("param"), code=err.get("code"), body=payload)
+    return payload if isinstance(payload, dict) else None

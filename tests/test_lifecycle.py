@@ -1,0 +1,138 @@
+"""Start-up and failure in-process: /health is 200 only when the engine is up and every reward
+is warm; a reward that cannot load, an engine that cannot start or dies later is fatal."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fake_engine import FakeEngine
+from in_process import REWARDS, serve
+
+from iama.rewards import register
+
+GATE = threading.Event()
+
+
+@dataclass
+class GatedReward:
+    """Its first score waits for GATE, like a model that loads on first use; counts its loads."""
+
+    name: str = "gated"
+    description: str = "test reward that loads on first use"
+    loads: list[int] = field(default_factory=list)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def score(self, prompts, completions):
+        if not self.loads:
+            GATE.wait(60)
+            self.loads.append(1)
+        return np.ones(len(completions))
+
+
+@dataclass
+class BrokenReward:
+    name: str = "broken"
+    description: str = "test reward whose model cannot load"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def score(self, prompts, completions):
+        raise OSError("model file reward.bin not found\nsecond line of detail")
+
+
+register("test_gated", "test reward that loads on first use")(GatedReward)
+register("test_broken", "test reward that cannot load")(BrokenReward)
+
+ALIGN = {"prompt": "hi", "reward_weights": {"gated": 1.0}, "budget": 2}
+
+
+async def wait_for(predicate, ceiling_s: float = 60.0) -> None:
+    for _ in range(int(ceiling_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_health_waits_for_reward_warm_up_so_the_first_request_pays_no_load():
+    GATE.clear()
+    rewards = {**REWARDS, "gated": {"type": "test_gated"}}
+    async with serve(wait_ready=False, rewards=rewards) as s:
+        await wait_for(lambda: s.engine.started)  # the engine is up, the reward is still loading
+        r = await s.client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "starting"
+        listing = {x["name"]: x["ready"] for x in (await s.client.get("/v1/rewards")).json()["data"]}
+        assert listing["gated"] is False and listing["sentiment"] is True
+        assert (await s.client.post("/v1/align", json=ALIGN)).status_code == 503
+        GATE.set()
+        await wait_for(lambda: s.state.lifecycle.ready)
+        assert (await s.client.get("/health")).status_code == 200
+        gated = s.state.rewards.functions["gated"]
+        assert gated.loads == [1]  # loaded by the warm-up, before any request
+        assert (await s.client.post("/v1/align", json=ALIGN)).status_code == 200
+        assert gated.loads == [1]
+        metrics = (await s.client.get("/metrics")).text
+        assert 'iama_reward_warmup_seconds{reward="gated"}' in metrics
+
+
+async def test_a_reward_that_cannot_load_fails_start_up_naming_it():
+    fatal = []
+    rewards = {**REWARDS, "rm": {"type": "test_broken"}}
+    async with serve(wait_ready=False, rewards=rewards) as s:
+        s.state.lifecycle.on_fatal = lambda: fatal.append(True)
+        await wait_for(lambda: s.state.lifecycle.phase == "failed")
+        h = await s.client.get("/health")
+        assert h.status_code == 503 and h.json()["status"] == "failed"
+        detail = h.json()["detail"]
+        assert "reward 'rm' (test_broken) failed to load: OSError: model file reward.bin not found" in detail
+        assert "\n" not in detail and s.state.lifecycle.exit_code == 1 and fatal == [True]
+        r = await s.client.post("/v1/align", json={**ALIGN, "reward_weights": {"sentiment": 1}})
+        assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
+
+
+async def test_an_engine_that_cannot_start_fails_start_up():
+    engine = FakeEngine(start_error=RuntimeError("CUDA out of memory\n(trace...)"))
+    async with serve(engine, wait_ready=False) as s:
+        await wait_for(lambda: s.state.lifecycle.phase == "failed")
+        assert s.state.lifecycle.detail == "start-up failed: RuntimeError: CUDA out of memory"
+
+
+async def test_an_engine_that_dies_later_turns_health_503_and_exits():
+    fatal = []
+    async with serve() as s:
+        s.state.lifecycle.on_fatal = lambda: fatal.append(True)
+        assert (await s.client.get("/health")).status_code == 200
+        s.engine.started = False  # what AsyncLLM.errored reports once its engine core process is gone
+        await wait_for(lambda: s.state.lifecycle.phase == "failed")
+        h = await s.client.get("/health")
+        assert h.status_code == 503 and "engine died" in h.json()["detail"]
+        assert fatal == [True] and s.state.lifecycle.exit_code == 1
+        assert (await s.client.post("/v1/align", json={**ALIGN, "reward_weights": {"sentiment": 1}})).status_code == 503
+
+
+async def test_a_real_reward_whose_model_is_missing_fails_start_up(tmp_path):
+    rewards = {**REWARDS, "rel": {"type": "relevance", "model": str(tmp_path / "missing-minilm")}}
+    async with serve(wait_ready=False, rewards=rewards) as s:
+        await wait_for(lambda: s.state.lifecycle.phase == "failed")
+        assert "reward 'rel' (relevance) failed to load" in s.state.lifecycle.detail
+
+
+async def test_a_request_running_when_the_engine_dies_gets_a_503_not_a_500():
+    async with serve() as s:
+        s.engine.hold()
+        pending = asyncio.create_task(s.client.post("/v1/align", json={**ALIGN, "reward_weights": {"sentiment": 1}}))
+        await wait_for(lambda: bool(s.engine.running))
+        s.engine.die()
+        r = await pending
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        assert "engine died" in r.json()["error"]["message"]
+        assert s.state.lifecycle.phase == "failed"
