@@ -6,7 +6,8 @@ Starts ``iama serve`` (default model, an API key, ``--running`` generating + ``-
 waiting) and runs 2 × (running + queued) client loops for ``--minutes``. Each loop draws a
 request: a valid ``/v1/align`` (budget 2-8), a valid OpenAI chat completion, an invalid body
 (bad weight, budget, seed 2^80, unknown field, bad JSON, a 2 MB body, missing key), or a
-request it abandons after 0.3 s. It records every status code and latency, and samples the
+request it abandons after 0.3 s; a 429 makes that client wait ``Retry-After``, as a real client
+would. It records every status code and latency, and samples the
 server's resident memory (its process tree: the API process and vLLM's engine core) every
 5 s. The point is what must *not* happen: any 5xx, or memory that keeps growing.
 """
@@ -48,43 +49,48 @@ INVALID = [
 
 
 async def one(client, rng: random.Random, log: list[dict]) -> None:
+    """One request of a randomly drawn kind; a 429 is answered like a real client would, by
+    waiting ``Retry-After`` before the next request (so the offered load stays ~2× capacity)."""
     import httpx
 
-    kind = rng.choices(["align", "chat", "invalid", "bad_json", "huge", "no_key", "cancel"], [50, 15, 15, 5, 5, 5, 5])[
-        0
-    ]
+    kinds = ["align", "chat", "invalid", "bad_json", "huge", "no_key", "cancel"]
+    kind = rng.choices(kinds, [50, 15, 15, 5, 5, 5, 5])[0]
     t0 = time.perf_counter()
     status: int | str
+    retry_after = 0.0
     try:
-        if kind == "align":
-            status = (await client.post("/v1/align", json=valid_align(rng))).status_code
-        elif kind == "chat":
-            body = {
-                "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
-                "max_tokens": 32,
-                "best_of": 4,
-                "reward_weights": {"sentiment": 1},
-            }
-            status = (await client.post("/v1/chat/completions", json=body)).status_code
-        elif kind == "invalid":
-            status = (await client.post("/v1/align", json=rng.choice(INVALID))).status_code
-        elif kind == "bad_json":
-            status = (
-                await client.post("/v1/align", content=b"{nope", headers={"content-type": "application/json"})
-            ).status_code
-        elif kind == "huge":
-            status = (await client.post("/v1/align", json={"prompt": "x" * 2_000_000})).status_code
-        elif kind == "no_key":
-            status = (await client.post("/v1/align", json=valid_align(rng), headers={"Authorization": ""})).status_code
-        else:
+        if kind == "cancel":
+            body = {**valid_align(rng), "budget": 8, "max_tokens": 256}
             try:
-                await client.post("/v1/align", json={**valid_align(rng), "budget": 8, "max_tokens": 256}, timeout=0.3)
-                status = "finished"
+                r = await client.post("/v1/align", json=body, timeout=0.3)
+                status, retry_after = r.status_code, float(r.headers.get("retry-after", 0))
             except httpx.TimeoutException:
-                status = "abandoned"
+                status = "abandoned"  # the client went away mid-request: the server must abort it
+        else:
+            if kind == "align":
+                r = await client.post("/v1/align", json=valid_align(rng))
+            elif kind == "chat":
+                body = {
+                    "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+                    "max_tokens": 32,
+                    "best_of": 4,
+                    "reward_weights": {"sentiment": 1},
+                }
+                r = await client.post("/v1/chat/completions", json=body)
+            elif kind == "invalid":
+                r = await client.post("/v1/align", json=rng.choice(INVALID))
+            elif kind == "bad_json":
+                r = await client.post("/v1/align", content=b"{nope", headers={"content-type": "application/json"})
+            elif kind == "huge":
+                r = await client.post("/v1/align", json={"prompt": "x" * 2_000_000})
+            else:
+                r = await client.post("/v1/align", json=valid_align(rng), headers={"Authorization": ""})
+            status, retry_after = r.status_code, float(r.headers.get("retry-after", 0))
     except httpx.HTTPError as exc:
         status = f"transport:{type(exc).__name__}"
     log.append({"kind": kind, "status": status, "latency_s": time.perf_counter() - t0, "t": time.time()})
+    if status == 429:
+        await asyncio.sleep(retry_after)
 
 
 def rss_of_tree(pid: int) -> int:

@@ -70,10 +70,11 @@ def surrogate_overhead(cfg, batch: int = 1024) -> dict[str, float]:
 
 def sample(model_dir: str, prompts: list[str], m: int, max_tokens: int, seed: int) -> list[list[str]]:
     """M chat completions per prompt with vLLM, through the same sampler as ``iama eval``."""
+    from iama.sampling import SamplingSettings
     from iama_eval.generate import sample_vllm
 
     chats = [[{"role": "user", "content": p}] for p in prompts]
-    texts, _ = sample_vllm(model_dir, chats, m, max_tokens, temperature=1.0, top_p=1.0, seed=seed)
+    texts, _ = sample_vllm(model_dir, chats, m, max_tokens, SamplingSettings(), seed=seed)
     return texts
 
 

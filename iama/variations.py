@@ -22,6 +22,7 @@ from iama.objective import Aggregation, Task, aggregation_gradient
 
 __all__ = [
     "bon_first_variation",
+    "group_task_values",
     "grouped_first_variation",
     "objective_first_variation",
     "soft_bon_first_variation",
@@ -106,18 +107,34 @@ def grouped_first_variation(
     tasks: Sequence[Task],
     aggregation: Aggregation,
 ) -> FloatArray:
-    """Per-sample first variation for a batch made of consecutive groups of ``group_size``.
+    """Per-sample first variation of ``g(E_x R_1(x), …, E_x R_m(x))`` for a batch of prompts x.
 
-    ``task_rewards`` has shape ``(num_tasks, batch)``. This is the layout TRL uses after
-    gathering rewards across processes: the G completions of a prompt are contiguous.
+    ``task_rewards`` has shape ``(num_tasks, batch)``, the batch being consecutive groups of
+    ``group_size`` completions of one prompt each (TRL's layout after gathering across
+    processes). The objective (the paper's Eq. 1) aggregates the tasks' values *averaged over
+    prompts*, so the chain rule weights every group's task variations by the same
+    ``∂g/∂R_i`` taken at the batch means ``R̄_i = mean_x R_i(x)``:
+    ``r̃(x, y) = Σ_i ∂g/∂R_i(R̄) · r̃^{(i)}_x(y)``. For a weighted sum this equals the per-group
+    chain rule; for ``min`` / ``smooth_min`` it differs (a task that is worst on one prompt but
+    fine on average is not the one to push).
     """
     tr = np.asarray(task_rewards, dtype=np.float64)
     if tr.ndim != 2 or tr.shape[0] != len(tasks):
         raise ValueError(f"task_rewards must have shape (num_tasks={len(tasks)}, batch), got {tr.shape}")
     if group_size < 1 or tr.shape[1] % group_size != 0:
         raise ValueError(f"batch of {tr.shape[1]} is not a whole number of groups of {group_size}")
-    out = np.empty(tr.shape[1])
-    for start in range(0, tr.shape[1], group_size):
-        sl = slice(start, start + group_size)
-        out[sl] = objective_first_variation(list(tr[:, sl]), tasks, aggregation)
+    groups = tr.reshape(len(tasks), -1, group_size)  # (m, groups, M)
+    values = group_task_values(tr, group_size, tasks)  # (groups, m)
+    grad = aggregation_gradient(values.mean(axis=0), aggregation)  # ∂g/∂R_i at the batch means
+    out = np.zeros(tr.shape[1])
+    for i, (gi, task) in enumerate(zip(grad, tasks, strict=True)):
+        if gi != 0.0:
+            out += gi * np.concatenate([task_first_variation(groups[i, g], task) for g in range(groups.shape[1])])
     return out
+
+
+def group_task_values(task_rewards: ArrayLike, group_size: int, tasks: Sequence[Task]) -> FloatArray:
+    """(groups, m): ``R_i`` on each group's empirical distribution."""
+    tr = np.asarray(task_rewards, dtype=np.float64)
+    groups = tr.reshape(len(tasks), -1, group_size)
+    return np.array([[task_value(groups[i, g], t) for i, t in enumerate(tasks)] for g in range(groups.shape[1])])

@@ -94,7 +94,9 @@ async def test_rewards_see_the_last_user_turn_of_a_conversation():
             {"role": "user", "content": "the real question"},
         ]
         call = s.state.service.align_call(AlignRequest(messages=msgs, reward_weights={"sentiment": 1.0}), "rid")
-    assert call.prompt_text == "the real question"
+    from iama.rewards import reward_prompt
+
+    assert call.prompt == msgs and reward_prompt(call.prompt) == "the real question"
 
 
 BAD = [

@@ -157,3 +157,37 @@ def test_grouped_variation_uses_each_group_alone():
     assert out[3:] == pytest.approx(bon_first_variation([10, 20, 30], 4))
     with pytest.raises(ValueError, match="whole number of groups"):
         grouped_first_variation(batch, 4, tasks, agg)
+
+
+def test_min_aggregates_the_batch_mean_of_each_task_not_each_group():
+    """Eq. 1: g(E_x R_1(x), E_x R_2(x)). Prompt A is bad at task 1, prompt B at task 2, but on
+    average task 1 is the worse one: every group must push task 1, B's included."""
+    from iama.objective import Aggregation, Task
+    from iama.variations import bon_first_variation, grouped_first_variation
+
+    tasks = [Task(weights={"a": 1}, algorithm="bon", n=2), Task(weights={"b": 1}, algorithm="bon", n=2)]
+    agg = Aggregation(kind="min")
+    r1 = np.array([0.0, 0.1, 0.2, 0.3, 2.0, 2.1, 2.2, 2.3])  # task 1: A low, B high
+    r2 = np.array([3.0, 3.1, 3.2, 3.3, 1.0, 1.1, 1.2, 1.3])  # task 2: A high, B lowish
+    out = grouped_first_variation(np.stack([r1, r2]), 4, tasks, agg)
+    # batch means: R1 ≈ 1.2 < R2 ≈ 2.2, so ∂g/∂R = (1, 0) for both prompts
+    assert out[:4] == pytest.approx(bon_first_variation(r1[:4], 2))
+    assert out[4:] == pytest.approx(bon_first_variation(r1[4:], 2))  # per group, B would have pushed task 2
+
+    # and it is the derivative of the batch objective: perturb prompt B's distribution towards sample j
+    def batch_objective(probs_b):
+        from iama.objective import aggregation_value
+        from iama.variations import task_value
+
+        values = [
+            [task_value(r1[:4], tasks[0]), task_value(r2[:4], tasks[1])],
+            [task_value(r1[4:], tasks[0], probs_b), task_value(r2[4:], tasks[1], probs_b)],
+        ]
+        return aggregation_value(np.mean(values, axis=0), agg)
+
+    uniform, eps = np.full(4, 0.25), 1e-6
+    for j in range(4):
+        moved = (1 - eps) * uniform + eps * np.eye(4)[j]
+        fd = (batch_objective(moved) - batch_objective(uniform)) / eps
+        # d/dε J((1−ε)π + εδ_j) = (1/#prompts)·(r̃(j) − E_π r̃): a first variation up to its constant
+        assert fd == pytest.approx(0.5 * (out[4 + j] - np.dot(uniform, out[4:])), abs=1e-4)

@@ -15,12 +15,13 @@ from iama.rewards.base import (
     register,
     register_prefix,
 )
-from iama.rewards.conversation import completion_text, reward_prompt
+from iama.rewards.conversation import Prompt, as_conversation, completion_text, reward_prompt
 from iama.rewards.normalization import RewardStats, fit_stats, normalize
 from iama.rewards.reward_set import DEFAULT_REWARDS, RewardLoadError, RewardSet, RewardSpec, bind_tokenizer
 
 __all__ = [
     "DEFAULT_REWARDS",
+    "Prompt",
     "RewardFunction",
     "RewardLoadError",
     "RewardSet",
@@ -28,6 +29,7 @@ __all__ = [
     "RewardStats",
     "UnknownRewardError",
     "WeightError",
+    "as_conversation",
     "available_rewards",
     "bind_tokenizer",
     "completion_text",

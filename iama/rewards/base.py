@@ -18,7 +18,11 @@ from iama._arrays import FloatArray
 
 @runtime_checkable
 class RewardFunction(Protocol):
-    """What every reward provides. ``params`` must be JSON-serialisable (it goes to iama.json)."""
+    """What every reward provides. ``params`` must be JSON-serialisable (it goes to iama.json).
+
+    ``score`` gets the text of each prompt's last user turn; a reward that sets
+    ``conversational = True`` gets each prompt as a list of chat turns instead (``RewardSet``).
+    """
 
     name: str
     description: str

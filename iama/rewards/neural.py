@@ -17,6 +17,7 @@ import numpy as np
 from iama._arrays import FloatArray
 from iama.dtypes import Dtype, choose_dtype
 from iama.rewards.base import register_prefix
+from iama.rewards.conversation import Prompt, as_conversation, flatten
 
 
 def default_device() -> str:
@@ -27,20 +28,23 @@ def default_device() -> str:
 
 @dataclass
 class HFRewardModel:
-    """Reward = one logit of a sequence-classification head.
+    """Reward = one logit of a sequence-classification head, on the whole conversation.
 
     * ``label``: which output to read (index or label name, e.g. ``"POSITIVE"``); defaults to 0
       for single-output reward models and to the last label otherwise.
-    * ``pair``: feed (prompt, completion) as a text pair, the convention of most open RMs;
-      ``False`` scores the completion alone (e.g. a sentiment classifier).
-    * ``chat_template``: format prompt+completion with the RM tokenizer's chat template instead.
+    * ``chat_template``: render the conversation plus the completion (as the assistant's turn)
+      with the reward model's own chat template, as chat reward models are trained; ``None``
+      (the default) does so whenever the RM's tokenizer has a template.
+    * ``pair``: otherwise feed (prompt, completion) as a text pair, the convention of older
+      open RMs; a multi-turn prompt is written out in the HH layout. ``False`` scores the
+      completion alone (e.g. a sentiment classifier), whatever the template.
     * ``probability``: return softmax probability of ``label`` instead of the logit.
     """
 
     path: str
     label: int | str | None = None
     pair: bool = True
-    chat_template: bool = False
+    chat_template: bool | None = None
     probability: bool = False
     batch_size: int = 16
     max_length: int = 512
@@ -48,6 +52,7 @@ class HFRewardModel:
     dtype: Dtype = "auto"  # auto: iama.dtypes (fp32 on a CPU without native bf16)
     name: str = field(init=False)
     description: str = field(init=False)
+    conversational: bool = field(default=True, init=False)  # RewardSet passes chat turns
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _model: Any = field(default=None, init=False, repr=False)
     _tok: Any = field(default=None, init=False, repr=False)
@@ -96,23 +101,23 @@ class HFRewardModel:
         if not 0 <= idx < n:
             raise ValueError(f"label index {idx} out of range for {n} labels")
         self._model, self._tok, self._index, self.device = model, tok, idx, device
+        if self.chat_template is None:
+            self.chat_template = self.pair and bool(getattr(tok, "chat_template", None))
 
-    def _encode(self, prompts: Sequence[str], completions: Sequence[str]) -> Any:
+    def _encode(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> Any:
         tok = self._tok
         kw = {"padding": True, "truncation": True, "max_length": self.max_length, "return_tensors": "pt"}
+        if not self.pair:
+            return tok(list(completions), **kw)
         if self.chat_template:
             texts = [
-                tok.apply_chat_template(
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False
-                )
+                tok.apply_chat_template([*as_conversation(p), {"role": "assistant", "content": c}], tokenize=False)
                 for p, c in zip(prompts, completions, strict=True)
             ]
             return tok(texts, **kw)
-        if self.pair:
-            return tok(list(prompts), list(completions), **kw)
-        return tok(list(completions), **kw)
+        return tok([flatten(p) for p in prompts], list(completions), **kw)
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> FloatArray:
         import torch
 
         if len(prompts) != len(completions):

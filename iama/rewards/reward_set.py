@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from iama._arrays import FloatArray
 from iama.rewards.aggregation import validate_weights, weighted_score
 from iama.rewards.base import RewardFunction, check_scores, create_reward
+from iama.rewards.conversation import Prompt, as_conversation, reward_prompt
 from iama.rewards.normalization import RewardStats
 
 
@@ -112,15 +113,28 @@ class RewardSet:
         return new
 
     def score(
-        self, prompts: Sequence[str], completions: Sequence[str], names: Sequence[str] | None = None
+        self, prompts: Sequence[Prompt], completions: Sequence[str], names: Sequence[str] | None = None
     ) -> dict[str, FloatArray]:
-        """Raw scores per reward (only ``names`` if given), each checked for shape/finiteness."""
+        """Raw scores per reward (only ``names`` if given), each checked for shape/finiteness.
+
+        A prompt is a string or a conversation; conversational rewards (``conversational =
+        True``, e.g. reward models with a chat template) get the turns, the others the text of
+        the last user turn (``iama.rewards.conversation``).
+        """
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        texts: list[str] | None = None
+        turns: list[list[dict[str, str]]] | None = None
         out: dict[str, FloatArray] = {}
         for name in names if names is not None else self.names:
             fn = self.functions[name]
-            out[name] = check_scores(fn.score(prompts, completions), len(completions), name)
+            if getattr(fn, "conversational", False):
+                turns = turns if turns is not None else [as_conversation(p) for p in prompts]
+                scores = fn.score(turns, completions)  # type: ignore[arg-type]
+            else:
+                texts = texts if texts is not None else [reward_prompt(p) for p in prompts]
+                scores = fn.score(texts, completions)
+            out[name] = check_scores(scores, len(completions), name)
         return out
 
     def warm_up(self, on_ready: Callable[[str, float], None] | None = None) -> dict[str, float]:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from iama.rewards import RewardSet
+from iama.rewards import Prompt, RewardSet
 
 
 @dataclass
 class _Job:
-    prompts: list[str]
+    prompts: list[Prompt]
     completions: list[str]
     names: list[str]
     future: asyncio.Future[dict[str, np.ndarray]] = field(repr=False)
@@ -55,7 +55,7 @@ class BatchedScorer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def score(
-        self, prompts: Sequence[str], completions: Sequence[str], names: Sequence[str]
+        self, prompts: Sequence[Prompt], completions: Sequence[str], names: Sequence[str]
     ) -> dict[str, np.ndarray]:
         assert self._queue is not None, "scorer not started"
         fut: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()

@@ -19,7 +19,7 @@ import numpy as np
 from iama.algorithms import select, selection_kl_bound
 from iama.modelcard import ModelCard
 from iama.objective import Algorithm
-from iama.rewards import RewardSet, WeightError, normalize_scores, reward_prompt, weighted_sum
+from iama.rewards import Prompt, RewardSet, WeightError, normalize_scores, weighted_sum
 from iama_server.engine import Delta, GenerationEngine, GenerationResult, Sampling
 from iama_server.errors import APIError, ErrorCode
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle
@@ -34,7 +34,7 @@ class AlignmentCall:
     """A validated request, whatever endpoint it came from."""
 
     prompt_ids: list[int]
-    prompt_text: str  # what rewards see as the prompt (iama.rewards.reward_prompt)
+    prompt: Prompt  # what rewards score against: the conversation, or the raw prompt text
     weights: dict[str, float] | None  # validated; None: plain generation, nothing scored
     budget: int  # N candidates sampled
     algorithm: Algorithm
@@ -94,7 +94,7 @@ class AlignmentService:
         ids, text = self._encode(body.prompt, body.messages, raw=body.raw_prompt)
         return AlignmentCall(
             prompt_ids=ids,
-            prompt_text=text,
+            prompt=text,
             weights=self._weights(body.reward_weights, required=True),
             budget=self._budget(body.budget, "budget"),
             algorithm=body.algorithm,
@@ -119,7 +119,7 @@ class AlignmentService:
         return [
             AlignmentCall(
                 prompt_ids=ids,
-                prompt_text=text,
+                prompt=text,
                 weights=weights,
                 budget=budget,
                 algorithm=body.alignment,
@@ -188,13 +188,14 @@ class AlignmentService:
             fields.frequency_penalty,
         )
 
-    def _encode(self, prompt: str | None, messages: list[ChatMessage] | None, raw: bool) -> tuple[list[int], str]:
-        """Token ids, and the text rewards see as 'the prompt'."""
+    def _encode(self, prompt: str | None, messages: list[ChatMessage] | None, raw: bool) -> tuple[list[int], Prompt]:
+        """Token ids, and the prompt as rewards see it (the conversation, or the prompt)."""
+        text: Prompt
         if messages is not None:
             if not self.engine.has_chat_template():
                 raise APIError(400, "this model has no chat template; send 'prompt'", "messages")
             msgs = [{"role": m.role, "content": m.content} for m in messages]
-            ids, text, param = self.engine.encode_chat(msgs), reward_prompt(msgs), "messages"
+            ids, text, param = self.engine.encode_chat(msgs), msgs, "messages"
         else:
             assert prompt is not None  # the schemas require exactly one of prompt / messages
             if not prompt:
@@ -236,7 +237,7 @@ class AlignmentService:
         weighted: np.ndarray | None = None
         chosen = list(range(min(call.n_returned, len(texts))))
         if call.weights is not None:
-            raw = await self.scorer.score([call.prompt_text] * len(texts), texts, list(call.weights))
+            raw = await self.scorer.score([call.prompt] * len(texts), texts, list(call.weights))
             normalized = normalize_scores(raw, self.rewards.stats if call.normalize else None)
             weighted = weighted_sum(normalized, call.weights)
             chosen = select(weighted, call.algorithm, call.n_returned, call.tau, call.sampling.seed)

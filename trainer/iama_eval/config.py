@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from iama.configfile import read_yaml, validate_config
 from iama.objective import Algorithm
 from iama.rewards.reward_set import RewardSpec
+from iama.sampling import SamplingSettings
 from iama_trainer.config import PromptsConfig
 
 
@@ -28,8 +29,9 @@ class EvalConfig(BaseModel):
     tau: float = Field(default=0.1, gt=0)
     samples_per_prompt: int | None = Field(default=None, ge=1, description="M; default max(budgets)")
     max_tokens: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings, description="the same distribution as training (no top-k by default)"
+    )
     baseline: str | None = Field(default=None, description="label of the baseline model for the compute saving")
     candidate: str | None = Field(default=None, description="label of the IAMA model for the compute saving")
     engine: Literal["auto", "vllm", "hf"] = "auto"

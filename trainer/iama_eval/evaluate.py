@@ -15,7 +15,7 @@ import numpy as np
 from iama.algorithms import bon_selection_weights, soft_bon_subset_weights
 from iama.objective import Algorithm
 from iama.pareto import compute_saving, hypervolume_2d
-from iama.rewards import RewardSet, normalize_scores, weighted_sum
+from iama.rewards import Prompt, RewardSet, normalize_scores, weighted_sum
 
 
 @dataclass
@@ -38,8 +38,8 @@ def weight_grid(names: list[str], points: int) -> list[dict[str, float]]:
     return [{a: round(1 - k / (points - 1), 6), b: round(k / (points - 1), 6)} for k in range(points)]
 
 
-def score_generations(rewards: RewardSet, prompts: list[str], completions: list[list[str]]) -> dict[str, np.ndarray]:
-    """Raw scores, shape (prompts, M) per reward."""
+def score_generations(rewards: RewardSet, prompts: list[Prompt], completions: list[list[str]]) -> dict[str, np.ndarray]:
+    """Raw scores, shape (prompts, M) per reward; prompts as the model saw them (conversations)."""
     flat_p = [p for p, g in zip(prompts, completions, strict=True) for _ in g]
     flat_c = [c for g in completions for c in g]
     m = len(completions[0])

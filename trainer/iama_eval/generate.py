@@ -15,6 +15,7 @@ from typing import Any
 
 from iama.dtypes import choose_dtype, torch_dtype
 from iama.files import atomic_write_json
+from iama.sampling import SamplingSettings
 
 log = logging.getLogger("iama.eval")
 
@@ -51,13 +52,14 @@ def cache_key(
     prompts: list[Any],
     m: int,
     max_tokens: int,
-    temperature: float,
-    top_p: float,
+    sampling: SamplingSettings,
     seed: int,
     engine: str,
 ) -> str:
     weights = weights_fingerprint(model_path)
-    blob = json.dumps([model_path, weights, prompts, m, max_tokens, temperature, top_p, seed, engine], sort_keys=True)
+    blob = json.dumps(
+        [model_path, weights, prompts, m, max_tokens, sampling.model_dump(), seed, engine], sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -77,7 +79,7 @@ def save_cached(path: Path, key: str, gen: Generations) -> None:
 
 
 def sample_vllm(
-    model_path: str, prompts: list[Any], m: int, max_tokens: int, temperature: float, top_p: float, seed: int
+    model_path: str, prompts: list[Any], m: int, max_tokens: int, sampling: SamplingSettings, seed: int
 ) -> tuple[list[list[str]], list[list[int]]]:
     import gc
 
@@ -91,7 +93,7 @@ def sample_vllm(
         tok = llm.get_tokenizer()
         outs = llm.generate(
             [render_prompt(tok, p) for p in prompts],
-            SamplingParams(n=m, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+            SamplingParams(n=m, max_tokens=max_tokens, seed=seed, **sampling.vllm()),
             use_tqdm=True,
         )
         texts = [[o.text for o in sorted(r.outputs, key=lambda o: o.index)] for r in outs]
@@ -105,7 +107,7 @@ def sample_vllm(
 
 
 def sample_hf(
-    model_path: str, prompts: list[Any], m: int, max_tokens: int, temperature: float, top_p: float, seed: int
+    model_path: str, prompts: list[Any], m: int, max_tokens: int, sampling: SamplingSettings, seed: int
 ) -> tuple[list[list[str]], list[list[int]]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -119,18 +121,18 @@ def sample_hf(
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(choice))
     if torch.cuda.is_available():
         model.to("cuda")
-    return hf_sample(model, tok, prompts, m, max_tokens, temperature, top_p, progress=f"sampling {model_path}")
+    return hf_sample(model, tok, prompts, m, max_tokens, sampling, progress=f"sampling {model_path}")
 
 
 def generate(
     model_path: str, prompts_text: list[str], prompts_trl: list[Any], m: int, cfg: Any, engine: str, cache: Path
 ) -> Generations:
-    key = cache_key(model_path, prompts_trl, m, cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.seed, engine)
+    key = cache_key(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed, engine)
     hit = load_cached(cache, key)
     if hit is not None:
         return hit
     fn = sample_vllm if engine == "vllm" else sample_hf
-    texts, lens = fn(model_path, prompts_trl, m, cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.seed)
+    texts, lens = fn(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed)
     gen = Generations(prompts_text, texts, lens)
     save_cached(cache, key, gen)
     return gen

@@ -12,12 +12,12 @@ import numpy as np
 
 from iama.modelcard import load_model_card
 from iama.models import resolve_model
-from iama.rewards import RewardSet, bind_tokenizer
+from iama.rewards import RewardSet, bind_tokenizer, reward_prompt
 from iama_eval.config import EvalConfig
 from iama_eval.evaluate import Row, evaluate_model, score_generations, summarize, trade_off_warnings, weight_grid
 from iama_eval.generate import generate
 from iama_eval.plots import length_histogram, pareto_plot
-from iama_trainer.data import load_prompt_texts, to_trl_prompt
+from iama_trainer.data import load_prompts, to_trl_prompt
 
 log = logging.getLogger("iama.eval")
 
@@ -62,8 +62,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         log.info("reward %s ready (warm-up %.2f s)", name, seconds)
     names = rewards.names
     weights_list = cfg.weights or weight_grid(names, cfg.grid)
-    texts = load_prompt_texts(cfg.prompts)
-    trl_prompts = [to_trl_prompt(t, cfg.prompts) for t in texts]
+    prompts = load_prompts(cfg.prompts)
+    trl_prompts = [to_trl_prompt(p, cfg.prompts) for p in prompts]
+    texts = [reward_prompt(p) for p in prompts]  # for the cached generations' record
 
     rows: list[Row] = []
     lengths: dict[str, np.ndarray] = {}
@@ -72,7 +73,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         gen = generate(
             paths[label], texts, trl_prompts, cfg.samples, cfg, engine, out / "generations" / f"{label}.json"
         )
-        raw = raw_by_model[label] = score_generations(rewards, gen.prompts, gen.completions)
+        raw = raw_by_model[label] = score_generations(rewards, trl_prompts, gen.completions)
         lengths[label] = np.asarray(gen.token_lengths, dtype=np.float64)
         rows += evaluate_model(
             label, raw, lengths[label], rewards, weights_list, cfg.budgets, cfg.algorithms, cfg.tau, cfg.seed

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from iama.rewards import RewardSet, RewardStats, fit_stats, reward_prompt
+from iama.rewards import RewardSet, RewardStats, fit_stats
+from iama.sampling import SamplingSettings
 from iama_trainer.sampling import hf_sample
 
 
@@ -19,8 +20,7 @@ def measure_reward_stats(
     rewards: RewardSet,
     samples_per_prompt: int,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
+    sampling: SamplingSettings,
 ) -> dict[str, RewardStats]:
     groups, _ = hf_sample(
         model,
@@ -28,12 +28,11 @@ def measure_reward_stats(
         prompts,
         samples_per_prompt,
         max_new_tokens,
-        temperature,
-        top_p,
+        sampling,
         batch_prompts=2,
         progress="reward statistics (base-model samples)",
     )
-    flat_prompts = [reward_prompt(p) for p, g in zip(prompts, groups, strict=True) for _ in g]
+    flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = [c for g in groups for c in g]
     scores = rewards.score(flat_prompts, flat)
     return {name: fit_stats(v) for name, v in scores.items()}

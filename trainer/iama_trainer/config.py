@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from iama.configfile import ConfigError, read_yaml, validate_config
 from iama.objective import Objective, ObjectiveType
 from iama.rewards.reward_set import RewardSpec
+from iama.sampling import SamplingSettings
 
 PRESETS_DIR = Path(__file__).parent / "configs"
+SCALE_REWARDS_DEFAULT: Literal["group", "batch", "none"] = "none"
 
 
 class _Strict(BaseModel):
@@ -20,32 +22,45 @@ class _Strict(BaseModel):
 
 class PromptsConfig(_Strict):
     """``builtin`` (the shipped prompt set), a local ``.jsonl``/``.json``/``.parquet``/``.csv``
-    file, or a Hugging Face dataset name."""
+    file, or a Hugging Face dataset name. ``format`` says what the ``field`` column holds: a
+    prompt's ``text``; an OpenAI ``messages`` conversation; or an Anthropic HH transcript
+    (``hh``, e.g. the ``chosen`` column). For the last two the prompt is the conversation up to
+    its final answer, multi-turn, as the chat template and conversational rewards see it."""
 
     source: str = "builtin"
     split: str = "train"
     field: str = "prompt"
+    format: Literal["text", "messages", "hh"] = "text"
     limit: int | None = Field(default=None, ge=1)
     chat: bool = Field(default=True, description="wrap each prompt as a user message (chat template)")
     system_prompt: str | None = None
 
 
 class NormalizationConfig(_Strict):
-    """Reward statistics measured on the base model's samples before training."""
+    """Reward statistics measured on the base model's samples before training.
+
+    ``enabled``: train on rewards standardised by them, so that task weights, τ and the
+    surrogate are in units of each reward's base-model std (and the objective depends on the
+    sample that measured them). Off, training sees raw rewards (the paper's setting), and the
+    statistics are still measured when ``record`` is on, for ``iama.json``: the server uses
+    them to make request weights comparable across rewards.
+    """
 
     enabled: bool = True
+    record: bool = Field(default=True, description="measure and store them in iama.json even when not enabled")
     prompts: int = Field(default=16, ge=1)
     samples_per_prompt: int = Field(default=4, ge=1)
 
 
 class KLControl(_Strict):
-    """Fixed β, or the adaptive controller of Ziegler et al. steering KL to ``target``."""
+    """Fixed β, or the paper's adaptive rule (``kl_control.py``): after every step
+    ``β ← β·(1 + rate·clip((KL − target)/target, ±0.2))``, KL being TRL's logged k3 estimate."""
 
     type: Literal["fixed", "adaptive"] = "fixed"
-    target: float = Field(default=0.05, gt=0)
-    horizon: int = Field(default=100, ge=1)
-    min_beta: float = Field(default=1e-4, gt=0)
-    max_beta: float = Field(default=10.0, gt=0)
+    target: float = Field(default=0.1, gt=0)
+    rate: float = Field(default=0.1, gt=0, le=1, description="the paper: 0.1 (Ziegler et al.: n_steps/horizon)")
+    min_beta: float | None = Field(default=None, gt=0)
+    max_beta: float | None = Field(default=None, gt=0)
 
 
 class LoraSettings(_Strict):
@@ -81,11 +96,20 @@ class TrainConfig(_Strict):
     kl_control: KLControl = KLControl()
     epsilon: float = Field(default=0.2, gt=0, description="PPO clip range")
     num_iterations: int = Field(default=1, ge=1, description="PPO epochs per generation batch")
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default=SCALE_REWARDS_DEFAULT,
+        description="divide advantages by the group's (or batch's) std: off by default, see the README",
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        default="dapo", description="TRL's default; 'grpo' normalises per sequence length (length-biased)"
+    )
+    lr_scheduler_type: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     max_completion_length: int = Field(default=64, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings,
+        description="one distribution for reward statistics, rollouts (TRL) and evaluation",
+    )
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
 

@@ -1,16 +1,23 @@
-"""Prompt datasets in TRL's format: a ``prompt`` column, conversational when ``chat`` is set."""
+"""Prompt datasets in TRL's format: a ``prompt`` column, conversational when ``chat`` is set.
+
+A prompt is a string or a conversation (``iama.rewards.Prompt``); conversations come from
+``messages`` or HH-transcript columns (``PromptsConfig.format``) and keep all their turns.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from iama.rewards import Prompt
+from iama.rewards.conversation import hh_prompt, messages_prompt
 from iama_trainer.config import PromptsConfig
 
 BUILTIN = Path(__file__).parent / "data" / "prompts.jsonl"
 
 
-def load_prompt_texts(cfg: PromptsConfig) -> list[str]:
+def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
+    """The prompts of the configured source: strings, or conversations without their answer."""
     import datasets
 
     src = cfg.source
@@ -27,23 +34,36 @@ def load_prompt_texts(cfg: PromptsConfig) -> list[str]:
             ds = datasets.load_dataset(src, split=cfg.split)  # a hub dataset name
     if cfg.field not in ds.column_names:
         raise ValueError(f"prompts.field {cfg.field!r} not in columns {ds.column_names}")
-    texts = [str(t) for t in ds[cfg.field] if str(t).strip()]
+    prompts: list[Prompt] = []
+    for i, value in enumerate(ds[cfg.field]):
+        try:
+            if cfg.format == "messages":
+                prompts.append(messages_prompt(value))
+            elif cfg.format == "hh":
+                prompts.append(hh_prompt(str(value)))
+            elif str(value).strip():
+                prompts.append(str(value))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"prompts.{cfg.field} row {i} is not a {cfg.format} conversation: {exc}") from None
     if cfg.limit:
-        texts = texts[: cfg.limit]
-    if not texts:
+        prompts = prompts[: cfg.limit]
+    if not prompts:
         raise ValueError("the prompt set is empty")
-    return texts
+    return prompts
 
 
-def to_trl_prompt(text: str, cfg: PromptsConfig) -> Any:
+def to_trl_prompt(prompt: Prompt, cfg: PromptsConfig) -> Any:
+    """What TRL (and the chat template) gets: a conversation when ``chat`` is set."""
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    if not isinstance(prompt, str):
+        has_system = bool(prompt) and prompt[0].get("role") == "system"
+        return [*([] if has_system else system), *prompt]
     if not cfg.chat:
-        return text
-    msgs = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-    return [*msgs, {"role": "user", "content": text}]
+        return prompt
+    return [*system, {"role": "user", "content": prompt}]
 
 
 def build_dataset(cfg: PromptsConfig):  # -> datasets.Dataset
     import datasets
 
-    texts = load_prompt_texts(cfg)
-    return datasets.Dataset.from_dict({"prompt": [to_trl_prompt(t, cfg) for t in texts]})
+    return datasets.Dataset.from_dict({"prompt": [to_trl_prompt(p, cfg) for p in load_prompts(cfg)]})

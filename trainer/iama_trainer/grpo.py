@@ -5,6 +5,11 @@ The hook is ``GRPOTrainer._calculate_rewards`` (TRL 1.16.0), which returns the r
 the first variation there, on whole groups, so multi-process runs are exact; everything after
 (group advantages, PPO clip, k3 KL to π_ref, AdamW) is TRL's. The surrogate travels as an extra
 reward column whose weight is 1 while the raw rewards keep weight 0 and are only logged.
+
+Three guards keep a TRL change from silently training plain GRPO: the version pin and the
+hook's signature at start-up (:func:`check_trl_hook`); every gathered batch must be whole
+groups of one prompt each; and at the first step, the advantages TRL handed to the loss must
+equal the surrogate normalised by TRL's documented rule (:func:`expected_advantages`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
-from iama.rewards import RewardSet, completion_text, reward_prompt
+from iama.rewards import RewardSet, completion_text
 from iama_trainer.kl_control import AdaptiveKLController
-from iama_trainer.surrogate import SurrogateSpec, compute_surrogate
+from iama_trainer.surrogate import SurrogateSpec, compute_surrogate, expected_advantages
 
 EXPECTED_TRL = "1.16.0"
 HOOK_PARAMS = ["self", "inputs", "prompts", "completions", "completion_ids_list"]
@@ -37,18 +42,20 @@ def check_trl_hook() -> None:
     if hook is None or list(inspect.signature(hook).parameters) != HOOK_PARAMS:
         raise RuntimeError("GRPOTrainer._calculate_rewards changed signature; the IAMA hook needs updating")
     caller = inspect.getsource(GRPOTrainer._generate_and_score_completions)
-    if "self._calculate_rewards(" not in caller or "num_generations" not in caller:
+    if "self._calculate_rewards(" not in caller or "num_generations" not in caller or '"advantages"' not in caller:
         raise RuntimeError("GRPOTrainer no longer scores through _calculate_rewards; the IAMA hook needs updating")
 
 
 def reward_funcs(rewards: RewardSet) -> list[Callable[..., list[float]]]:
-    """TRL reward callables: one per raw reward (logged), then the surrogate slot."""
+    """TRL reward callables: one per raw reward (logged), then the surrogate slot. Prompts go
+    to the reward set as TRL has them (conversations), so every reward sees what it would see
+    when served."""
     funcs: list[Callable[..., list[float]]] = []
     for name in rewards.names:
-        fn = rewards.functions[name]
 
-        def call(prompts: Sequence[Any], completions: Sequence[Any], _fn: Any = fn, **_: Any) -> list[float]:
-            return _fn.score([reward_prompt(p) for p in prompts], [completion_text(c) for c in completions]).tolist()
+        def call(prompts: Sequence[Any], completions: Sequence[Any], _name: str = name, **_: Any) -> list[float]:
+            texts = [completion_text(c) for c in completions]
+            return rewards.score(list(prompts), texts, [_name])[_name].tolist()
 
         call.__name__ = name
         funcs.append(call)
@@ -76,6 +83,8 @@ class IAMAGRPOTrainer(GRPOTrainer):
         self.surrogate = surrogate
         self.kl_controller = kl_controller
         self.groups_checked = 0
+        self.advantages_verified = False
+        self._last_surrogate: tuple[np.ndarray, int] | None = None  # (gathered surrogate (B,), group size)
         if len(self.reward_funcs) != len(surrogate.rewards.names) + 1:
             raise ValueError("reward_funcs must be the raw rewards followed by the surrogate slot")
 
@@ -83,13 +92,16 @@ class IAMAGRPOTrainer(GRPOTrainer):
         gathered = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         mode = "train" if self.model.training else "eval"
         group = self.num_generations if mode == "train" else self.num_generations_eval
-        self._check_whole_groups(prompts, group)
+        rows = self._check_whole_groups(prompts, group)
+        if rows != gathered.shape[0]:
+            raise RuntimeError(f"TRL gathered {gathered.shape[0]} reward rows for {rows} gathered prompts")
         k = len(self.surrogate.rewards.names)
         raw = gathered[:, :k].detach().float().cpu().numpy()  # (B, K) raw rewards, whole groups
         sur = compute_surrogate(raw, self.surrogate, group)
         gathered[:, k] = torch.as_tensor(sur.rewards, dtype=gathered.dtype, device=gathered.device)
+        self._last_surrogate = (gathered[:, k].detach().float().cpu().numpy(), group)
         metrics = self._metrics[mode]
-        metrics["iama/objective"].append(float(sur.objective_values.mean()))
+        metrics["iama/objective"].append(sur.objective)
         for i, task in enumerate(self.surrogate.objective.tasks):
             label = task.name or f"task{i}"
             metrics[f"iama/R/{label}"].append(float(sur.group_values[:, i].mean()))
@@ -97,10 +109,34 @@ class IAMAGRPOTrainer(GRPOTrainer):
         metrics["iama/surrogate_std"].append(float(np.std(sur.rewards)))
         metrics["iama/processes"].append(float(self.accelerator.num_processes))
         metrics["iama/groups_checked"].append(float(self.groups_checked))
+        metrics["iama/advantages_verified"].append(float(self.advantages_verified))
         return gathered
 
-    def _check_whole_groups(self, prompts: list[Any], group: int) -> None:
-        """Every group of the gathered batch must hold one prompt's completions only."""
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if not self.advantages_verified and self._last_surrogate is not None:
+            self._verify_advantages(out["advantages"])
+        return out
+
+    def _verify_advantages(self, advantages: torch.Tensor) -> None:
+        """TRL's advantages for this process's rows == the normalised surrogate, or stop."""
+        surrogate, group = self._last_surrogate  # type: ignore[misc]
+        n = len(advantages)
+        start = self.accelerator.process_index * n
+        expected = expected_advantages(surrogate, group, str(self.scale_rewards))[start : start + n]
+        actual = advantages.detach().float().cpu().numpy()
+        if actual.shape != expected.shape or not np.allclose(actual, expected, rtol=1e-3, atol=1e-4):
+            raise RuntimeError(
+                "TRL's advantages are not the IAMA surrogate normalised by TRL's rule "
+                f"(scale_rewards={self.scale_rewards}): max difference "
+                f"{np.max(np.abs(actual - expected)) if actual.shape == expected.shape else 'shape'}; "
+                "TRL changed how it forms advantages, and training would not optimise the IAMA objective"
+            )
+        self.advantages_verified = True
+
+    def _check_whole_groups(self, prompts: list[Any], group: int) -> int:
+        """Every group of the gathered batch must hold one prompt's completions only; returns
+        the number of gathered rows."""
         from accelerate.utils import gather_object
 
         everyone = [json.dumps(p, sort_keys=True) for p in gather_object(list(prompts))]
@@ -110,6 +146,7 @@ class IAMAGRPOTrainer(GRPOTrainer):
             if len(set(everyone[g : g + group])) != 1:
                 raise RuntimeError("a group mixes prompts: completions of one prompt were split across processes")
         self.groups_checked += len(everyone) // group
+        return len(everyone)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs["beta"] = float(self.beta)  # the β in force for the steps being logged

@@ -123,7 +123,7 @@ def reward_statistics(
         saved = json.loads(run_file.read_text())["reward_stats"]
         return rewards.with_stats({k: RewardStats(**v) for k, v in saved.items()})
     stats: dict[str, RewardStats] = {}
-    if cfg.normalization.enabled:
+    if cfg.normalization.enabled or cfg.normalization.record:
         if state.is_main_process:
             n = min(cfg.normalization.prompts, len(prompts))
             log.info("measuring reward statistics on %d base-model samples", n * cfg.normalization.samples_per_prompt)
@@ -134,8 +134,7 @@ def reward_statistics(
                 rewards,
                 cfg.normalization.samples_per_prompt,
                 cfg.max_completion_length,
-                cfg.temperature,
-                cfg.top_p,
+                cfg.sampling,
             )
         stats = broadcast_object_list([stats])[0]
     if state.is_main_process:
@@ -168,13 +167,15 @@ def grpo_args(cfg: TrainConfig, num_rewards: int, num_processes: int, bf16: bool
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_generations=cfg.group_size,
         max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
+        **cfg.sampling.trl(),
         beta=cfg.beta,
         epsilon=cfg.epsilon,
         num_iterations=cfg.num_iterations,
         scale_rewards=cfg.scale_rewards,
+        multi_objective_aggregation="sum_then_normalize",  # explicit: the surrogate column is the reward
         loss_type=cfg.loss_type,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_ratio=cfg.warmup_ratio,
         max_grad_norm=cfg.max_grad_norm,
         # The raw rewards are logged but weigh 0; the last column is the surrogate, filled in
         # after gathering by IAMAGRPOTrainer._calculate_rewards (grpo.py).
@@ -219,7 +220,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
     if kl.type == "adaptive":
         if cfg.beta == 0:
             raise ValueError("adaptive KL control needs beta > 0 to start from")
-        controller = AdaptiveKLController(cfg.beta, kl.target, kl.horizon, kl.min_beta, kl.max_beta)
+        controller = AdaptiveKLController(cfg.beta, kl.target, kl.rate, kl.min_beta, kl.max_beta)
     objective = Objective(tasks=cfg.objective.tasks, aggregation=cfg.objective.aggregation)
     trainer = IAMAGRPOTrainer(
         model=model,
@@ -228,7 +229,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        surrogate=SurrogateSpec(rewards, objective, cfg.objective.type),
+        surrogate=SurrogateSpec(rewards, objective, cfg.objective.type, normalize=cfg.normalization.enabled),
         kl_controller=controller,
     )
     trainer.add_callback(JsonlMetrics(cfg.output_dir / METRICS_FILE))

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from iama.sampling import SamplingSettings
+
 
 def render_prompt(tokenizer: Any, prompt: Any) -> str:
     """A chat prompt (list of messages) through the chat template; a string as is."""
@@ -22,8 +24,7 @@ def hf_sample(
     prompts: list[Any],
     m: int,
     max_new_tokens: int,
-    temperature: float,
-    top_p: float,
+    sampling: SamplingSettings,
     batch_prompts: int = 8,
     progress: str | None = None,
 ) -> tuple[list[list[str]], list[list[int]]]:
@@ -46,9 +47,7 @@ def hf_sample(
             enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             out = model.generate(
                 **enc,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
+                **sampling.hf_generate(),  # every setting explicit: generate's defaults (top_k=50) differ
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=m,
                 pad_token_id=pad,

@@ -14,7 +14,7 @@ import numpy as np
 
 from iama.objective import Objective, ObjectiveType, aggregation_value, linear_reward_weights
 from iama.rewards import RewardSet, weighted_score
-from iama.variations import grouped_first_variation, task_value
+from iama.variations import group_task_values, grouped_first_variation
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,15 @@ class SurrogateSpec:
     rewards: RewardSet  # column order of the raw rewards, and their normalisation statistics
     objective: Objective
     objective_type: ObjectiveType = "iama"
+    normalize: bool = True  # train on standardised rewards (else raw: the statistics only go to iama.json)
 
 
 @dataclass(frozen=True)
 class Surrogate:
-    rewards: np.ndarray  # (B,) what GRPO normalises into advantages
-    task_rewards: np.ndarray  # (m, B) r_i per sample, normalised
+    rewards: np.ndarray  # (B,) what GRPO turns into advantages
+    task_rewards: np.ndarray  # (m, B) r_i per sample (normalised if the run normalises)
     group_values: np.ndarray  # (groups, m) R_i on each group's empirical distribution
-    objective_values: np.ndarray  # (groups,) g(R_1..R_m) per group
+    objective: float  # g(mean_x R_1, …, mean_x R_m): the batch's estimate of the objective (Eq. 1)
 
 
 def task_rewards(raw: np.ndarray, spec: SurrogateSpec) -> np.ndarray:
@@ -44,7 +45,7 @@ def task_rewards(raw: np.ndarray, spec: SurrogateSpec) -> np.ndarray:
     if not np.all(np.isfinite(raw)):
         raise ValueError("raw rewards must be finite")
     columns = {name: raw[:, k] for k, name in enumerate(names)}
-    stats = spec.rewards.stats
+    stats = spec.rewards.stats if spec.normalize else None
     return np.stack([weighted_score(columns, task.weights, stats) for task in spec.objective.tasks])
 
 
@@ -54,11 +55,24 @@ def compute_surrogate(raw: np.ndarray, spec: SurrogateSpec, group_size: int) -> 
     if b % group_size:
         raise ValueError(f"batch of {b} is not a whole number of groups of {group_size}")
     tasks, aggregation = spec.objective.tasks, spec.objective.aggregation
-    groups = tr.reshape(len(tasks), b // group_size, group_size)  # (m, groups, M)
-    values = np.array([[task_value(groups[i, g], t) for i, t in enumerate(tasks)] for g in range(groups.shape[1])])
-    obj = np.array([aggregation_value(v, aggregation) for v in values])
+    values = group_task_values(tr, group_size, tasks)  # (groups, m)
+    objective = aggregation_value(values.mean(axis=0), aggregation)
     if spec.objective_type == "linear":
         rewards = linear_reward_weights(spec.objective) @ tr
     else:
         rewards = grouped_first_variation(tr, group_size, tasks, aggregation)
-    return Surrogate(rewards, tr, values, obj)
+    return Surrogate(rewards, tr, values, objective)
+
+
+def expected_advantages(surrogate: np.ndarray, group_size: int, scale_rewards: str) -> np.ndarray:
+    """(B,) the advantages TRL 1.16 must derive from the gathered surrogate (its
+    ``sum_then_normalize`` path): minus the group mean, divided by the group's (or the batch's)
+    Bessel-corrected std + 1e-4 unless ``scale_rewards`` is ``none``. The trainer compares this
+    with what TRL computed at its first step (``grpo.py``)."""
+    r = np.asarray(surrogate, dtype=np.float64).reshape(-1, group_size)
+    adv = r - r.mean(axis=1, keepdims=True)
+    if scale_rewards == "group":
+        adv = adv / (r.std(axis=1, ddof=1, keepdims=True) + 1e-4)
+    elif scale_rewards == "batch":
+        adv = adv / (r.std(ddof=1) + 1e-4)
+    return adv.reshape(-1)

@@ -1,0 +1,55 @@
+"""One sampling distribution, spelt for each sampler that draws from it.
+
+Reward statistics (calibration), training rollouts (TRL: HF ``generate`` or vLLM) and
+evaluation must all sample the same distribution, or the statistics describe a different
+policy from the one trained and the evaluation measures a third. Samplers disagree on their
+defaults: transformers' ``generate`` applies ``top_k=50`` unless told otherwise, TRL and vLLM
+use no top-k. So every setting is passed explicitly, from this one object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0, description="0: no top-k filtering (TRL's and vLLM's default)")
+    min_p: float = Field(default=0.0, ge=0, le=1, description="0: off")
+    repetition_penalty: float = Field(default=1.0, gt=0)
+
+    def hf_generate(self) -> dict[str, Any]:
+        """Keyword arguments for transformers' ``generate``."""
+        return {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,  # explicit: generate's own default is 50
+            "min_p": self.min_p or None,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+    def vllm(self) -> dict[str, Any]:
+        """Keyword arguments for vLLM's ``SamplingParams``."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+    def trl(self) -> dict[str, Any]:
+        """Keyword arguments for TRL's ``GRPOConfig`` (its rollouts, HF or vLLM)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p or None,
+            "repetition_penalty": self.repetition_penalty,
+        }
