@@ -41,3 +41,24 @@ def test_mirror_descent_reaches_closed_form_optimum(n):
     p_closed = np.diff(edges**a / (edges**a + (1 - edges) ** a))
     assert objective(p) == pytest.approx(objective(p_closed), abs=1e-5)
     assert objective(p) > objective(p0)
+
+
+def test_scaling_the_surrogate_by_its_std_optimises_something_else():
+    """TRL's ``scale_rewards: group`` divides the surrogate by its std, not the KL penalty. On the
+    Prop. 3.1 toy with β = 0.05 (exact mirror descent, ``benchmarks/reward_scaling.py``) the
+    unscaled update reaches the higher J, and the scaled one ends below the unscaled g-vs-KL
+    frontier: more KL for less g. This is why ``scale_rewards`` defaults to ``none``."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from reward_scaling import run
+
+    from iama_trainer.config import SCALE_REWARDS_DEFAULT
+
+    none, group = run(0.05, "none", steps=3000), run(0.05, "group", steps=3000)
+    assert none["J"] > group["J"] + 0.01
+    assert group["kl"] > 2 * none["kl"]
+    cheaper = run(0.008, "none", steps=3000)  # the unscaled update at a KL no larger than group's
+    assert cheaper["kl"] <= group["kl"] and cheaper["g"] > group["g"] + 0.005
+    assert SCALE_REWARDS_DEFAULT == "none"

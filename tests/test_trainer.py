@@ -196,6 +196,7 @@ def test_training_writes_checkpoint_card_metrics_and_tensorboard(trained, tiny_l
     ):
         assert all(key in r for r in rows), key
     assert rows[0]["beta"] == 0.04 and rows[-1]["beta"] != 0.04  # adaptive controller moved β
+    assert rows[-1]["iama/advantages_verified"] == 1.0  # TRL's advantages were the surrogate's
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     for ck in ("checkpoint-2", "checkpoint-4"):
         assert (run / "checkpoints" / ck / "iama-complete.json").is_file()
@@ -292,6 +293,7 @@ def test_two_processes_keep_groups_whole(tmp_path, tiny_llama):
     assert all(r["iama/processes"] == 2 for r in rows)
     # every gathered batch (2 prompts × 4 completions over 2 processes) was checked group by group
     assert rows[-1]["iama/groups_checked"] == 4
+    assert rows[-1]["iama/advantages_verified"] == 1.0  # each process's slice of TRL's advantages
 
 
 @pytest.mark.slow

@@ -64,5 +64,30 @@ def eval_cmd(
     )
 
 
+def sweep_cmd(
+    config: Annotated[str, typer.Argument(help="YAML sweep config (see iama_eval.sweep.SweepConfig)")],
+    report_only: Annotated[
+        bool, typer.Option("--report", help="only recompute tables and figures from OUTPUT/scores.json")
+    ] = False,
+) -> None:
+    """Train IAMA and linear GRPO across weights and seeds, evaluate with and without BoN (CIs)."""
+    from iama.configfile import ConfigError
+    from iama.models import ModelNotFound
+    from iama.rewards import RewardLoadError
+    from iama_eval.sweep import load_sweep_config, report, run_sweep
+
+    try:
+        cfg = load_sweep_config(config)
+    except ConfigError as exc:
+        fail("sweep", str(exc), 2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = report(cfg) if report_only else run_sweep(cfg)
+    except (ModelNotFound, RewardLoadError, FileExistsError, FileNotFoundError) as exc:
+        fail("sweep", str(exc), 1)
+    typer.echo(json.dumps({"results": str(cfg.output_dir / "results.json"), "figures": summary["figures"]}))
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
+    app.command("sweep")(sweep_cmd)

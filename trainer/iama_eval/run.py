@@ -45,16 +45,21 @@ def _reward_set(cfg: EvalConfig, paths: dict[str, str]) -> RewardSet:
     return RewardSet(bind_tokenizer(specs, next(iter(paths.values()))))
 
 
+def resolve_engine(engine: str) -> str:
+    """``auto``: vLLM where it is installed, else HF ``generate``."""
+    if engine != "auto":
+        return engine
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") else "hf"
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    engine = cfg.engine
-    if engine == "auto":
-        import importlib.util
-
-        engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
+    engine = resolve_engine(cfg.engine)
     paths = {label: resolve_model(m) for label, m in cfg.models.items()}
     rewards = _reward_set(cfg, paths)
     # A broken reward fails here, naming itself, not after minutes of sampling.

@@ -175,7 +175,7 @@ def grpo_args(cfg: TrainConfig, num_rewards: int, num_processes: int, bf16: bool
         multi_objective_aggregation="sum_then_normalize",  # explicit: the surrogate column is the reward
         loss_type=cfg.loss_type,
         lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the steps (transformers 5)
         max_grad_norm=cfg.max_grad_norm,
         # The raw rewards are logged but weigh 0; the last column is the surrogate, filled in
         # after gathering by IAMAGRPOTrainer._calculate_rewards (grpo.py).

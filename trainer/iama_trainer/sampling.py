@@ -34,8 +34,10 @@ def hf_sample(
 
     texts: list[list[str]] = []
     lengths: list[list[int]] = []
-    old_side = tokenizer.padding_side
+    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # batches need one (SmolLM2's GGUF tokenizer has none): EOS, masked out
+        tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
@@ -62,6 +64,6 @@ def hf_sample(
             bar.update(len(chunk))
     finally:
         bar.close()
-        tokenizer.padding_side = old_side
+        tokenizer.padding_side, tokenizer.pad_token = old_side, old_pad
         model.train(was_training)
     return texts, lengths
