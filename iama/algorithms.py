@@ -80,6 +80,39 @@ def select(
     return picks + [i for i in by_score if i not in picks][: k - len(picks)]
 
 
+def early_rejection_keep(partial_scores: ArrayLike, running: ArrayLike, keep: float) -> list[int]:
+    """Indices of the *running* candidates to keep at a checkpoint of early rejection.
+
+    Speculative rejection (Sun et al., 2024): score the candidates' partial texts and stop the
+    weakest so their compute goes elsewhere. Of the candidates still running, the best
+    ``ceil(keep · running)`` by partial score are kept (at least one; a NaN score ranks last,
+    ties keep the lower index). Finished candidates cost nothing more and are never aborted.
+    """
+    scores = np.asarray(partial_scores, dtype=np.float64)
+    alive = np.flatnonzero(np.asarray(running, dtype=bool))
+    if scores.ndim != 1 or np.asarray(running).shape != scores.shape:
+        raise ValueError("partial_scores and running must be 1-D arrays of the same length")
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    if alive.size == 0:
+        return []
+    n_keep = max(1, math.ceil(keep * alive.size - 1e-9))
+    ranked = sorted(alive, key=lambda i: (-scores[i] if np.isfinite(scores[i]) else np.inf, i))
+    return sorted(int(i) for i in ranked[:n_keep])
+
+
+def budget_waves(max_budget: int, first: int = 2) -> list[int]:
+    """Cumulative candidate counts of an adaptive budget: ``first``, then doubling, up to
+    ``max_budget`` (e.g. 2, 4, 8, 16). Each wave stops early when a candidate reaches the target."""
+    if max_budget < 1 or first < 1:
+        raise ValueError("max_budget and first must be >= 1")
+    waves, n = [], min(first, max_budget)
+    while n < max_budget:
+        waves.append(n)
+        n *= 2
+    return [*waves, max_budget]
+
+
 def best_of_n_select(scores: ArrayLike) -> int:
     """Index of the best candidate; ties go to the lowest index so replays are deterministic."""
     return select(scores, "bon")[0]

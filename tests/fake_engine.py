@@ -12,7 +12,7 @@ import asyncio
 import zlib
 from collections.abc import AsyncIterator
 
-from iama_server.engine import Delta, Generation, GenerationResult, Sampling
+from iama_server.engine import Delta, EngineStats, Generation, GenerationResult, Sampling
 
 CANDIDATES = [
     "I love this wonderful day, it is great.",
@@ -39,11 +39,14 @@ class FakeEngine:
         self.chat_template = chat_template
         self.start_error = start_error
         self.started = False
+        self.stats = EngineStats()
         self.calls: list[tuple[list[int], Sampling, int, str]] = []
         self.running: set[str] = set()
         self.aborted: list[str] = []
         self._open = asyncio.Event()
         self._open.set()
+        self.token_limit: int | None = None  # streams pause before exceeding it (see limit_tokens)
+        self._limit_changed = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -78,6 +81,13 @@ class FakeEngine:
 
     def release(self) -> None:
         self._open.set()
+
+    def limit_tokens(self, n: int | None) -> None:
+        """Streams pause once they have ``n`` tokens until the limit is raised (None: no limit),
+        so that early rejection's checkpoint is reached by construction."""
+        self.token_limit = n
+        self._limit_changed.set()
+        self._limit_changed = asyncio.Event()
 
     def die(self) -> None:
         """What vLLM does when its engine core process is killed: not ready, and every running
@@ -114,9 +124,11 @@ class FakeEngine:
             for i, word in enumerate(words):
                 if i:
                     await self._open.wait()
+                while self.token_limit is not None and i >= self.token_limit:
+                    await self._limit_changed.wait()
                 last = i == len(words) - 1
                 piece = word if i == 0 else f" {word}"
-                yield Delta(piece, "stop" if last else None, len(prompt_ids), i + 1)
+                yield Delta(piece, i + 1, "stop" if last else None, len(prompt_ids))
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise

@@ -157,3 +157,26 @@ def test_pareto_hypervolume_and_saving():
     assert hypervolume_2d([[0.5, 0.5]], [1, 1]) == 0.0
     assert compute_saving({1: 0.1, 2: 0.4, 4: 0.6, 16: 0.7}, 0.55) == 4
     assert compute_saving({1: 0.1, 2: 0.2}, 0.55) is None
+
+
+def test_early_rejection_keeps_the_best_running_fraction():
+    from iama.algorithms import early_rejection_keep
+
+    scores = [0.9, 0.1, 0.5, float("nan"), 0.7, 0.2]
+    running = [True, True, True, True, True, False]  # candidate 5 already finished
+    assert early_rejection_keep(scores, running, 0.5) == [0, 2, 4]  # ceil(0.5 · 5) = 3 of the 5 running
+    assert early_rejection_keep(scores, running, 1.0) == [0, 1, 2, 3, 4]
+    assert early_rejection_keep(scores, running, 0.01) == [0]  # never fewer than one
+    assert early_rejection_keep([0.2, 0.2, 0.1], [True] * 3, 0.5) == [0, 1]  # ties: the lower index
+    assert early_rejection_keep([1.0, 2.0], [False, False], 0.5) == []
+    with pytest.raises(ValueError, match="keep"):
+        early_rejection_keep([1.0], [True], 0.0)
+
+
+def test_budget_waves_double_up_to_the_max():
+    from iama.algorithms import budget_waves
+
+    assert budget_waves(16) == [2, 4, 8, 16]
+    assert budget_waves(12) == [2, 4, 8, 12]
+    assert budget_waves(1) == [1]
+    assert budget_waves(8, first=3) == [3, 6, 8]

@@ -140,9 +140,11 @@ def test_sdk_models_mirror_the_server():
     from iama_server import schemas as srv
     from iama_server.errors import ErrorCode
 
-    for name in ("AlignResponse", "Candidate", "RewardScore", "Usage", "Timings", "AlignmentInfo"):
+    names = ("AlignResponse", "Candidate", "RewardScore", "Usage", "Timings", "AlignmentInfo", "EarlyRejectionReport")
+    for name in (*names, "CheckpointReport"):
         assert set(getattr(sdk, name).model_fields) == set(getattr(srv, name).model_fields), name
     assert set(AlignParams.__annotations__) | {"prompt", "model"} == set(srv.AlignRequest.model_fields)
+    assert set(sdk.EarlyRejection.__annotations__) == set(srv.EarlyRejection.model_fields)
     from iama_server.schemas import UNSUPPORTED
 
     ignored = {"stream", "stream_options", "user", *UNSUPPORTED}  # streaming is chat_stream(); the rest is refused

@@ -251,3 +251,66 @@ def _metric(resp, name: str) -> float:
         if key == name:
             return float(value)
     raise AssertionError(f"{name} not in metrics")
+
+
+def test_early_rejection_off_equals_plain_bon(tiny_server):
+    """Candidate i of early rejection is its own vLLM request seeded seed + i, which is how vLLM
+    seeds the i-th child of an n = N request: with nothing rejected, the candidates are equal."""
+    body = {"prompt": "Tell me about rain", "reward_weights": {"clf": 1.0}, "budget": 6, "max_tokens": 24, "seed": 3}
+    plain = post(tiny_server, "/v1/align", {**body, "return_candidates": True}).json()
+    er = post(
+        tiny_server,
+        "/v1/align",
+        {**body, "return_candidates": True, "early_rejection": {"checkpoints": [4, 8], "keep": 1.0}},
+    ).json()
+    assert [c["text"] for c in er["candidates"]] == [c["text"] for c in plain["candidates"]]
+    assert er["chosen_index"] == plain["chosen_index"]
+
+
+def test_rejected_candidates_stop_inside_vllm(tiny_server):
+    """vLLM's own count of generated tokens grows by what the response reports, not by what the
+    rejected candidates would have generated had they gone on."""
+    before = _metric(httpx.get(f"{tiny_server.url}/metrics"), "iama_engine_generated_tokens")
+    body = {
+        "prompt": "go " * 10,
+        "reward_weights": {"clf": 1.0, "short": 1.0},
+        "budget": 16,
+        "max_tokens": 200,
+        "seed": 7,
+        "early_rejection": {"checkpoints": [4], "keep": 0.25},
+        "return_candidates": True,
+    }
+    d = post(tiny_server, "/v1/align", body).json()
+    report = d["early_rejection"]
+    (cp,) = report["checkpoints"]
+    running = len(cp["kept"]) + len(cp["rejected"])  # those that had not finished by token 4
+    assert cp["rewards"] == ["clf"] and len(cp["kept"]) == -(-running // 4) and len(cp["rejected"]) >= 8
+    rejected = [d["candidates"][j] for j in cp["rejected"]]
+    assert all(c["finish_reason"] == "rejected" and 4 <= c["rejected_at"] <= 200 for c in rejected)
+    import time
+
+    deadline = time.monotonic() + 300  # vLLM records a step's stats just after handing out its outputs
+    while True:
+        metrics = httpx.get(f"{tiny_server.url}/metrics")
+        grown = _metric(metrics, "iama_engine_generated_tokens") - before
+        if grown >= report["generated_tokens"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # a rejected candidate may finish the step in flight when it is aborted: a few tokens of slack each
+    assert report["generated_tokens"] <= grown <= report["generated_tokens"] + 16 * 4
+    assert _metric(metrics, "iama_engine_unfinished_requests") == 0
+    assert _metric(metrics, "iama_candidates_aborted_total") >= len(cp["rejected"])
+
+
+def test_adaptive_budget_on_vllm(tiny_server):
+    body = {"prompt": "hello", "reward_weights": {"clf": 1.0}, "budget": "auto", "max_tokens": 8, "seed": 1}
+    easy = post(tiny_server, "/v1/align", {**body, "target_score": -1e6}).json()
+    hard = post(tiny_server, "/v1/align", {**body, "target_score": 1e6, "max_budget": 8}).json()
+    assert easy["budget_spent"] == 2 and hard["budget_spent"] == 8
+    plain = post(
+        tiny_server,
+        "/v1/align",
+        {k: v for k, v in body.items() if k != "budget"} | {"budget": 8, "return_candidates": True},
+    ).json()
+    hard_c = post(tiny_server, "/v1/align", {**body, "target_score": 1e6, "max_budget": 8, "return_candidates": True})
+    assert [c["text"] for c in hard_c.json()["candidates"]] == [c["text"] for c in plain["candidates"]]

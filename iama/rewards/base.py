@@ -22,6 +22,9 @@ class RewardFunction(Protocol):
 
     ``score`` gets the text of each prompt's last user turn; a reward that sets
     ``conversational = True`` gets each prompt as a list of chat turns instead (``RewardSet``).
+    ``judges_partial_text = True`` says the score of a completion's beginning is meaningful
+    (sentiment, a reward model), so early rejection may use it; a length reward sets it False.
+    Rewards that do not say are not used on partial text.
     """
 
     name: str

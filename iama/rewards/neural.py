@@ -53,6 +53,7 @@ class HFRewardModel:
     name: str = field(init=False)
     description: str = field(init=False)
     conversational: bool = field(default=True, init=False)  # RewardSet passes chat turns
+    judges_partial_text: bool = field(default=True, init=False)  # a preference model rates any text
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _model: Any = field(default=None, init=False, repr=False)
     _tok: Any = field(default=None, init=False, repr=False)

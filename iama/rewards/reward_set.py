@@ -160,6 +160,10 @@ class RewardSet:
                 on_ready(name, seconds[name])
         return seconds
 
+    def judging_partial_text(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` whose score of a partial completion means something."""
+        return [n for n in names if getattr(self.functions[n], "judges_partial_text", False)]
+
     def validate_weights(self, weights: Mapping[str, float]) -> dict[str, float]:
         return validate_weights(weights, self.names)
 

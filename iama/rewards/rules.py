@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -35,6 +35,8 @@ class SentimentReward:
     Two polarities are separate rewards (not a negative weight) so that weights stay
     non-negative and "positive vs negative" remains a genuine trade-off between two rewards.
     """
+
+    judges_partial_text: ClassVar[bool] = True
 
     polarity: Literal["positive", "negative"] = "positive"
     name: str = "sentiment"
@@ -79,6 +81,8 @@ def length_counter(unit: LengthUnit, tokenizer: str | None = None) -> Callable[[
 class LengthReward:
     """``−((len − L)/Lmax)^2``: the paper's target-length reward (peak 0 at ``len = L``)."""
 
+    judges_partial_text: ClassVar[bool] = False  # a beginning's length says nothing about the whole's
+
     target: float = 50.0
     max_length: float = 200.0
     unit: LengthUnit = "words"
@@ -107,6 +111,8 @@ class LengthReward:
 class ConcisenessReward:
     """``1 / (1 + len/scale)`` in (0, 1]: monotone in brevity, never flat, no target needed."""
 
+    judges_partial_text: ClassVar[bool] = False  # every beginning is short
+
     scale: float = 50.0
     unit: LengthUnit = "words"
     tokenizer: str | None = None
@@ -132,6 +138,8 @@ class ConcisenessReward:
 class ReadabilityReward:
     """Flesch reading ease / 100, clipped to [0, 1]; empty text scores 0 (nothing to read)."""
 
+    judges_partial_text: ClassVar[bool] = True
+
     name: str = "readability"
     description: str = "Flesch reading ease (textstat) / 100, clipped to [0, 1]"
 
@@ -152,6 +160,8 @@ class ReadabilityReward:
 @dataclass
 class NoProfanityReward:
     """``1 − P(profane)`` from alt-profanity-check's linear model (batched, CPU, ~µs/text)."""
+
+    judges_partial_text: ClassVar[bool] = True
 
     name: str = "no_profanity"
     description: str = "1 - probability that the completion is profane (alt-profanity-check)"
@@ -186,6 +196,8 @@ class RelevanceReward:
     Guards against reward hacking by the rule-based rewards: a positive or short answer that
     ignores the question scores low here.
     """
+
+    judges_partial_text: ClassVar[bool] = True
 
     model: str | None = None
     batch_size: int = 64

@@ -48,18 +48,53 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class Delta:
-    """A piece of one streamed completion; the last one carries the finish reason and totals."""
+    """A piece of one streamed completion: its new text, the tokens generated so far, and on
+    the last piece the finish reason and the prompt's length."""
 
     text: str
+    tokens: int
     finish_reason: str | None = None
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+
+
+@dataclass
+class EngineStats:
+    """vLLM's own view of its work, as its scheduler reports it after every step: what shows
+    that an aborted request really left (its KV cache freed, its tokens no longer generated)."""
+
+    kv_cache_usage: float = 0.0  # fraction of the KV cache in use
+    running: int = 0
+    waiting: int = 0
+    generated_tokens: int = 0  # since start
+
+
+def _stats_logger(stats: EngineStats) -> Any:
+    """A vLLM stat-logger factory that copies the scheduler's numbers into ``stats``."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class Recorder(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0):
+            if scheduler_stats is not None:
+                stats.kv_cache_usage = float(scheduler_stats.kv_cache_usage)
+                stats.running = int(scheduler_stats.num_running_reqs)
+                stats.waiting = int(scheduler_stats.num_waiting_reqs)
+            if iteration_stats is not None:
+                stats.generated_tokens += int(iteration_stats.num_generation_tokens)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return Recorder
 
 
 class GenerationEngine(Protocol):
     """What :class:`iama_server.service.AlignmentService` needs of an engine."""
 
     max_model_len: int
+    stats: EngineStats
 
     @property
     def ready(self) -> bool: ...
@@ -92,6 +127,7 @@ class VLLMEngine:
         self._llm: Any = None
         self.tokenizer: Any = None
         self.max_model_len: int = 0
+        self.stats = EngineStats()
 
     def start(self) -> None:
         from transformers import AutoTokenizer
@@ -109,10 +145,10 @@ class VLLMEngine:
             tensor_parallel_size=s.tensor_parallel_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
             seed=s.seed,
-            disable_log_stats=True,
+            disable_log_stats=False,  # the scheduler's stats feed EngineStats (and vLLM's periodic log line)
             **machine,
         )
-        self._llm = AsyncLLM.from_engine_args(args)
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger(self.stats)])
         self.max_model_len = int(self._llm.model_config.max_model_len)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
 
@@ -172,9 +208,9 @@ class VLLMEngine:
             o = out.outputs[0]
             tokens += len(o.token_ids)
             if out.finished:
-                yield Delta(o.text, o.finish_reason, len(out.prompt_token_ids or prompt_ids), tokens)
+                yield Delta(o.text, tokens, o.finish_reason, len(out.prompt_token_ids or prompt_ids))
             else:
-                yield Delta(o.text)
+                yield Delta(o.text, tokens)
 
     def shutdown(self) -> None:
         if self._llm is not None:

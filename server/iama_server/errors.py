@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from enum import StrEnum
 
 from fastapi import FastAPI, Request
@@ -88,11 +89,16 @@ class ClientGone(Exception):
     """The client disconnected; its vLLM request was aborted and nobody reads the answer."""
 
 
+# pydantic names the member of a union or a validator in an error's location (``budget.
+# constrained-int``, ``messages.0.content.function-before[...]``); the field is what matters.
+_TYPE_TAG = re.compile(
+    r"^((constrained|lax|strict)-)?(int|float|str|bool|bytes|dict|list|tuple|set|none|decimal)$|\[|^(literal|union)"
+)
+
+
 def _loc_to_param(loc: tuple[object, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    # Drop pydantic's union/validator markers such as 'function-after[...]'.
-    parts = [p for p in parts if "[" not in p]
-    return ".".join(parts) or None
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(p for p in parts if not _TYPE_TAG.search(p)) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

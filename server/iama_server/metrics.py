@@ -26,8 +26,25 @@ class Metrics:
         self.budget = Histogram("iama_budget", "Requested budget N", buckets=BUDGET_BUCKETS, registry=r)
         self.queue_depth = Gauge("iama_queue_depth", "Admitted requests waiting for a slot", registry=r)
         self.in_flight = Gauge("iama_in_flight", "Requests generating or scoring", registry=r)
+        self.candidates_aborted = Counter(
+            "iama_candidates_aborted", "Candidates stopped early by early rejection", registry=r
+        )
+        self.tokens_saved = Counter(
+            "iama_tokens_saved",
+            "Early rejection: tokens not generated, at most (rejected candidates counted to max_tokens)",
+            registry=r,
+        )
+        self.budget_spent = Histogram(
+            "iama_budget_spent", "Budget 'auto': candidates sampled", buckets=BUDGET_BUCKETS, registry=r
+        )
         self.cancelled = Counter(
             "iama_cancelled_requests", "Requests whose generation was aborted, by reason", ["reason"], registry=r
+        )
+        self.engine_kv_usage = Gauge(
+            "iama_engine_kv_cache_usage", "Fraction of vLLM's KV cache in use (its scheduler's report)", registry=r
+        )
+        self.engine_generated = Gauge(
+            "iama_engine_generated_tokens", "Tokens vLLM generated since start (its own count)", registry=r
         )
         self.engine_unfinished = Gauge(
             "iama_engine_unfinished_requests", "Requests the engine itself still holds (vLLM's count)", registry=r

@@ -13,7 +13,17 @@ from typing import Any
 
 from iama.modelcard import ModelCard
 from iama.rewards import RewardSet, available_rewards
-from iama_server.schemas import AlignmentInfo, AlignResponse, Candidate, RewardScore, Timings, Usage, now
+from iama_server.schemas import (
+    AlignmentInfo,
+    AlignResponse,
+    Candidate,
+    CheckpointReport,
+    EarlyRejectionReport,
+    RewardScore,
+    Timings,
+    Usage,
+    now,
+)
 from iama_server.service import Outcome
 
 
@@ -24,7 +34,32 @@ def usage(outcome: Outcome) -> Usage:
 
 
 def scores_of(outcome: Outcome, i: int) -> dict[str, RewardScore]:
-    return {k: RewardScore(raw=float(v[i]), normalized=float(outcome.normalized[k][i])) for k, v in outcome.raw.items()}
+    """Candidate i's scores; for one stopped by early rejection, only those of the rewards that
+    judged its partial text (a length reward's score of half a text means nothing)."""
+    names = outcome.search.partial_rewards if i in outcome.search.rejected_at else list(outcome.raw)
+    return {k: RewardScore(raw=float(outcome.raw[k][i]), normalized=float(outcome.normalized[k][i])) for k in names}
+
+
+def weighted_of(outcome: Outcome, i: int) -> float:
+    """The score that decided: the partial score at rejection for a stopped candidate."""
+    assert outcome.weighted is not None
+    return outcome.search.partial_scores.get(i, float(outcome.weighted[i]))
+
+
+def early_rejection_report(outcome: Outcome) -> EarlyRejectionReport | None:
+    search = outcome.search
+    if search.checkpoints is None:
+        return None
+    generated = outcome.completion_tokens
+    max_tokens = outcome.call.sampling.max_tokens
+    return EarlyRejectionReport(
+        checkpoints=[
+            CheckpointReport(tokens=c.tokens, rewards=search.partial_rewards, kept=c.kept, rejected=c.rejected)
+            for c in search.checkpoints
+        ],
+        generated_tokens=generated,
+        plain_bon_tokens_bound=generated + sum(max_tokens - t for t in search.rejected_at.values()),
+    )
 
 
 def align_response(outcome: Outcome, *, model: str, return_candidates: bool, total_s: float) -> AlignResponse:
@@ -39,10 +74,11 @@ def align_response(outcome: Outcome, *, model: str, return_candidates: bool, tot
                 index=j,
                 text=c.text,
                 scores=scores_of(outcome, j),
-                weighted_score=float(weighted[j]),
+                weighted_score=weighted_of(outcome, j),
                 chosen=j == i,
                 finish_reason=c.finish_reason,
                 completion_tokens=c.token_count,
+                rejected_at=outcome.search.rejected_at.get(j),
             )
             for j, c in enumerate(cands)
         ]
@@ -61,6 +97,8 @@ def align_response(outcome: Outcome, *, model: str, return_candidates: bool, tot
         scores=scores_of(outcome, i),
         kl_bound=outcome.kl_bound,
         candidates=candidates,
+        early_rejection=early_rejection_report(outcome),
+        budget_spent=outcome.search.budget_spent,
         usage=usage(outcome),
         timings=Timings(
             queue_s=outcome.queue_s,
@@ -81,7 +119,9 @@ def alignment_info(outcome: Outcome, i: int) -> dict[str, Any] | None:
         budget=outcome.call.budget,
         algorithm=outcome.call.algorithm,
         kl_bound=outcome.kl_bound,
-    ).model_dump()
+        early_rejection=early_rejection_report(outcome),
+        budget_spent=outcome.search.budget_spent,
+    ).model_dump(exclude_none=True)
 
 
 def openai_response(

@@ -135,6 +135,8 @@ async def metrics(request: Request) -> Response:
     state = server_state(request)
     state.metrics.queue_depth.set(state.admission.waiting)
     state.metrics.engine_unfinished.set(state.engine.unfinished_requests())
+    state.metrics.engine_kv_usage.set(state.engine.stats.kv_cache_usage)
+    state.metrics.engine_generated.set(state.engine.stats.generated_tokens)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -226,11 +228,10 @@ async def _stream_plain(state: ServerState, call: AlignmentCall, *, chat: bool, 
                     if delta.finish_reason is not None:
                         yield sse(stream_chunk(base, chat=chat, text=None if chat else "", finish=delta.finish_reason))
                         if include_usage:
-                            total = delta.prompt_tokens + delta.completion_tokens
                             u = Usage(
                                 prompt_tokens=delta.prompt_tokens,
-                                completion_tokens=delta.completion_tokens,
-                                total_tokens=total,
+                                completion_tokens=delta.tokens,
+                                total_tokens=delta.prompt_tokens + delta.tokens,
                             )
                             yield sse(usage_chunk(base, u))
             yield SSE_DONE

@@ -9,12 +9,14 @@ ignored. The client SDK mirrors these; keep field names stable.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -77,12 +79,61 @@ class SamplingFields(_Request):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
 
 
+class EarlyRejection(_Request):
+    """Stop the weakest candidates early (speculative rejection): at each checkpoint (tokens
+    generated), score the running candidates' partial texts with the request's rewards that can
+    judge partial text, and keep the best ``keep`` fraction; the rest are aborted inside vLLM."""
+
+    checkpoints: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=8)
+    keep: float = Field(gt=0.0, le=1.0, description="fraction of the running candidates kept at each checkpoint")
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError("checkpoints must increase strictly")
+        return v
+
+
+def _budget_value(v: Any) -> Any:
+    """An integer budget or 'auto', with one message for anything else (not one per union member)."""
+    if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    raise PydanticCustomError("value_error", "must be a whole number from 1 to {max} or 'auto'", {"max": MAX_N})
+
+
+Budget = Annotated[Annotated[int, Field(ge=1, le=MAX_N)] | Literal["auto"] | None, BeforeValidator(_budget_value)]
+
+
+class _AdaptiveBudget(_Request):
+    """``budget: "auto"``: sample in waves (2, 4, 8, … up to ``max_budget``) and stop as soon as a
+    candidate's weighted score reaches ``target_score``."""
+
+    target_score: float | None = Field(default=None, ge=-1e6, le=1e6, description="for budget 'auto'")
+    max_budget: int | None = Field(default=None, ge=1, le=MAX_N, description="for budget 'auto'")
+    early_rejection: EarlyRejection | None = None
+
+    def _check_budget_fields(self, budget: object, name: str) -> None:
+        auto = budget == "auto"
+        if auto and self.target_score is None:
+            raise PydanticCustomError("value_error", "target_score is required with {name}: 'auto'", {"name": name})
+        if not auto and (self.target_score is not None or self.max_budget is not None):
+            field = "target_score" if self.target_score is not None else "max_budget"
+            raise PydanticCustomError(
+                "value_error", "{field} only applies with {name}: 'auto'", {"field": field, "name": name}
+            )
+        if auto and self.early_rejection is not None:
+            raise PydanticCustomError(
+                "value_error", "early_rejection and {name}: 'auto' cannot be combined", {"name": name}
+            )
+
+
 RewardWeights = Annotated[
     dict[Annotated[str, StringConstraints(max_length=128)], float], Field(max_length=MAX_REWARD_WEIGHTS)
 ]
 
 
-class AlignRequest(SamplingFields):
+class AlignRequest(SamplingFields, _AdaptiveBudget):
     """Sample ``budget`` candidates, score them with ``reward_weights``, return the chosen one.
 
     ``prompt`` is wrapped as a single user message when the model has a chat template (set
@@ -93,7 +144,7 @@ class AlignRequest(SamplingFields):
     messages: list[ChatMessage] | None = Field(default=None, max_length=MAX_MESSAGES, validate_default=True)
     raw_prompt: bool = False
     reward_weights: RewardWeights | None = None
-    budget: int | None = Field(default=None, ge=1, le=MAX_N)
+    budget: Budget = None
     algorithm: Algorithm = "bon"
     alignment_temperature: float | None = Field(default=None, gt=0.0, le=1e6, description="τ of soft best-of-N")
     normalize: bool = True
@@ -109,6 +160,11 @@ class AlignRequest(SamplingFields):
             raise ValueError("must not be empty")
         return v
 
+    @model_validator(mode="after")
+    def _budget_fields(self) -> AlignRequest:
+        self._check_budget_fields(self.budget, "budget")
+        return self
+
 
 class RewardScore(BaseModel):
     raw: float
@@ -123,6 +179,24 @@ class Candidate(BaseModel):
     chosen: bool
     finish_reason: str | None
     completion_tokens: int
+    rejected_at: int | None = Field(
+        default=None, description="early rejection: tokens generated when it was stopped (text and scores partial)"
+    )
+
+
+class CheckpointReport(BaseModel):
+    tokens: int
+    rewards: list[str] = Field(description="the rewards that scored the partial texts (those that can)")
+    kept: list[int]
+    rejected: list[int]
+
+
+class EarlyRejectionReport(BaseModel):
+    checkpoints: list[CheckpointReport]
+    generated_tokens: int
+    plain_bon_tokens_bound: int = Field(
+        description="upper bound on what plain BoN_N would have generated: rejected candidates run to max_tokens"
+    )
 
 
 class Usage(BaseModel):
@@ -154,6 +228,8 @@ class AlignResponse(BaseModel):
     scores: dict[str, RewardScore]
     kl_bound: float = Field(description="upper bound on KL(selection ‖ policy) in nats")
     candidates: list[Candidate] | None = None
+    early_rejection: EarlyRejectionReport | None = None
+    budget_spent: int | None = Field(default=None, description="budget 'auto': candidates actually sampled")
     usage: Usage
     timings: Timings
 
@@ -161,11 +237,11 @@ class AlignResponse(BaseModel):
 # ---------------------------------------------------------------- OpenAI-compatible
 
 
-class AlignmentExtras(_Request):
+class AlignmentExtras(_AdaptiveBudget):
     """IAMA's extra body fields on the OpenAI endpoints (pass with ``extra_body=``)."""
 
     reward_weights: RewardWeights | None = None
-    best_of: int | None = Field(default=None, ge=1, le=MAX_N, description="the budget N")
+    best_of: Budget = Field(default=None, description="the budget N, or 'auto'")
     alignment: Algorithm = "bon"
     alignment_temperature: float | None = Field(default=None, gt=0.0, le=1e6)
 
@@ -245,9 +321,14 @@ class _OpenAIBase(SamplingFields, AlignmentExtras):
     @classmethod
     def _n_le_best_of(cls, v: int, info: ValidationInfo) -> int:
         best_of = info.data.get("best_of")
-        if best_of is not None and v > best_of:
+        if isinstance(best_of, int) and v > best_of:
             raise ValueError("n must be <= best_of")
         return v
+
+    @model_validator(mode="after")
+    def _budget_fields(self) -> _OpenAIBase:
+        self._check_budget_fields(self.best_of, "best_of")
+        return self
 
     @field_validator("stream")
     @classmethod
@@ -303,6 +384,8 @@ class AlignmentInfo(BaseModel):
     budget: int
     algorithm: Algorithm
     kl_bound: float
+    early_rejection: EarlyRejectionReport | None = None
+    budget_spent: int | None = None
 
 
 class ChatChoiceMessage(BaseModel):

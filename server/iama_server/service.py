@@ -12,19 +12,27 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from iama.algorithms import select, selection_kl_bound
+from iama.algorithms import budget_waves, select, selection_kl_bound
 from iama.modelcard import ModelCard
 from iama.objective import Algorithm
 from iama.rewards import Prompt, RewardSet, WeightError, normalize_scores, weighted_sum
+from iama_server.candidates import Checkpoint, adaptive_budget, early_rejection
 from iama_server.engine import Delta, GenerationEngine, GenerationResult, Sampling
 from iama_server.errors import APIError, ErrorCode
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle
 from iama_server.metrics import Metrics
-from iama_server.schemas import AlignRequest, ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
+from iama_server.schemas import (
+    AlignRequest,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EarlyRejection,
+    SamplingFields,
+)
 from iama_server.scoring import BatchedScorer
 from iama_server.settings import ServerSettings
 
@@ -43,10 +51,23 @@ class AlignmentCall:
     request_id: str  # the client's X-Request-Id, or one made up for it
     normalize: bool = True
     n_returned: int = 1  # OpenAI's n: how many of the N come back, the chosen one first
+    early_rejection: EarlyRejection | None = None  # stop weak candidates at checkpoints
+    target_score: float | None = None  # budget "auto": stop sampling once a candidate reaches it
 
     def engine_request_id(self) -> str:
         """Unique inside vLLM even when a client reuses its X-Request-Id concurrently."""
         return f"{self.request_id}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Search:
+    """What early rejection or an adaptive budget did, for the response and the metrics."""
+
+    rejected_at: dict[int, int] = field(default_factory=dict)  # candidate -> tokens when stopped
+    partial_scores: dict[int, float] = field(default_factory=dict)  # candidate -> its score then
+    checkpoints: list[Checkpoint] | None = None  # early rejection's decisions
+    partial_rewards: list[str] = field(default_factory=list)  # the rewards that judged partial texts
+    budget_spent: int | None = None  # budget "auto"
 
 
 @dataclass
@@ -60,10 +81,16 @@ class Outcome:
     generation_s: float
     scoring_s: float
     queue_s: float = 0.0
+    search: Search = field(default_factory=lambda: Search())
 
     @property
     def kl_bound(self) -> float:
-        return selection_kl_bound(self.call.algorithm, self.call.budget) if self.weighted is not None else 0.0
+        """BoN's sharp bound holds for exact BoN; a candidate picked from at most N by any other
+        rule (soft BoN, early rejection, an adaptive stop) has density ratio ≤ N: log N."""
+        if self.weighted is None:
+            return 0.0
+        exact = self.call.early_rejection is None and self.call.target_score is None
+        return selection_kl_bound(self.call.algorithm if exact else "soft_bon", self.call.budget)
 
     @property
     def completion_tokens(self) -> int:
@@ -92,16 +119,21 @@ class AlignmentService:
         """``/v1/align``: weights are required (or the server's default), budget defaults."""
         self._check_ready_and_model(body.model)
         ids, text = self._encode(body.prompt, body.messages, raw=body.raw_prompt)
+        auto = body.budget == "auto"
         return AlignmentCall(
             prompt_ids=ids,
             prompt=text,
             weights=self._weights(body.reward_weights, required=True),
-            budget=self._budget(body.budget, "budget"),
+            budget=self._budget(body.max_budget or self.settings.max_budget, "max_budget")
+            if auto
+            else self._budget(body.budget if isinstance(body.budget, int) else None, "budget"),
             algorithm=body.algorithm,
             tau=body.alignment_temperature or self.settings.default_alignment_temperature,
             sampling=self._sampling(body, len(ids)),
             request_id=request_id,
             normalize=body.normalize,
+            early_rejection=body.early_rejection,
+            target_score=body.target_score,
         )
 
     def openai_calls(self, body: CompletionRequest | ChatCompletionRequest, request_id: str) -> list[AlignmentCall]:
@@ -113,9 +145,13 @@ class AlignmentService:
         else:
             encoded = [self._encode(prompt, None, raw=True) for prompt in body.prompts]
         aligned = body.best_of is not None or body.reward_weights is not None
-        param = "best_of" if body.best_of is not None else "n"
-        budget = self._budget(body.best_of if body.best_of is not None else body.n, param)
-        weights = self._weights(body.reward_weights, required=budget > body.n) if aligned else None
+        if body.best_of == "auto":
+            budget = self._budget(body.max_budget or self.settings.max_budget, "max_budget")
+        else:
+            param = "best_of" if body.best_of is not None else "n"
+            budget = self._budget(body.best_of if body.best_of is not None else body.n, param)
+        searching = body.best_of == "auto" or body.early_rejection is not None
+        weights = self._weights(body.reward_weights, required=budget > body.n or searching) if aligned else None
         return [
             AlignmentCall(
                 prompt_ids=ids,
@@ -127,6 +163,8 @@ class AlignmentService:
                 sampling=self._sampling(body, len(ids)),
                 request_id=request_id,
                 n_returned=body.n,
+                early_rejection=body.early_rejection,
+                target_score=body.target_score,
             )
             for ids, text in encoded
         ]
@@ -218,8 +256,14 @@ class AlignmentService:
     async def run(self, call: AlignmentCall) -> Outcome:
         self.metrics.budget.observe(call.budget)
         t0 = time.perf_counter()
+        search = Search()
         try:
-            gen = await self.engine.generate(call.prompt_ids, call.sampling, call.budget, call.engine_request_id())
+            if call.early_rejection is not None and call.weights is not None:
+                gen, search = await self._generate_with_early_rejection(call)
+            elif call.target_score is not None and call.weights is not None:
+                gen, search = await self._generate_adaptively(call)
+            else:
+                gen = await self.engine.generate(call.prompt_ids, call.sampling, call.budget, call.engine_request_id())
         except Exception:
             if self.engine.ready:
                 raise
@@ -240,10 +284,63 @@ class AlignmentService:
             raw = await self.scorer.score([call.prompt] * len(texts), texts, list(call.weights))
             normalized = normalize_scores(raw, self.rewards.stats if call.normalize else None)
             weighted = weighted_sum(normalized, call.weights)
-            chosen = select(weighted, call.algorithm, call.n_returned, call.tau, call.sampling.seed)
+            eligible = weighted.copy()
+            eligible[list(search.rejected_at)] = np.nan  # a rejected candidate is never chosen
+            k = min(call.n_returned, len(texts) - len(search.rejected_at))
+            chosen = select(eligible, call.algorithm, k, call.tau, call.sampling.seed)
         t2 = time.perf_counter()
         self.metrics.scoring.observe(t2 - t1)
-        return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1)
+        return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search)
+
+    async def _weighted_scores(self, call: AlignmentCall, texts: list[str], names: list[str]) -> np.ndarray:
+        """Weighted normalised score of ``texts`` over the rewards ``names`` (the scorer batches)."""
+        assert call.weights is not None
+        raw = await self.scorer.score([call.prompt] * len(texts), texts, names)
+        normalized = normalize_scores(raw, self.rewards.stats if call.normalize else None)
+        return weighted_sum(normalized, {n: call.weights[n] for n in names})
+
+    async def _generate_with_early_rejection(self, call: AlignmentCall) -> tuple[GenerationResult, Search]:
+        assert call.early_rejection is not None and call.weights is not None
+        judges = [n for n in self.rewards.judging_partial_text(list(call.weights)) if call.weights[n] > 0]
+
+        async def score(texts: list[str]) -> np.ndarray:
+            return await self._weighted_scores(call, texts, judges)
+
+        er = call.early_rejection
+        run = await early_rejection(
+            self.engine,
+            call.prompt_ids,
+            call.sampling,
+            call.budget,
+            call.engine_request_id(),
+            er.checkpoints,
+            er.keep,
+            score if judges else None,
+        )
+        saved = sum(call.sampling.max_tokens - tokens for tokens in run.rejected_at.values())
+        self.metrics.candidates_aborted.inc(len(run.rejected_at))
+        self.metrics.tokens_saved.inc(saved)
+        return run.result, Search(run.rejected_at, run.partial_scores, run.checkpoints, judges)
+
+    async def _generate_adaptively(self, call: AlignmentCall) -> tuple[GenerationResult, Search]:
+        assert call.target_score is not None and call.weights is not None
+        names = list(call.weights)
+
+        async def score(texts: list[str]) -> np.ndarray:
+            return await self._weighted_scores(call, texts, names)
+
+        run = await adaptive_budget(
+            self.engine,
+            call.prompt_ids,
+            call.sampling,
+            budget_waves(call.budget),
+            call.engine_request_id(),
+            call.target_score,
+            score,
+        )
+        spent = len(run.result.candidates)
+        self.metrics.budget_spent.observe(spent)
+        return run.result, Search(budget_spent=spent)
 
     async def stream(self, call: AlignmentCall) -> AsyncIterator[Delta]:
         """Plain generation (nothing to score or select), token by token as vLLM produces it."""
@@ -251,5 +348,5 @@ class AlignmentService:
         async for delta in self.engine.stream(call.prompt_ids, call.sampling, call.engine_request_id()):
             if delta.finish_reason is not None:
                 self.metrics.tokens.labels("prompt").inc(delta.prompt_tokens)
-                self.metrics.tokens.labels("completion").inc(delta.completion_tokens)
+                self.metrics.tokens.labels("completion").inc(delta.tokens)
             yield delta

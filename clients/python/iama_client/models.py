@@ -38,6 +38,20 @@ class Candidate(_Model):
     chosen: bool
     finish_reason: str | None = None
     completion_tokens: int
+    rejected_at: int | None = None  # early rejection: tokens when it was stopped
+
+
+class CheckpointReport(_Model):
+    tokens: int
+    rewards: list[str]
+    kept: list[int]
+    rejected: list[int]
+
+
+class EarlyRejectionReport(_Model):
+    checkpoints: list[CheckpointReport]
+    generated_tokens: int
+    plain_bon_tokens_bound: int
 
 
 class Usage(_Model):
@@ -69,6 +83,8 @@ class AlignResponse(_Model):
     scores: dict[str, RewardScore]
     kl_bound: float
     candidates: list[Candidate] | None = None
+    early_rejection: EarlyRejectionReport | None = None
+    budget_spent: int | None = None
     usage: Usage
     timings: Timings
 
@@ -125,6 +141,8 @@ class AlignmentInfo(_Model):
     budget: int
     algorithm: Algorithm
     kl_bound: float
+    early_rejection: EarlyRejectionReport | None = None
+    budget_spent: int | None = None
 
 
 class ChatChoiceMessage(_Model):
@@ -182,12 +200,23 @@ MessagesLike = list[ChatMessage | dict[str, str]]
 
 
 @with_config(ConfigDict(extra="forbid"))
+class EarlyRejection(TypedDict):
+    """Stop the weakest running candidates at each checkpoint (tokens), keeping the best ``keep``."""
+
+    checkpoints: list[int]
+    keep: float
+
+
+@with_config(ConfigDict(extra="forbid"))
 class AlignParams(TypedDict, total=False):
     """Keyword arguments of ``align`` (besides ``prompt``); see the server's ``/v1/align``."""
 
     messages: MessagesLike
     reward_weights: dict[str, float]
-    budget: int
+    budget: int | Literal["auto"]
+    target_score: float  # with budget="auto": stop sampling once a candidate reaches it
+    max_budget: int  # with budget="auto"
+    early_rejection: EarlyRejection
     algorithm: Algorithm
     alignment_temperature: float
     temperature: float
@@ -208,7 +237,10 @@ class ChatParams(TypedDict, total=False):
 
     model: str
     reward_weights: dict[str, float]
-    best_of: int
+    best_of: int | Literal["auto"]
+    target_score: float
+    max_budget: int
+    early_rejection: EarlyRejection
     alignment: Algorithm
     alignment_temperature: float
     n: int

@@ -1,0 +1,135 @@
+"""Early rejection and the adaptive budget, in-process with the fake engine: which candidates
+are stopped (and that they really are: aborted in the engine), the report, equivalence with
+plain BoN when nothing is stopped, and bad values as 400s naming the field."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+from fake_engine import CANDIDATES
+from in_process import metric, serve
+
+ALIGN = {"prompt": "How was your day?", "budget": 8, "max_tokens": 16, "seed": 0, "return_candidates": True}
+ER = {"checkpoints": [2], "keep": 0.5}
+
+
+async def until(predicate, ceiling_s: float = 60.0) -> None:
+    for _ in range(int(ceiling_s / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def test_the_weakest_running_candidates_are_stopped_at_the_checkpoint():
+    async with serve() as s:
+        s.engine.limit_tokens(2)  # every stream pauses at 2 tokens: the checkpoint happens by construction
+        body = {**ALIGN, "reward_weights": {"sentiment": 1.0, "short": 1.0}, "early_rejection": ER}
+        pending = asyncio.create_task(s.client.post("/v1/align", json=body))
+        await until(lambda: len(s.engine.aborted) >= 3)
+        assert len(s.engine.running) == 3  # the kept ones wait at the limit; the rejected left the engine
+        s.engine.limit_tokens(None)
+        d = (await pending).json()
+        text = (await s.client.get("/metrics")).text
+    report = d["early_rejection"]
+    (cp,) = report["checkpoints"]
+    # "Fine." and "Ok." finished with one word before the checkpoint: never rejected
+    assert cp["tokens"] == 2 and cp["rewards"] == ["sentiment"]  # length cannot judge a partial text
+    assert sorted(cp["kept"] + cp["rejected"]) == [0, 1, 3, 4, 5, 7] and len(cp["rejected"]) == 3
+    cands = d["candidates"]
+    for j in cp["rejected"]:
+        assert cands[j]["finish_reason"] == "rejected" and cands[j]["rejected_at"] == 2
+        assert cands[j]["text"] == " ".join(CANDIDATES[j].split()[:2]) and set(cands[j]["scores"]) == {"sentiment"}
+        assert not cands[j]["chosen"]
+    assert d["chosen_index"] not in cp["rejected"]
+    generated = sum(c["completion_tokens"] for c in cands)
+    assert report["generated_tokens"] == d["usage"]["completion_tokens"] == generated
+    assert report["plain_bon_tokens_bound"] == generated + 3 * (16 - 2)
+    assert d["kl_bound"] == pytest.approx(math.log(8))  # not exact BoN: the generic bound
+    assert metric(text, "iama_candidates_aborted_total") == 3
+    assert metric(text, "iama_tokens_saved_total") == 3 * 14
+
+
+async def test_with_nothing_rejected_the_candidates_are_plain_bons():
+    async with serve() as s:
+        plain = (await s.client.post("/v1/align", json={**ALIGN, "reward_weights": {"sentiment": 1}})).json()
+        body = {**ALIGN, "reward_weights": {"sentiment": 1}, "early_rejection": {"checkpoints": [1, 3], "keep": 1.0}}
+        er = (await s.client.post("/v1/align", json=body)).json()
+    assert [c["text"] for c in er["candidates"]] == [c["text"] for c in plain["candidates"]]
+    assert er["chosen_index"] == plain["chosen_index"] and er["text"] == plain["text"]
+    assert all(not cp["rejected"] for cp in er["early_rejection"]["checkpoints"])
+
+
+async def test_without_a_reward_that_judges_partial_text_nothing_is_rejected():
+    async with serve() as s:
+        body = {**ALIGN, "reward_weights": {"short": 1.0}, "early_rejection": ER}
+        d = (await s.client.post("/v1/align", json=body)).json()
+    assert d["early_rejection"]["checkpoints"] == [] and all(c.get("rejected_at") is None for c in d["candidates"])
+
+
+async def test_adaptive_budget_stops_at_the_first_wave_that_reaches_the_target():
+    async with serve() as s:
+        easy = {**ALIGN, "reward_weights": {"sentiment": 1}, "budget": "auto", "target_score": -1.0}
+        d = (await s.client.post("/v1/align", json=easy)).json()
+        assert d["budget_spent"] == 2 and len(d["candidates"]) == 2 and d["budget"] == 8
+        calls = len(s.engine.calls)
+        hard = {**easy, "target_score": 5.0, "max_budget": 6}
+        d = (await s.client.post("/v1/align", json=hard)).json()
+        assert d["budget_spent"] == 6 and len(s.engine.calls) - calls == 6  # waves 2, 4, 6: one request each
+        plain_body = {**ALIGN, "reward_weights": {"sentiment": 1}, "budget": 6}
+        plain = (await s.client.post("/v1/align", json=plain_body)).json()
+        assert [c["text"] for c in d["candidates"]] == [c["text"] for c in plain["candidates"]]
+        text = (await s.client.get("/metrics")).text
+        assert metric(text, "iama_budget_spent_count") == 2
+
+
+async def test_the_openai_routes_take_the_same_options():
+    async with serve() as s:
+        body = {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 16,
+            "seed": 0,
+            "best_of": 8,
+            "reward_weights": {"sentiment": 1},
+            "early_rejection": {"checkpoints": [1], "keep": 0.25},
+        }
+        s.engine.limit_tokens(1)
+        pending = asyncio.create_task(s.client.post("/v1/chat/completions", json=body))
+        await until(lambda: len(s.engine.aborted) >= 4)  # ceil(0.25 · 6 running) = 2 kept
+        s.engine.limit_tokens(None)
+        d = (await pending).json()
+        (cp,) = d["choices"][0]["alignment"]["early_rejection"]["checkpoints"]
+        assert cp["tokens"] == 1 and len(cp["kept"]) == 2 and len(cp["rejected"]) == 4
+        auto = {**body, "best_of": "auto", "target_score": -1.0}
+        del auto["early_rejection"]
+        d = (await s.client.post("/v1/chat/completions", json=auto)).json()
+        assert d["choices"][0]["alignment"]["budget_spent"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"early_rejection": {"checkpoints": [32, 16], "keep": 0.5}}, "early_rejection.checkpoints"),
+        ({"early_rejection": {"checkpoints": [], "keep": 0.5}}, "early_rejection.checkpoints"),
+        ({"early_rejection": {"checkpoints": [8], "keep": 0}}, "early_rejection.keep"),
+        ({"early_rejection": {"checkpoints": [8], "keep": 1.5}}, "early_rejection.keep"),
+        ({"early_rejection": {"checkpoints": [8]}}, "early_rejection.keep"),
+        ({"target_score": 1.0}, None),
+        ({"budget": "auto"}, None),
+        ({"budget": "auto", "target_score": 1.0, "max_budget": 9}, "max_budget"),
+        ({"budget": "auto", "target_score": 1.0, "early_rejection": ER}, None),
+        ({"budget": "all"}, "budget"),
+    ],
+)
+async def test_bad_values_are_400s_naming_the_field(extra, param):
+    async with serve() as s:
+        r = await s.client.post("/v1/align", json={**ALIGN, "reward_weights": {"sentiment": 1}, **extra})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        if param is not None:
+            assert err["param"] == param, err
+        else:  # a cross-field rule: the message names the fields
+            assert "target_score" in err["message"] or "early_rejection" in err["message"], err
+        assert s.engine.calls == []
