@@ -120,6 +120,11 @@ BAD = [
     ({"prompt": "", "reward_weights": {"sentiment": 1}}, "prompt"),
     ({"prompt": "x", "reward_weights": {"sentiment": 1}, "surprise": 1}, "surprise"),
     ({"prompt": "x", "reward_weights": {"sentiment": 1}, "model": "gpt-5"}, "model"),
+    # JSON types are not coerced: true is not seed 1, "16" is not 16 tokens.
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "seed": True}, "seed"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "max_tokens": "16"}, "max_tokens"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "temperature": True}, "temperature"),
+    ({"prompt": "x", "reward_weights": {"sentiment": 1}, "return_candidates": "yes"}, "return_candidates"),
 ]
 
 

@@ -142,8 +142,8 @@ def tiny_config(tmp_path: Path, tiny_llama: Path, name: str, **extra) -> Path:
     return path
 
 
-def run_iama(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([IAMA, *args], capture_output=True, text=True, timeout=timeout)
+def run_iama(*args: str, timeout: float = 1800, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([IAMA, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -157,8 +157,11 @@ def trained(tmp_path_factory, tiny_llama):
     os.umask(0o022)  # the usual umask: what the run writes must come out 0644 / 0755
     tmp = tmp_path_factory.mktemp("train")
     cfg = tiny_config(tmp, tiny_llama, "run")
-    out = run_iama("train", str(cfg))
+    # A TensorBoard directory left in the environment (by an earlier run in the same process, say)
+    # must not capture this run's events.
+    out = run_iama("train", str(cfg), env={**os.environ, "TENSORBOARD_LOGGING_DIR": str(tmp / "elsewhere")})
     assert out.returncode == 0, out.stderr[-3000:]
+    assert not (tmp / "elsewhere").exists()
     return tmp, cfg, tmp / "run"
 
 

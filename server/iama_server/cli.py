@@ -8,6 +8,7 @@ failure after start-up (``lifecycle.py``) stops uvicorn and exits 1, so supervis
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from enum import StrEnum
 from pathlib import Path
@@ -30,6 +31,18 @@ class LogLevel(StrEnum):
 
 def _exit(message: str, code: int) -> NoReturn:
     fail("serve", message, code)
+
+
+_QUIET_RESOURCE_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
+def _quiet_resource_tracker() -> None:
+    """Keep the error line last: when an engine process dies hard, Python's resource tracker (a
+    process of its own, started with this environment) warns about vLLM's semaphores *after* we
+    exit, a line the user can do nothing about, printed below the one that says what happened."""
+    current = os.environ.get("PYTHONWARNINGS")
+    if _QUIET_RESOURCE_TRACKER not in (current or ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, _QUIET_RESOURCE_TRACKER]))
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -83,6 +96,7 @@ def serve(
         _exit(str(exc), 2)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _listen(settings.host, settings.port)
+    _quiet_resource_tracker()
     try:
         app = create_app(settings)
     except Exception as exc:  # a model or reward that cannot be served: say which, in one line

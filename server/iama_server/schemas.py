@@ -38,13 +38,13 @@ StopString = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class ChatMessage(BaseModel):
     """A chat turn; ``content`` may be a string or OpenAI's list of text parts (joined)."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str

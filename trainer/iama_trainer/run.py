@@ -156,8 +156,6 @@ def grpo_args(cfg: TrainConfig, num_rewards: int, num_processes: int, bf16: bool
     if total % num_processes:
         raise ValueError(f"prompts_per_step × group_size = {total} must divide evenly over {num_processes} processes")
     use_vllm = cfg.rollouts == "vllm" or (cfg.rollouts == "auto" and cuda and _has_vllm())
-    if cfg.tensorboard:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(cfg.output_dir / "tensorboard"))
     return GRPOConfig(
         output_dir=str(cfg.output_dir / "checkpoints"),
         max_steps=cfg.steps,
@@ -232,11 +230,25 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
         surrogate=SurrogateSpec(rewards, objective, cfg.objective.type, normalize=cfg.normalization.enabled),
         kl_controller=controller,
     )
+    _point_tensorboard_at(trainer, cfg.output_dir / "tensorboard")
     trainer.add_callback(JsonlMetrics(cfg.output_dir / METRICS_FILE))
     if controller is not None:
         trainer.add_callback(AdaptiveBeta(trainer))
     trainer.add_callback(CheckpointBookkeeping(trainer))
     return trainer
+
+
+def _point_tensorboard_at(trainer: Any, logdir: Path) -> None:
+    """Write this run's TensorBoard events under its own output dir.
+
+    transformers takes the directory from ``TENSORBOARD_LOGGING_DIR`` when the callback is made;
+    setting that variable would leak into the next run of the same process (a sweep, the tests),
+    whose events would land in the first run's directory."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(logdir)
 
 
 def resume_point(trainer: Any, ckpt_root: Path, resume: bool) -> Path | None:
