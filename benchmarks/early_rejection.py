@@ -162,12 +162,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/early_rejection/early_rejection.json")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from servers import start_server
+    from servers import start_bench_server
 
-    log_dir = Path("runs/bench-er")
-    log_dir.mkdir(parents=True, exist_ok=True)
     env = {"IAMA_MAX_CONCURRENT_REQUESTS": str(args.clients), "IAMA_REQUEST_TIMEOUT_S": "3600"}
-    srv = start_server(args.model, log_dir, env=env, kv_cache_gb="2", wait_s=1800)
+    srv = start_bench_server(args.model, "bench-er", env)
     try:
         result = asyncio.run(run(srv.url, prompts(Path(args.prompts)), args.max_tokens, args.clients))
     finally:

@@ -106,22 +106,17 @@ def naive(model: str, budgets: list[int], max_tokens: int, reps: int) -> dict[in
 
 def start_iama(model: str, clients: int):  # -> ServerProc
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from servers import start_server
+    from servers import start_bench_server
 
-    log_dir = Path("runs/bench-server")
-    log_dir.mkdir(parents=True, exist_ok=True)
     env = {"IAMA_MAX_CONCURRENT_REQUESTS": str(clients), "IAMA_MAX_TOKENS": "1024", "IAMA_REQUEST_TIMEOUT_S": "3600"}
-    return start_server(model, log_dir, env=env, kv_cache_gb="2", wait_s=1800)
+    return start_bench_server(model, "bench-server", env)
 
 
 def start_vllm_server(model_path: str):  # -> ServerProc
     """vLLM's own OpenAI server on the same model, dtype and engine settings as ``iama serve``."""
-    import subprocess
-
-    import httpx
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from servers import ServerProc, free_port
+    from servers import free_port, spawn_until_healthy
 
     from iama.vllm_settings import vllm_engine_kwargs
 
@@ -150,26 +145,7 @@ def start_vllm_server(model_path: str):  # -> ServerProc
         cmd.append("--enforce-eager")
     if kw.get("enable_chunked_prefill") is False:
         cmd.append("--no-enable-chunked-prefill")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 1800
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return ServerProc(proc, url, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise RuntimeError("vLLM server did not start")
+    return spawn_until_healthy(cmd, port, log, {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}, 1800)
 
 
 async def iama_request(client, n: int, seed: int, max_tokens: int) -> int:

@@ -117,17 +117,15 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/soak/soak.json")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from servers import start_server
+    from servers import start_bench_server
 
-    log_dir = Path("runs/soak")
-    log_dir.mkdir(parents=True, exist_ok=True)
     env = {
         "IAMA_API_KEYS": API_KEY,
         "IAMA_MAX_CONCURRENT_REQUESTS": str(args.running),
         "IAMA_MAX_QUEUED_REQUESTS": str(args.queued),
         "IAMA_REQUEST_TIMEOUT_S": "120",
     }
-    srv = start_server(args.model, log_dir, env=env, kv_cache_gb="2", wait_s=1800)
+    srv = start_bench_server(args.model, "soak", env)
     clients = 2 * (args.running + args.queued)
     rng = random.Random(0)
     log: list[dict] = []

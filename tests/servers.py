@@ -56,20 +56,28 @@ def start_server(
     full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if kv_cache_gb is not None:
         full_env["VLLM_CPU_KVCACHE_SPACE"] = kv_cache_gb
-    proc = subprocess.Popen(
-        [IAMA, "serve", "--model", model, "--port", str(port), "--log-level", "info"],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=full_env,
-        start_new_session=True,
-    )
+    cmd = [IAMA, "serve", "--model", model, "--port", str(port), "--log-level", "info"]
+    return spawn_until_healthy(cmd, port, log, full_env, wait_s)
+
+
+def start_bench_server(model: str, name: str, env: dict[str, str]) -> ServerProc:
+    """``iama serve`` for a benchmark: logs under ``runs/<name>``, a 2 GiB KV cache, and up to
+    30 minutes to start (the first use of the default model converts it)."""
+    log_dir = Path("runs") / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return start_server(model, log_dir, env=env, kv_cache_gb="2", wait_s=1800)
+
+
+def spawn_until_healthy(cmd: list[str], port: int, log: Path, env: dict[str, str], wait_s: float) -> ServerProc:
+    """Run a server command (ours or vLLM's) and wait until its ``/health`` says 200."""
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                 return ServerProc(proc, url, log)
         except httpx.HTTPError:
             pass

@@ -393,38 +393,38 @@ class ChatChoiceMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class _Choice(BaseModel):
     index: int
+    finish_reason: str | None
+    logprobs: None = None
+    alignment: AlignmentInfo | None = Field(description="the choice's scores; null for plain generation")
+
+
+class ChatChoice(_Choice):
     message: ChatChoiceMessage
-    finish_reason: str | None
-    logprobs: None = None
-    alignment: AlignmentInfo | None = Field(description="the choice's scores; null for plain generation")
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class CompletionChoice(BaseModel):
-    index: int
+class CompletionChoice(_Choice):
     text: str
-    finish_reason: str | None
-    logprobs: None = None
-    alignment: AlignmentInfo | None = Field(description="the choice's scores; null for plain generation")
 
 
-class CompletionResponse(BaseModel):
+class _OpenAIResponse(BaseModel):
     id: str
-    object: Literal["text_completion"]
+    object: str
     created: int
     model: str
-    choices: list[CompletionChoice]
+    choices: list[Any]
     usage: Usage
+
+
+class ChatCompletionResponse(_OpenAIResponse):
+    object: Literal["chat.completion"]
+    choices: list[ChatChoice]
+
+
+class CompletionResponse(_OpenAIResponse):
+    object: Literal["text_completion"]
+    choices: list[CompletionChoice]
 
 
 class ModelCardInfo(BaseModel):

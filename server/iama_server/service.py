@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
@@ -119,21 +120,15 @@ class AlignmentService:
         """``/v1/align``: weights are required (or the server's default), budget defaults."""
         self._check_ready_and_model(body.model)
         ids, text = self._encode(body.prompt, body.messages, raw=body.raw_prompt)
-        auto = body.budget == "auto"
-        return AlignmentCall(
-            prompt_ids=ids,
-            prompt=text,
+        return self._call(
+            body,
+            ids,
+            text,
+            request_id,
             weights=self._weights(body.reward_weights, required=True),
-            budget=self._budget(body.max_budget or self.settings.max_budget, "max_budget")
-            if auto
-            else self._budget(body.budget if isinstance(body.budget, int) else None, "budget"),
+            budget=self._requested_budget(body.budget, "budget", body.max_budget),
             algorithm=body.algorithm,
-            tau=body.alignment_temperature or self.settings.default_alignment_temperature,
-            sampling=self._sampling(body, len(ids)),
-            request_id=request_id,
             normalize=body.normalize,
-            early_rejection=body.early_rejection,
-            target_score=body.target_score,
         )
 
     def openai_calls(self, body: CompletionRequest | ChatCompletionRequest, request_id: str) -> list[AlignmentCall]:
@@ -145,29 +140,38 @@ class AlignmentService:
         else:
             encoded = [self._encode(prompt, None, raw=True) for prompt in body.prompts]
         aligned = body.best_of is not None or body.reward_weights is not None
-        if body.best_of == "auto":
-            budget = self._budget(body.max_budget or self.settings.max_budget, "max_budget")
+        if body.best_of is not None:
+            budget = self._requested_budget(body.best_of, "best_of", body.max_budget)
         else:
-            param = "best_of" if body.best_of is not None else "n"
-            budget = self._budget(body.best_of if body.best_of is not None else body.n, param)
+            budget = self._budget(body.n, "n")
         searching = body.best_of == "auto" or body.early_rejection is not None
         weights = self._weights(body.reward_weights, required=budget > body.n or searching) if aligned else None
         return [
-            AlignmentCall(
-                prompt_ids=ids,
-                prompt=text,
-                weights=weights,
-                budget=budget,
-                algorithm=body.alignment,
-                tau=body.alignment_temperature or self.settings.default_alignment_temperature,
-                sampling=self._sampling(body, len(ids)),
-                request_id=request_id,
-                n_returned=body.n,
-                early_rejection=body.early_rejection,
-                target_score=body.target_score,
+            self._call(
+                body, ids, text, request_id, weights=weights, budget=budget, algorithm=body.alignment, n_returned=body.n
             )
             for ids, text in encoded
         ]
+
+    def _call(
+        self,
+        body: AlignRequest | CompletionRequest | ChatCompletionRequest,
+        ids: list[int],
+        text: Prompt,
+        request_id: str,
+        **route_fields: Any,
+    ) -> AlignmentCall:
+        """The fields every route fills the same way; the route gives weights, budget, algorithm."""
+        return AlignmentCall(
+            prompt_ids=ids,
+            prompt=text,
+            tau=body.alignment_temperature or self.settings.default_alignment_temperature,
+            sampling=self._sampling(body, len(ids)),
+            request_id=request_id,
+            early_rejection=body.early_rejection,
+            target_score=body.target_score,
+            **route_fields,
+        )
 
     def default_weights(self) -> dict[str, float] | None:
         if self.settings.default_reward_weights:
@@ -201,6 +205,12 @@ class AlignmentService:
             return self.rewards.validate_weights(weights)
         except WeightError as exc:
             raise APIError(400, str(exc), exc.field, ErrorCode.INVALID_REWARD_WEIGHTS) from None
+
+    def _requested_budget(self, budget: int | Literal["auto"] | None, param: str, max_budget: int | None) -> int:
+        """N: the request's, or with "auto" the most the search may spend."""
+        if budget == "auto":
+            return self._budget(max_budget or self.settings.max_budget, "max_budget")
+        return self._budget(budget, param)
 
     def _budget(self, budget: int | None, param: str) -> int:
         b = self.settings.default_budget if budget is None else budget

@@ -208,17 +208,7 @@ class EarlyRejection(TypedDict):
 
 
 @with_config(ConfigDict(extra="forbid"))
-class AlignParams(TypedDict, total=False):
-    """Keyword arguments of ``align`` (besides ``prompt``); see the server's ``/v1/align``."""
-
-    messages: MessagesLike
-    reward_weights: dict[str, float]
-    budget: int | Literal["auto"]
-    target_score: float  # with budget="auto": stop sampling once a candidate reaches it
-    max_budget: int  # with budget="auto"
-    early_rejection: EarlyRejection
-    algorithm: Algorithm
-    alignment_temperature: float
+class _Sampling(TypedDict, total=False):
     temperature: float
     top_p: float
     max_tokens: int
@@ -226,28 +216,35 @@ class AlignParams(TypedDict, total=False):
     stop: str | list[str]
     presence_penalty: float
     frequency_penalty: float
+
+
+@with_config(ConfigDict(extra="forbid"))
+class _Search(TypedDict, total=False):
+    target_score: float  # with an "auto" budget: stop sampling once a candidate reaches it
+    max_budget: int  # with an "auto" budget
+    early_rejection: EarlyRejection
+    alignment_temperature: float
+
+
+@with_config(ConfigDict(extra="forbid"))
+class AlignParams(_Sampling, _Search, total=False):
+    """Keyword arguments of ``align`` (besides ``prompt``); see the server's ``/v1/align``."""
+
+    messages: MessagesLike
+    reward_weights: dict[str, float]
+    budget: int | Literal["auto"]
+    algorithm: Algorithm
     return_candidates: bool
     normalize: bool
     raw_prompt: bool
 
 
 @with_config(ConfigDict(extra="forbid"))
-class ChatParams(TypedDict, total=False):
+class ChatParams(_Sampling, _Search, total=False):
     """Keyword arguments of ``chat`` (besides ``messages``): OpenAI's fields plus alignment."""
 
     model: str
     reward_weights: dict[str, float]
     best_of: int | Literal["auto"]
-    target_score: float
-    max_budget: int
-    early_rejection: EarlyRejection
     alignment: Algorithm
-    alignment_temperature: float
     n: int
-    temperature: float
-    top_p: float
-    max_tokens: int
-    seed: int
-    stop: str | list[str]
-    presence_penalty: float
-    frequency_penalty: float
