@@ -14,7 +14,8 @@ One `iama serve` (default model, the dtype rule's choice), rewards `sentiment` +
 Each request runs alone (latency, tokens, the chosen candidate's weighted score); then plain
 BoN_16 and each early-rejection setting at N = 16 run again with 4 concurrent clients
 (throughput). The question: does an arm reach plain BoN_16's mean score (within its 95 %
-interval) with at most half its generated tokens, and serve more requests per second?
+interval; also the paired difference on the same prompts and seeds) with at most half its
+generated tokens, and serve more requests per second?
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-async def run(url: str, ps: list[str], max_tokens: int, clients: int) -> dict:
+async def run(url: str, ps: list[str], max_tokens: int, clients: int, seeds: int) -> dict:
     import httpx
 
     arms: dict[str, dict] = {}
+    ps = [p for p in ps for _ in range(seeds)]  # request i has seed i: each prompt `seeds` times
     async with httpx.AsyncClient(base_url=url, timeout=3600) as c:
         await one(c, body(ps[0], 0, max_tokens, budget=2))  # warm-up
         for n in (4, 8, 16):
@@ -120,8 +122,16 @@ async def run(url: str, ps: list[str], max_tokens: int, clients: int) -> dict:
                 "wall_s": wall,
                 "requests_per_s": len(ps) / wall,
             }
+    base = arms["plain_N16"]["rows"]
     for arm in arms.values():
         arm["summary"] = summarize(arm["rows"])
+        # Same prompts and seeds as plain BoN_16: the paired difference is the sharper test.
+        diff = [r["weighted"] - b["weighted"] for r, b in zip(arm["rows"], base, strict=True)]
+        arm["summary"]["vs_plain_N16"] = {
+            "mean_diff": statistics.mean(diff),
+            "ci95": ci95(diff),
+            "token_ratio": arm["summary"]["mean_tokens"] / statistics.mean(b["tokens"] for b in base),
+        }
     return {"arms": arms, "throughput": throughput}
 
 
@@ -159,6 +169,7 @@ def main() -> None:
     ap.add_argument("--prompts", default=str(Path(__file__).with_name("heldout_prompts.jsonl")))
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=2, help="requests per prompt, each with its own seed")
     ap.add_argument("--out", default="benchmarks/results/early_rejection/early_rejection.json")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -167,10 +178,17 @@ def main() -> None:
     env = {"IAMA_MAX_CONCURRENT_REQUESTS": str(args.clients), "IAMA_REQUEST_TIMEOUT_S": "3600"}
     srv = start_bench_server(args.model, "bench-er", env)
     try:
-        result = asyncio.run(run(srv.url, prompts(Path(args.prompts)), args.max_tokens, args.clients))
+        result = asyncio.run(run(srv.url, prompts(Path(args.prompts)), args.max_tokens, args.clients, args.seeds))
     finally:
         srv.stop()
-    result["config"] = {"weights": WEIGHTS, "settings": SETTINGS, "max_tokens": args.max_tokens, "model": args.model}
+    result["config"] = {
+        "weights": WEIGHTS,
+        "settings": SETTINGS,
+        "max_tokens": args.max_tokens,
+        "model": args.model,
+        "seeds_per_prompt": args.seeds,
+        "command": " ".join(sys.argv),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -179,10 +197,11 @@ def main() -> None:
     print(f"plain BoN_16: {base['mean_weighted']:.3f} {base['ci95']} with {base['mean_tokens']:.0f} tokens")
     for name, arm in result["arms"].items():
         s = arm["summary"]
+        d = s["vs_plain_N16"]
         print(
             f"{name:>18}: score {s['mean_weighted']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] "
-            f"tokens {s['mean_tokens']:.0f} ({s['mean_tokens'] / base['mean_tokens']:.0%} of BoN_16) "
-            f"latency {s['mean_wall_s']:.2f} s"
+            f"minus BoN_16 {d['mean_diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
+            f"tokens {s['mean_tokens']:.0f} ({d['token_ratio']:.0%} of BoN_16) latency {s['mean_wall_s']:.2f} s"
         )
     print(json.dumps(result["throughput"], indent=2))
 
