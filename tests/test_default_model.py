@@ -136,8 +136,8 @@ def test_vllm_cpu_cache_size_defaults_but_respects_explicit_settings(monkeypatch
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
     vllm_settings.configure_vllm_cpu()
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    vllm_settings.configure_vllm_cpu(0.5)
-    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "0.5"
+    vllm_settings.configure_vllm_cpu(3)
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
     # every engine builder goes through vllm_engine_kwargs, which applies it
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
     kwargs = vllm_settings.vllm_engine_kwargs()
@@ -145,3 +145,15 @@ def test_vllm_cpu_cache_size_defaults_but_respects_explicit_settings(monkeypatch
     assert kwargs["enable_chunked_prefill"] is False and kwargs["enforce_eager"] is True  # CPU
     assert kwargs["dtype"] == vllm_settings.choose_dtype().dtype
     assert vllm_settings.vllm_engine_kwargs(dtype="bfloat16")["dtype"] == "bfloat16"  # explicit wins
+
+
+@pytest.mark.parametrize("value", [0.5, 0])
+def test_kv_cache_size_is_whole_gib(value):
+    """vllm-cpu parses VLLM_CPU_KVCACHE_SPACE with int(): "0.5" would kill the engine at start-up
+    with a pydantic error from deep inside vLLM, so the setting refuses it up front, by name."""
+    from pydantic import ValidationError
+
+    from iama_server.settings import ServerSettings
+
+    with pytest.raises(ValidationError, match="kv_cache_gb"):
+        ServerSettings(kv_cache_gb=value)

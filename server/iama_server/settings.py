@@ -63,8 +63,11 @@ class ServerSettings(BaseSettings):
     )
     tensor_parallel_size: int = Field(default=1, ge=1)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
-    kv_cache_gb: float | None = Field(
-        default=None, description="CPU KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); default: that variable, else 4"
+    kv_cache_gb: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE, which vllm-cpu parses as an integer); "
+        "default: that variable, else 4",
     )
     enforce_eager: bool | None = Field(
         default=None,
