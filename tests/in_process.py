@@ -7,7 +7,7 @@ admission, batched scoring with real rewards, selection, rendering, error handle
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -76,13 +76,13 @@ async def serve(
             yield InProcess(app, engine, client)
 
 
-def metric(text: str, name: str) -> float:
-    """Value of one sample line of a Prometheus exposition, ``name`` with its labels."""
-    for line in text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == name:
-            return float(value)
-    raise AssertionError(f"{name} not in metrics")
+async def until(predicate: Callable[[], bool], ceiling_s: float = 60.0) -> None:
+    """Yield to the app until ``predicate`` holds; the ceiling only catches a hang."""
+    for _ in range(int(ceiling_s / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
 
 
 @dataclass

@@ -8,19 +8,12 @@ import asyncio
 import math
 
 import pytest
+from exposition import metric
 from fake_engine import CANDIDATES
-from in_process import metric, serve
+from in_process import serve, until
 
 ALIGN = {"prompt": "How was your day?", "budget": 8, "max_tokens": 16, "seed": 0, "return_candidates": True}
 ER = {"checkpoints": [2], "keep": 0.5}
-
-
-async def until(predicate, ceiling_s: float = 60.0) -> None:
-    for _ in range(int(ceiling_s / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
 
 
 async def test_the_weakest_running_candidates_are_stopped_at_the_checkpoint():

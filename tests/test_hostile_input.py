@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from in_process import metric, serve
+from exposition import metric
+from in_process import serve
 
 from iama_server.schemas import MAX_SEED
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 from fake_engine import FakeEngine
-from in_process import REWARDS, serve
+from in_process import REWARDS, serve, until
 
 from iama.rewards import register
 
@@ -55,26 +55,18 @@ register("test_broken", "test reward that cannot load")(BrokenReward)
 ALIGN = {"prompt": "hi", "reward_weights": {"gated": 1.0}, "budget": 2}
 
 
-async def wait_for(predicate, ceiling_s: float = 60.0) -> None:
-    for _ in range(int(ceiling_s / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 async def test_health_waits_for_reward_warm_up_so_the_first_request_pays_no_load():
     GATE.clear()
     rewards = {**REWARDS, "gated": {"type": "test_gated"}}
     async with serve(wait_ready=False, rewards=rewards) as s:
-        await wait_for(lambda: s.engine.started)  # the engine is up, the reward is still loading
+        await until(lambda: s.engine.started)  # the engine is up, the reward is still loading
         r = await s.client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "starting"
         listing = {x["name"]: x["ready"] for x in (await s.client.get("/v1/rewards")).json()["data"]}
         assert listing["gated"] is False and listing["sentiment"] is True
         assert (await s.client.post("/v1/align", json=ALIGN)).status_code == 503
         GATE.set()
-        await wait_for(lambda: s.state.lifecycle.ready)
+        await until(lambda: s.state.lifecycle.ready)
         assert (await s.client.get("/health")).status_code == 200
         gated = s.state.rewards.functions["gated"]
         assert gated.loads == [1]  # loaded by the warm-up, before any request
@@ -89,7 +81,7 @@ async def test_a_reward_that_cannot_load_fails_start_up_naming_it():
     rewards = {**REWARDS, "rm": {"type": "test_broken"}}
     async with serve(wait_ready=False, rewards=rewards) as s:
         s.state.lifecycle.on_fatal = lambda: fatal.append(True)
-        await wait_for(lambda: s.state.lifecycle.phase == "failed")
+        await until(lambda: s.state.lifecycle.phase == "failed")
         h = await s.client.get("/health")
         assert h.status_code == 503 and h.json()["status"] == "failed"
         detail = h.json()["detail"]
@@ -102,7 +94,7 @@ async def test_a_reward_that_cannot_load_fails_start_up_naming_it():
 async def test_an_engine_that_cannot_start_fails_start_up():
     engine = FakeEngine(start_error=RuntimeError("CUDA out of memory\n(trace...)"))
     async with serve(engine, wait_ready=False) as s:
-        await wait_for(lambda: s.state.lifecycle.phase == "failed")
+        await until(lambda: s.state.lifecycle.phase == "failed")
         assert s.state.lifecycle.detail == "start-up failed: RuntimeError: CUDA out of memory"
 
 
@@ -112,7 +104,7 @@ async def test_an_engine_that_dies_later_turns_health_503_and_exits():
         s.state.lifecycle.on_fatal = lambda: fatal.append(True)
         assert (await s.client.get("/health")).status_code == 200
         s.engine.started = False  # what AsyncLLM.errored reports once its engine core process is gone
-        await wait_for(lambda: s.state.lifecycle.phase == "failed")
+        await until(lambda: s.state.lifecycle.phase == "failed")
         h = await s.client.get("/health")
         assert h.status_code == 503 and "engine died" in h.json()["detail"]
         assert fatal == [True] and s.state.lifecycle.exit_code == 1
@@ -122,7 +114,7 @@ async def test_an_engine_that_dies_later_turns_health_503_and_exits():
 async def test_a_real_reward_whose_model_is_missing_fails_start_up(tmp_path):
     rewards = {**REWARDS, "rel": {"type": "relevance", "model": str(tmp_path / "missing-minilm")}}
     async with serve(wait_ready=False, rewards=rewards) as s:
-        await wait_for(lambda: s.state.lifecycle.phase == "failed")
+        await until(lambda: s.state.lifecycle.phase == "failed")
         assert "reward 'rel' (relevance) failed to load" in s.state.lifecycle.detail
 
 
@@ -130,7 +122,7 @@ async def test_a_request_running_when_the_engine_dies_gets_a_503_not_a_500():
     async with serve() as s:
         s.engine.hold()
         pending = asyncio.create_task(s.client.post("/v1/align", json={**ALIGN, "reward_weights": {"sentiment": 1}}))
-        await wait_for(lambda: bool(s.engine.running))
+        await until(lambda: bool(s.engine.running))
         s.engine.die()
         r = await pending
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"

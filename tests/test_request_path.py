@@ -9,8 +9,9 @@ import math
 
 import numpy as np
 import pytest
+from exposition import metric
 from fake_engine import CANDIDATES, FakeEngine
-from in_process import API_KEY, REWARDS, metric, raw_post, serve
+from in_process import API_KEY, REWARDS, raw_post, serve
 
 from iama.rewards import RewardSet, weighted_score
 from iama_server.errors import ErrorCode

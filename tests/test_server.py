@@ -9,6 +9,7 @@ import math
 import httpx
 import pytest
 from conftest import API_KEY
+from exposition import metric
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -203,9 +204,9 @@ async def test_concurrent_requests_are_all_served_and_scoring_is_batched(tiny_se
             }
             return await c.post("/v1/align", json=body)
 
-        before = _metric(await c.get("/metrics"), "iama_score_batches_total")
+        before = metric((await c.get("/metrics")).text, "iama_score_batches_total")
         rs = await asyncio.gather(*(one(i) for i in range(8)))  # 2 run, 6 queue: all admitted
-        after = _metric(await c.get("/metrics"), "iama_score_batches_total")
+        after = metric((await c.get("/metrics")).text, "iama_score_batches_total")
     assert [r.status_code for r in rs] == [200] * 8
     assert 1 <= after - before <= 8
     assert len({r.json()["id"] for r in rs}) == 8
@@ -241,16 +242,7 @@ def test_metrics_exposition(tiny_server):
         "iama_generation_seconds_bucket",
     ):
         assert name in text
-    assert _metric(httpx.get(f"{tiny_server.url}/metrics"), 'iama_tokens_total{kind="completion"}') > 0
-
-
-def _metric(resp, name: str) -> float:
-    """Value of one sample line, ``name`` including its labels as Prometheus prints them."""
-    for line in resp.text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == name:
-            return float(value)
-    raise AssertionError(f"{name} not in metrics")
+    assert metric(httpx.get(f"{tiny_server.url}/metrics").text, 'iama_tokens_total{kind="completion"}') > 0
 
 
 def test_early_rejection_off_equals_plain_bon(tiny_server):
@@ -270,7 +262,7 @@ def test_early_rejection_off_equals_plain_bon(tiny_server):
 def test_rejected_candidates_stop_inside_vllm(tiny_server):
     """vLLM's own count of generated tokens grows by what the response reports, not by what the
     rejected candidates would have generated had they gone on."""
-    before = _metric(httpx.get(f"{tiny_server.url}/metrics"), "iama_engine_generated_tokens")
+    before = metric(httpx.get(f"{tiny_server.url}/metrics").text, "iama_engine_generated_tokens")
     body = {
         "prompt": "go " * 10,
         "reward_weights": {"clf": 1.0, "short": 1.0},
@@ -292,14 +284,14 @@ def test_rejected_candidates_stop_inside_vllm(tiny_server):
     deadline = time.monotonic() + 300  # vLLM records a step's stats just after handing out its outputs
     while True:
         metrics = httpx.get(f"{tiny_server.url}/metrics")
-        grown = _metric(metrics, "iama_engine_generated_tokens") - before
+        grown = metric(metrics.text, "iama_engine_generated_tokens") - before
         if grown >= report["generated_tokens"] or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     # a rejected candidate may finish the step in flight when it is aborted: a few tokens of slack each
     assert report["generated_tokens"] <= grown <= report["generated_tokens"] + 16 * 4
-    assert _metric(metrics, "iama_engine_unfinished_requests") == 0
-    assert _metric(metrics, "iama_candidates_aborted_total") >= len(cp["rejected"])
+    assert metric(metrics.text, "iama_engine_unfinished_requests") == 0
+    assert metric(metrics.text, "iama_candidates_aborted_total") >= len(cp["rejected"])
 
 
 def test_adaptive_budget_on_vllm(tiny_server):

@@ -14,6 +14,7 @@ import threading
 
 import httpx
 import pytest
+from exposition import metric
 
 from iama.dtypes import choose_dtype
 
@@ -46,19 +47,16 @@ def default_server(tmp_path_factory):
     srv.stop(timeout=600)
 
 
-def metric(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=60).text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == name:
-            return float(value)
-    return 0.0
+def served_metric(url: str, name: str) -> float:
+    """A sample of the live server's /metrics; a labelled series not used yet reads 0."""
+    return metric(httpx.get(f"{url}/metrics", timeout=60).text, name, missing=0.0)
 
 
 def test_ready_means_every_reward_is_warm_and_the_dtype_fits_the_cpu(default_server):
     rewards = httpx.get(f"{default_server.url}/v1/rewards", timeout=60).json()["data"]
     assert {r["name"] for r in rewards} >= {"relevance", "sentiment", "readability"}
     assert all(r["ready"] for r in rewards)  # /health 200 came after every warm-up
-    assert metric(default_server.url, 'iama_reward_warmup_seconds{reward="relevance"}') > 0
+    assert served_metric(default_server.url, 'iama_reward_warmup_seconds{reward="relevance"}') > 0
     log = default_server.log_text()
     assert re.search(r"reward relevance ready \(warm-up [\d.]+ s\)", log)
     assert f"vLLM dtype: {choose_dtype().reason}" in log  # this machine's rule, logged at start-up
@@ -93,12 +91,14 @@ def poll(predicate, ceiling_s: float = 300.0) -> None:
 
 def test_client_disconnect_aborts_generation_inside_vllm(default_server):
     url = default_server.url
-    before = metric(url, 'iama_cancelled_requests_total{reason="disconnect"}')
+    before = served_metric(url, 'iama_cancelled_requests_total{reason="disconnect"}')
     # 16 × up to 1,024 tokens of counting: minutes of work on a CPU; the client leaves after 1 s.
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/align", json={**COUNT, "budget": 16, "max_tokens": 1024}, timeout=1.0)
-    poll(lambda: metric(url, 'iama_cancelled_requests_total{reason="disconnect"}') == before + 1)
-    poll(lambda: metric(url, "iama_in_flight") == 0 and metric(url, "iama_engine_unfinished_requests") == 0)
+    poll(lambda: served_metric(url, 'iama_cancelled_requests_total{reason="disconnect"}') == before + 1)
+    poll(
+        lambda: served_metric(url, "iama_in_flight") == 0 and served_metric(url, "iama_engine_unfinished_requests") == 0
+    )
     quick = {"prompt": "Hi", "reward_weights": {"length": 1}, "budget": 2, "max_tokens": 4}
     assert httpx.post(f"{url}/v1/align", json=quick, timeout=1800).status_code == 200
 
@@ -113,7 +113,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(default_server):
 
     t = threading.Thread(target=call)
     t.start()
-    poll(lambda: metric(default_server.url, "iama_in_flight") == 1)
+    poll(lambda: served_metric(default_server.url, "iama_in_flight") == 1)
     rc = default_server.stop(timeout=1200)  # SIGTERM while the request runs
     t.join(1200)
     assert result["r"].status_code == 200 and result["r"].json()["text"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from in_process import metric, raw_post, serve
+from exposition import metric
+from in_process import raw_post, serve
 
 ALIGN = {"prompt": "Hi", "reward_weights": {"sentiment": 1}, "budget": 2, "max_tokens": 8}
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "stream": True}
