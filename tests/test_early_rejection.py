@@ -68,12 +68,17 @@ async def test_adaptive_budget_stops_at_the_first_wave_that_reaches_the_target()
         d = (await s.client.post("/v1/align", json=easy)).json()
         assert d["budget_spent"] == 2 and len(d["candidates"]) == 2 and d["budget"] == 8
         calls = len(s.engine.calls)
+        scored = metric((await s.client.get("/metrics")).text, "iama_scored_completions_total")
         hard = {**easy, "target_score": 5.0, "max_budget": 6}
         d = (await s.client.post("/v1/align", json=hard)).json()
         assert d["budget_spent"] == 6 and len(s.engine.calls) - calls == 6  # waves 2, 4, 6: one request each
+        # every candidate scored once, in its wave; the response reports those scores
+        assert metric((await s.client.get("/metrics")).text, "iama_scored_completions_total") - scored == 6
         plain_body = {**ALIGN, "reward_weights": {"sentiment": 1}, "budget": 6}
         plain = (await s.client.post("/v1/align", json=plain_body)).json()
         assert [c["text"] for c in d["candidates"]] == [c["text"] for c in plain["candidates"]]
+        assert [c["scores"] for c in d["candidates"]] == [c["scores"] for c in plain["candidates"]]
+        assert d["chosen_index"] == plain["chosen_index"]
         text = (await s.client.get("/metrics")).text
         assert metric(text, "iama_budget_spent_count") == 2
 

@@ -69,6 +69,7 @@ class Search:
     checkpoints: list[Checkpoint] | None = None  # early rejection's decisions
     partial_rewards: list[str] = field(default_factory=list)  # the rewards that judged partial texts
     budget_spent: int | None = None  # budget "auto"
+    raw: dict[str, np.ndarray] | None = None  # budget "auto": every candidate's scores, from the waves
 
 
 @dataclass
@@ -291,7 +292,10 @@ class AlignmentService:
         weighted: np.ndarray | None = None
         chosen = list(range(min(call.n_returned, len(texts))))
         if call.weights is not None:
-            raw = await self.scorer.score([call.prompt] * len(texts), texts, list(call.weights))
+            if search.raw is None:
+                raw = await self.scorer.score([call.prompt] * len(texts), texts, list(call.weights))
+            else:
+                raw = search.raw  # the adaptive budget scored every whole candidate already
             normalized = normalize_scores(raw, self.rewards.stats if call.normalize else None)
             weighted = weighted_sum(normalized, call.weights)
             eligible = weighted.copy()
@@ -302,19 +306,22 @@ class AlignmentService:
         self.metrics.scoring.observe(t2 - t1)
         return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search)
 
-    async def _weighted_scores(self, call: AlignmentCall, texts: list[str], names: list[str]) -> np.ndarray:
-        """Weighted normalised score of ``texts`` over the rewards ``names`` (the scorer batches)."""
+    async def _weighted_scores(
+        self, call: AlignmentCall, texts: list[str], names: list[str]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Raw scores of ``texts`` over the rewards ``names`` (the scorer batches), and their
+        weighted normalised score."""
         assert call.weights is not None
         raw = await self.scorer.score([call.prompt] * len(texts), texts, names)
         normalized = normalize_scores(raw, self.rewards.stats if call.normalize else None)
-        return weighted_sum(normalized, {n: call.weights[n] for n in names})
+        return raw, weighted_sum(normalized, {n: call.weights[n] for n in names})
 
     async def _generate_with_early_rejection(self, call: AlignmentCall) -> tuple[GenerationResult, Search]:
         assert call.early_rejection is not None and call.weights is not None
         judges = [n for n in self.rewards.judging_partial_text(list(call.weights)) if call.weights[n] > 0]
 
         async def score(texts: list[str]) -> np.ndarray:
-            return await self._weighted_scores(call, texts, judges)
+            return (await self._weighted_scores(call, texts, judges))[1]
 
         er = call.early_rejection
         run = await early_rejection(
@@ -335,9 +342,12 @@ class AlignmentService:
     async def _generate_adaptively(self, call: AlignmentCall) -> tuple[GenerationResult, Search]:
         assert call.target_score is not None and call.weights is not None
         names = list(call.weights)
+        waves: list[dict[str, np.ndarray]] = []  # raw scores of each wave's new candidates, in order
 
         async def score(texts: list[str]) -> np.ndarray:
-            return await self._weighted_scores(call, texts, names)
+            raw, weighted = await self._weighted_scores(call, texts, names)
+            waves.append(raw)
+            return weighted
 
         run = await adaptive_budget(
             self.engine,
@@ -350,7 +360,8 @@ class AlignmentService:
         )
         spent = len(run.result.candidates)
         self.metrics.budget_spent.observe(spent)
-        return run.result, Search(budget_spent=spent)
+        raw = {n: np.concatenate([w[n] for w in waves]) for n in names}
+        return run.result, Search(budget_spent=spent, raw=raw)
 
     async def stream(self, call: AlignmentCall) -> AsyncIterator[Delta]:
         """Plain generation (nothing to score or select), token by token as vLLM produces it."""
