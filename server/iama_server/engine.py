@@ -63,8 +63,6 @@ class EngineStats:
     that an aborted request really left (its KV cache freed, its tokens no longer generated)."""
 
     kv_cache_usage: float = 0.0  # fraction of the KV cache in use
-    running: int = 0
-    waiting: int = 0
     generated_tokens: int = 0  # since start
 
 
@@ -79,8 +77,6 @@ def _stats_logger(stats: EngineStats) -> Any:
         def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0):
             if scheduler_stats is not None:
                 stats.kv_cache_usage = float(scheduler_stats.kv_cache_usage)
-                stats.running = int(scheduler_stats.num_running_reqs)
-                stats.waiting = int(scheduler_stats.num_waiting_reqs)
             if iteration_stats is not None:
                 stats.generated_tokens += int(iteration_stats.num_generation_tokens)
 
