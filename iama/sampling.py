@@ -24,15 +24,9 @@ class SamplingSettings(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0)
 
     def hf_generate(self) -> dict[str, Any]:
-        """Keyword arguments for transformers' ``generate``."""
-        return {
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,  # explicit: generate's own default is 50
-            "min_p": self.min_p or None,
-            "repetition_penalty": self.repetition_penalty,
-        }
+        """Keyword arguments for transformers' ``generate``: TRL's, which it passes on to
+        ``generate`` for its own HF rollouts, plus sampling switched on."""
+        return {"do_sample": True, **self.trl()}
 
     def vllm(self) -> dict[str, Any]:
         """Keyword arguments for vLLM's ``SamplingParams``."""
@@ -49,7 +43,7 @@ class SamplingSettings(BaseModel):
         return {
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "top_k": self.top_k,
+            "top_k": self.top_k,  # explicit: transformers' generate would otherwise apply 50
             "min_p": self.min_p or None,
             "repetition_penalty": self.repetition_penalty,
         }
