@@ -74,7 +74,7 @@ def sample(model_dir: str, prompts: list[str], m: int, max_tokens: int, seed: in
     from iama_eval.generate import sample_vllm
 
     chats = [[{"role": "user", "content": p}] for p in prompts]
-    texts, _ = sample_vllm(model_dir, chats, m, max_tokens, SamplingSettings(), seed=seed)
+    texts, _, _ = sample_vllm(model_dir, chats, m, max_tokens, SamplingSettings(), seed=seed)
     return texts
 
 

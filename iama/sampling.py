@@ -9,6 +9,7 @@ use no top-k. So every setting is passed explicitly, from this one object.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,3 +48,15 @@ class SamplingSettings(BaseModel):
             "min_p": self.min_p or None,
             "repetition_penalty": self.repetition_penalty,
         }
+
+
+def generated_tokens(ids: Sequence[int], eos_ids: Collection[int]) -> int:
+    """Tokens a completion was generated with, not counting the EOS that ended it.
+
+    This is the length a token-length reward scores and the one the cap applies to: a
+    completion cut at ``max_tokens`` counts ``max_tokens`` and one that stopped itself fewer.
+    Samplers disagree on whether the EOS is in the ids (TRL's and vLLM's are, decoded text is
+    not); re-tokenising the text instead can count one more or less than was generated.
+    """
+    n = len(ids)
+    return n - 1 if n and int(ids[-1]) in eos_ids else n

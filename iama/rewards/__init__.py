@@ -9,6 +9,7 @@ from iama.rewards.aggregation import (
 )
 from iama.rewards.base import (
     RewardFunction,
+    ScalarReward,
     UnknownRewardError,
     available_rewards,
     create_reward,
@@ -27,6 +28,7 @@ __all__ = [
     "RewardSet",
     "RewardSpec",
     "RewardStats",
+    "ScalarReward",
     "UnknownRewardError",
     "WeightError",
     "as_conversation",

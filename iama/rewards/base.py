@@ -36,6 +36,20 @@ class RewardFunction(Protocol):
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray: ...
 
 
+@runtime_checkable
+class ScalarReward(Protocol):
+    """A reward that depends on a completion only through one number: its length, the number
+    it answers. ``scalar`` reads that number (NaN where there is none) and ``of_scalar`` maps
+    numbers to rewards, so ``score == of_scalar(scalar(...))``. The probe reports the base
+    model's distribution of the scalar and :mod:`iama.optimum` predicts the trained one."""
+
+    scalar_name: str
+
+    def scalar(self, completions: Sequence[str], token_counts: Sequence[int] | None = None) -> FloatArray: ...
+
+    def of_scalar(self, x: Any) -> FloatArray: ...
+
+
 RewardFactory = Callable[..., RewardFunction]
 
 _REGISTRY: dict[str, tuple[RewardFactory, str]] = {}
@@ -108,4 +122,4 @@ def check_scores(scores: Any, n: int, name: str) -> FloatArray:
 
 def _ensure_builtins() -> None:
     # Import for the side effect of registration; cheap after the first call.
-    from iama.rewards import neural, rules  # noqa: F401
+    from iama.rewards import neural, number, rules  # noqa: F401

@@ -44,6 +44,35 @@ def fit_stats(samples: ArrayLike) -> RewardStats:
     return RewardStats(mean=float(x.mean()), std=std if std > MIN_STD else 1.0, count=int(x.size))
 
 
+DEGENERATE_SHARE = 0.9
+
+
+def degenerate_warning(name: str, samples: ArrayLike, normalized: bool) -> str | None:
+    """A warning when one value holds ``DEGENERATE_SHARE`` of a reward's base samples.
+
+    Such a reward (e.g. a length reward with 92 % of samples at the cap) has a small but
+    non-zero std, so z-scoring it multiplies its rare differences by a large factor and lets it
+    dominate the weighted sum (and the units of the task weights and τ with it). A reward that
+    never varies gets ``std = 1`` (:func:`fit_stats`) and is not inflated, so it is not flagged.
+    """
+    x = np.asarray(samples, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return None
+    share = float(np.max(np.unique(x, return_counts=True)[1]) / x.size)
+    std = float(x.std())
+    if share < DEGENERATE_SHARE or std <= MIN_STD:
+        return None
+    effect = (
+        f"z-scoring divides its differences by {std:.3g}, inflating them"
+        if normalized
+        else "its gradient signal comes from the few other samples"
+    )
+    return (
+        f"reward {name!r}: {share:.0%} of base samples share one value (std {std:.3g}): {effect}; "
+        "pick targets the base spans (iama probe)" + (" or set normalization.enabled: false" if normalized else "")
+    )
+
+
 def normalize(scores: ArrayLike, stats: RewardStats | None) -> FloatArray:
     x = np.asarray(scores, dtype=np.float64)
     if stats is None:

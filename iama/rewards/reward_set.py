@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from iama._arrays import FloatArray
 from iama.rewards.aggregation import validate_weights, weighted_score
-from iama.rewards.base import RewardFunction, check_scores, create_reward
+from iama.rewards.base import RewardFunction, ScalarReward, check_scores, create_reward
 from iama.rewards.conversation import Prompt, as_conversation, reward_prompt
 from iama.rewards.normalization import RewardStats
 
@@ -113,13 +113,19 @@ class RewardSet:
         return new
 
     def score(
-        self, prompts: Sequence[Prompt], completions: Sequence[str], names: Sequence[str] | None = None
+        self,
+        prompts: Sequence[Prompt],
+        completions: Sequence[str],
+        names: Sequence[str] | None = None,
+        token_counts: Sequence[int] | None = None,
     ) -> dict[str, FloatArray]:
         """Raw scores per reward (only ``names`` if given), each checked for shape/finiteness.
 
         A prompt is a string or a conversation; conversational rewards (``conversational =
         True``, e.g. reward models with a chat template) get the turns, the others the text of
-        the last user turn (``iama.rewards.conversation``).
+        the last user turn (``iama.rewards.conversation``). ``token_counts``: how many tokens
+        each completion was generated with (no final EOS), for rewards that count tokens
+        (``counts_tokens = True``) and would otherwise re-tokenise the decoded text.
         """
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
@@ -133,7 +139,10 @@ class RewardSet:
                 scores = fn.score(turns, completions)  # type: ignore[arg-type]
             else:
                 texts = texts if texts is not None else [reward_prompt(p) for p in prompts]
-                scores = fn.score(texts, completions)
+                if token_counts is not None and getattr(fn, "counts_tokens", False):
+                    scores = fn.score(texts, completions, token_counts=token_counts)  # type: ignore[call-arg]
+                else:
+                    scores = fn.score(texts, completions)
             out[name] = check_scores(scores, len(completions), name)
         return out
 
@@ -159,6 +168,10 @@ class RewardSet:
             if on_ready is not None:
                 on_ready(name, seconds[name])
         return seconds
+
+    def scalar_rewards(self) -> dict[str, ScalarReward]:
+        """Those rewards that depend on a completion only through one number."""
+        return {n: f for n, f in self.functions.items() if isinstance(f, ScalarReward)}
 
     def judging_partial_text(self, names: Sequence[str]) -> list[str]:
         """Those of ``names`` whose score of a partial completion means something."""

@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from iama._arrays import FloatArray
 from iama.rewards.base import register
@@ -64,7 +65,11 @@ def _load_tokenizer(path_or_id: str) -> Any:
 
 
 def length_counter(unit: LengthUnit, tokenizer: str | None = None) -> Callable[[str], int]:
-    """How a completion's length is measured; tokens need the policy's tokenizer."""
+    """How a completion's length is measured from its text; tokens need the policy's tokenizer.
+
+    Re-tokenising decoded text is only a fallback: it can disagree with what was generated (a
+    64-token completion re-tokenised as 65), so callers that hold the generated ids pass their
+    counts (:meth:`_TokenLength.lengths`)."""
     if unit == "words":
         return lambda text: len(text.split())
     if unit == "chars":
@@ -77,8 +82,31 @@ def length_counter(unit: LengthUnit, tokenizer: str | None = None) -> Callable[[
     raise ValueError(f"length unit must be words, tokens or chars, got {unit!r}")
 
 
+class _TokenLength:
+    """Length of each completion: the generated token counts when the caller has them (unit
+    ``tokens``), else measured on the text. Shared by the two length rewards."""
+
+    counts_tokens: ClassVar[bool] = True  # RewardSet passes ``token_counts`` when it has them
+    unit: LengthUnit
+    _count: Callable[[str], int]
+
+    def lengths(self, completions: Sequence[str], token_counts: Sequence[int] | None = None) -> FloatArray:
+        if self.unit == "tokens" and token_counts is not None:
+            if len(token_counts) != len(completions):
+                raise ValueError(f"{len(token_counts)} token counts for {len(completions)} completions")
+            return np.asarray(token_counts, dtype=np.float64)
+        return np.array([self._count(c) for c in completions], dtype=np.float64)
+
+    @property
+    def scalar_name(self) -> str:
+        return f"length ({self.unit})"
+
+    def scalar(self, completions: Sequence[str], token_counts: Sequence[int] | None = None) -> FloatArray:
+        return self.lengths(completions, token_counts)
+
+
 @dataclass
-class LengthReward:
+class LengthReward(_TokenLength):
     """``−((len − L)/Lmax)^2``: the paper's target-length reward (peak 0 at ``len = L``)."""
 
     judges_partial_text: ClassVar[bool] = False  # a beginning's length says nothing about the whole's
@@ -102,13 +130,18 @@ class LengthReward:
     def params(self) -> dict[str, Any]:
         return {"target": self.target, "max_length": self.max_length, "unit": self.unit, "tokenizer": self.tokenizer}
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
-        lens = np.array([self._count(c) for c in completions], dtype=np.float64)
-        return -(((lens - self.target) / self.max_length) ** 2)
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], token_counts: Sequence[int] | None = None
+    ) -> FloatArray:
+        return self.of_scalar(self.lengths(completions, token_counts))
+
+    def of_scalar(self, x: ArrayLike) -> FloatArray:
+        """The reward as a function of the length alone (what :mod:`iama.optimum` needs)."""
+        return -(((np.asarray(x, dtype=np.float64) - self.target) / self.max_length) ** 2)
 
 
 @dataclass
-class ConcisenessReward:
+class ConcisenessReward(_TokenLength):
     """``1 / (1 + len/scale)`` in (0, 1]: monotone in brevity, never flat, no target needed."""
 
     judges_partial_text: ClassVar[bool] = False  # every beginning is short
@@ -129,9 +162,13 @@ class ConcisenessReward:
     def params(self) -> dict[str, Any]:
         return {"scale": self.scale, "unit": self.unit, "tokenizer": self.tokenizer}
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
-        lens = np.array([self._count(c) for c in completions], dtype=np.float64)
-        return 1.0 / (1.0 + lens / self.scale)
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], token_counts: Sequence[int] | None = None
+    ) -> FloatArray:
+        return self.of_scalar(self.lengths(completions, token_counts))
+
+    def of_scalar(self, x: ArrayLike) -> FloatArray:
+        return 1.0 / (1.0 + np.asarray(x, dtype=np.float64) / self.scale)
 
 
 @dataclass

@@ -69,12 +69,15 @@ def sweep_cmd(
     report_only: Annotated[
         bool, typer.Option("--report", help="only recompute tables and figures from OUTPUT/scores.json")
     ] = False,
+    train_only: Annotated[
+        bool, typer.Option("--train-only", help="train (or resume) every run, evaluate none")
+    ] = False,
 ) -> None:
     """Train IAMA and linear GRPO across weights and seeds, evaluate with and without BoN (CIs)."""
     from iama.configfile import ConfigError
     from iama.models import ModelNotFound
     from iama.rewards import RewardLoadError
-    from iama_eval.sweep import load_sweep_config, report, run_sweep
+    from iama_eval.sweep import load_sweep_config, report, run_configs, run_sweep, train_all
 
     try:
         cfg = load_sweep_config(config)
@@ -82,12 +85,53 @@ def sweep_cmd(
         fail("sweep", str(exc), 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if train_only:
+            train_all(cfg, run_configs(cfg))
+            typer.echo(json.dumps({"trained": str(cfg.output_dir / "runs")}))
+            return
         summary = report(cfg) if report_only else run_sweep(cfg)
     except (ModelNotFound, RewardLoadError, FileExistsError, FileNotFoundError) as exc:
         fail("sweep", str(exc), 1)
     typer.echo(json.dumps({"results": str(cfg.output_dir / "results.json"), "figures": summary["figures"]}))
 
 
+def probe_cmd(
+    config: Annotated[str, typer.Argument(help="training config: a preset name or a YAML path")],
+    output_dir: Annotated[str, typer.Option(help="where probe.json and probe.png go")] = "runs/probe",
+    samples_per_prompt: Annotated[int, typer.Option(min=1, help="base samples per prompt")] = 16,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="cap (default: 2x the config's)")] = None,
+    kl: Annotated[list[float] | None, typer.Option(help="also predict the optima at this KL (repeatable)")] = None,
+    engine: Annotated[str, typer.Option(help="auto | vllm | hf")] = "auto",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field, as in iama train")] = None,
+) -> None:
+    """Measure the base model on a config's prompts and rewards, and predict the optima."""
+    from pathlib import Path
+
+    from iama.configfile import ConfigError
+    from iama.models import ModelNotFound
+    from iama.rewards import RewardLoadError
+    from iama_eval.probe import probe
+    from iama_trainer.cli import parse_overrides
+    from iama_trainer.config import load_config
+
+    if engine not in ("auto", "vllm", "hf"):
+        fail("probe", f"--engine must be auto, vllm or hf, got {engine!r}", 2)
+    if any(k <= 0 for k in kl or []):
+        fail("probe", "--kl must be > 0", 2)
+    try:
+        cfg = load_config(config, parse_overrides("probe", set_))
+    except ConfigError as exc:
+        fail("probe", str(exc), 2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = probe(cfg, Path(output_dir), samples_per_prompt, max_tokens, engine, list(kl or []))
+    except (ModelNotFound, RewardLoadError, ValueError) as exc:
+        fail("probe", str(exc), 1)
+    keys = ("length", "length_untruncated", "scalars", "warnings", "figure")
+    typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
     app.command("sweep")(sweep_cmd)
+    app.command("probe")(probe_cmd)

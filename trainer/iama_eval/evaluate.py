@@ -38,12 +38,19 @@ def weight_grid(names: list[str], points: int) -> list[dict[str, float]]:
     return [{a: round(1 - k / (points - 1), 6), b: round(k / (points - 1), 6)} for k in range(points)]
 
 
-def score_generations(rewards: RewardSet, prompts: list[Prompt], completions: list[list[str]]) -> dict[str, np.ndarray]:
-    """Raw scores, shape (prompts, M) per reward; prompts as the model saw them (conversations)."""
+def score_generations(
+    rewards: RewardSet,
+    prompts: list[Prompt],
+    completions: list[list[str]],
+    token_lengths: list[list[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Raw scores, shape (prompts, M) per reward; prompts as the model saw them (conversations);
+    token-length rewards count the generated tokens (``token_lengths``) when given."""
     flat_p = [p for p, g in zip(prompts, completions, strict=True) for _ in g]
     flat_c = [c for g in completions for c in g]
+    counts = None if token_lengths is None else [n for g in token_lengths for n in g]
     m = len(completions[0])
-    return {k: v.reshape(len(prompts), m) for k, v in rewards.score(flat_p, flat_c).items()}
+    return {k: v.reshape(len(prompts), m) for k, v in rewards.score(flat_p, flat_c, token_counts=counts).items()}
 
 
 def evaluate_model(

@@ -15,7 +15,8 @@ from typing import Any
 
 from iama.dtypes import choose_dtype, torch_dtype
 from iama.files import atomic_write_json
-from iama.sampling import SamplingSettings
+from iama.sampling import SamplingSettings, generated_tokens
+from iama_trainer.sampling import Sampled
 
 log = logging.getLogger("iama.eval")
 
@@ -24,7 +25,8 @@ log = logging.getLogger("iama.eval")
 class Generations:
     prompts: list[str]
     completions: list[list[str]]  # per prompt, M completions
-    token_lengths: list[list[int]]
+    token_lengths: list[list[int]]  # generated tokens without the EOS: max_tokens means truncated
+    token_ids: list[list[list[int]]]  # generated ids, with the EOS when the completion stopped itself
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -58,7 +60,9 @@ def cache_key(
 ) -> str:
     weights = weights_fingerprint(model_path)
     blob = json.dumps(
-        [model_path, weights, prompts, m, max_tokens, sampling.model_dump(), seed, engine], sort_keys=True
+        # "lengths-v2": token lengths exclude the EOS since this version; older caches recount
+        [model_path, weights, prompts, m, max_tokens, sampling.model_dump(), seed, engine, "lengths-v2"],
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -69,18 +73,24 @@ def load_cached(path: Path, key: str) -> Generations | None:
     data = json.loads(path.read_text())
     if data.get("key") != key:
         return None
-    return Generations(data["prompts"], data["completions"], data["token_lengths"])
+    return Generations(data["prompts"], data["completions"], data["token_lengths"], data["token_ids"])
 
 
 def save_cached(path: Path, key: str, gen: Generations) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"key": key, "prompts": gen.prompts, "completions": gen.completions, "token_lengths": gen.token_lengths}
+    data = {
+        "key": key,
+        "prompts": gen.prompts,
+        "completions": gen.completions,
+        "token_lengths": gen.token_lengths,
+        "token_ids": gen.token_ids,
+    }
     atomic_write_json(path, data, indent=None)
 
 
 def sample_vllm(
     model_path: str, prompts: list[Any], m: int, max_tokens: int, sampling: SamplingSettings, seed: int
-) -> tuple[list[list[str]], list[list[int]]]:
+) -> Sampled:
     import gc
 
     from vllm import LLM, SamplingParams
@@ -96,19 +106,35 @@ def sample_vllm(
             SamplingParams(n=m, max_tokens=max_tokens, seed=seed, **sampling.vllm()),
             use_tqdm=True,
         )
-        texts = [[o.text for o in sorted(r.outputs, key=lambda o: o.index)] for r in outs]
-        lens = [[len(o.token_ids) for o in sorted(r.outputs, key=lambda o: o.index)] for r in outs]
+        eos = eos_ids_of(model_path, tok)
+        ordered = [sorted(r.outputs, key=lambda o: o.index) for r in outs]
+        texts = [[o.text for o in group] for group in ordered]
+        lens = [[generated_tokens(o.token_ids, eos) for o in group] for group in ordered]
+        ids = [[list(o.token_ids) for o in group] for group in ordered]
     finally:
         # Stop the engine-core process now rather than at interpreter exit: the next model needs the memory.
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
-    return texts, lens
+    return Sampled(texts, lens, ids)
+
+
+def eos_ids_of(model_path: str, tokenizer: Any) -> set[int]:
+    """The tokenizer's EOS and every EOS the model's generation config declares (vLLM stops on both)."""
+    from transformers import GenerationConfig
+
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    try:
+        declared = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json
+        declared = None
+    ids |= set(declared if isinstance(declared, list) else [] if declared is None else [declared])
+    return ids
 
 
 def sample_hf(
     model_path: str, prompts: list[Any], m: int, max_tokens: int, sampling: SamplingSettings, seed: int
-) -> tuple[list[list[str]], list[list[int]]]:
+) -> Sampled:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,7 +158,7 @@ def generate(
     if hit is not None:
         return hit
     fn = sample_vllm if engine == "vllm" else sample_hf
-    texts, lens = fn(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed)
-    gen = Generations(prompts_text, texts, lens)
+    texts, lens, ids = fn(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed)
+    gen = Generations(prompts_text, texts, lens, ids)
     save_cached(cache, key, gen)
     return gen

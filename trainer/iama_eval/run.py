@@ -78,7 +78,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         gen = generate(
             paths[label], texts, trl_prompts, cfg.samples, cfg, engine, out / "generations" / f"{label}.json"
         )
-        raw = raw_by_model[label] = score_generations(rewards, trl_prompts, gen.completions)
+        raw = raw_by_model[label] = score_generations(rewards, trl_prompts, gen.completions, gen.token_lengths)
         lengths[label] = np.asarray(gen.token_lengths, dtype=np.float64)
         rows += evaluate_model(
             label, raw, lengths[label], rewards, weights_list, cfg.budgets, cfg.algorithms, cfg.tau, cfg.seed

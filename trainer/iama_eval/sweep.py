@@ -44,6 +44,11 @@ class SweepEval(BaseModel):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     engine: str = Field(default="auto", pattern="^(auto|vllm|hf)$")
     seed: int = 0
+    snapshots: bool = Field(
+        default=False,
+        description="evaluate every weight snapshot of every run (set snapshot_steps) with its "
+        "sequence KL to the base, for comparisons at matched KL (iama_eval.kl_path)",
+    )
 
 
 class SweepConfig(BaseModel):
@@ -77,11 +82,12 @@ def run_label(objective_type: str, weights: list[float], seed: int) -> str:
 
 
 def run_configs(cfg: SweepConfig) -> dict[str, TrainConfig]:
-    """One training config per (objective type, weights, seed), in a stable order."""
+    """One training config per (objective type, weights, seed), seed by seed: a sweep cut short
+    has every method at its first seeds rather than one method at all of them."""
     out: dict[str, TrainConfig] = {}
-    for objective_type in cfg.objective_types:
+    for seed in cfg.seeds:
         for weights in cfg.weights:
-            for seed in cfg.seeds:
+            for objective_type in cfg.objective_types:
                 label = run_label(objective_type, weights, seed)
                 overrides = {
                     **cfg.set,
@@ -154,6 +160,7 @@ def bootstrap(values: np.ndarray, aggregation: Aggregation, draws: int, rng: np.
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     from iama.modelcard import load_model_card
     from iama.models import resolve_model
+    from iama_eval.evaluate import score_generations
     from iama_eval.generate import generate
     from iama_eval.run import resolve_engine
     from iama_trainer.data import load_prompts, to_trl_prompt
@@ -164,6 +171,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     first = next(iter(runs.values()))
     base_path = resolve_model(first.model)
     models = {label: str(path) for label, path in train_all(cfg, runs).items()}
+    if cfg.eval.snapshots:  # every point of the KL path instead of the final models alone
+        from iama_eval.kl_path import evaluate_path
+
+        evaluate_path(cfg, runs, base_path)
+        return report(cfg)
     if cfg.include_base:
         models = {"base": base_path, **models}
 
@@ -178,9 +190,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     for label, path in models.items():
         cache = out / "generations" / f"{label}.json"
         gen = generate(path, [str(p) for p in prompts], trl_prompts, ev.samples_per_prompt, ev, engine, cache)
-        flat_p = [p for p, g in zip(trl_prompts, gen.completions, strict=True) for _ in g]
-        flat_c = [c for g in gen.completions for c in g]
-        raw = {k: v.reshape(len(prompts), -1) for k, v in rewards.score(flat_p, flat_c).items()}
+        raw = score_generations(rewards, trl_prompts, gen.completions, gen.token_lengths)
         scores[label] = {k: v.tolist() for k, v in raw.items()}
         card = load_model_card(path) if label != "base" else None
         kls[label] = card.kl if card else None
@@ -192,6 +202,10 @@ def report(cfg: SweepConfig) -> dict[str, Any]:
     """Tables, intervals and figures from ``scores.json`` alone (``iama sweep --report``), so a
     result can be recomputed from the committed raw scores."""
     out = cfg.output_dir
+    if cfg.eval.snapshots:
+        from iama_eval.kl_path import report_path
+
+        return report_path(cfg)
     saved = json.loads((out / "scores.json").read_text())
     base_cfg = load_config(cfg.base, dict(cfg.set))
     tasks = list(base_cfg.objective.tasks)

@@ -6,9 +6,11 @@ normalise scores for this model, so they are stored in iama.json.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from iama.rewards import RewardSet, RewardStats, fit_stats
+from iama.rewards.normalization import degenerate_warning
 from iama.sampling import SamplingSettings
 from iama_trainer.sampling import hf_sample
 
@@ -21,8 +23,11 @@ def measure_reward_stats(
     samples_per_prompt: int,
     max_new_tokens: int,
     sampling: SamplingSettings,
-) -> dict[str, RewardStats]:
-    groups, _ = hf_sample(
+    normalized: bool = True,
+) -> tuple[dict[str, RewardStats], list[str]]:
+    """Statistics of every reward on base-model samples, and a warning for each reward that is
+    nearly constant on them (:func:`degenerate_warning`), logged as well."""
+    groups, lengths, _ = hf_sample(
         model,
         tokenizer,
         prompts,
@@ -34,5 +39,8 @@ def measure_reward_stats(
     )
     flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = [c for g in groups for c in g]
-    scores = rewards.score(flat_prompts, flat)
-    return {name: fit_stats(v) for name, v in scores.items()}
+    scores = rewards.score(flat_prompts, flat, token_counts=[n for g in lengths for n in g])
+    warnings = [w for name, v in scores.items() if (w := degenerate_warning(name, v, normalized)) is not None]
+    for w in warnings:
+        logging.getLogger("iama.trainer").warning("%s", w)
+    return {name: fit_stats(v) for name, v in scores.items()}, warnings

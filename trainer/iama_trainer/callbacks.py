@@ -1,9 +1,12 @@
-"""Trainer callbacks: JSONL metrics, adaptive β, and crash-safe checkpoint bookkeeping."""
+"""Trainer callbacks: JSONL metrics, adaptive β, crash-safe checkpoint bookkeeping, and weight
+snapshots along training (for evaluating every point of the KL path)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +82,46 @@ def latest_complete_checkpoint(ckpt_root: Path) -> Path | None:
         return None
     done = [p for p in ckpt_root.glob("checkpoint-*") if (p / COMPLETE).is_file() and checkpoint_step(p) is not None]
     return max(done, key=lambda p: checkpoint_step(p) or 0, default=None)
+
+
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:06d}"
+
+
+def list_snapshots(root: Path) -> dict[int, Path]:
+    """Complete snapshots under ``root`` by step (a torn one has no ``config.json`` yet)."""
+    out = {}
+    for p in sorted(root.glob("step-*")) if root.is_dir() else []:
+        suffix = p.name.split("-")[-1]
+        if suffix.isdigit() and (p / "config.json").is_file():
+            out[int(suffix)] = p
+    return out
+
+
+class Snapshots(TrainerCallback):
+    """Every ``every`` steps, the policy's weights (no optimizer state: 4 bytes a parameter) as
+    a loadable HF model under ``root/step-NNNNNN``.
+
+    TRL's checkpoints keep only the last few (they carry the optimizer, 3× the size); comparing
+    methods at matched KL needs the whole path, so each point is evaluated later
+    (``iama sweep`` with ``eval.snapshots``). Written to a temporary directory and renamed, so
+    a crash never leaves a half-written snapshot that looks complete.
+    """
+
+    def __init__(self, trainer: Any, tokenizer: Any, root: Path, every: int) -> None:
+        self.trainer, self.tokenizer, self.root, self.every = trainer, tokenizer, root, every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every or not state.is_world_process_zero:
+            return
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        final = snapshot_dir(self.root, state.global_step)
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)

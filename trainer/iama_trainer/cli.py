@@ -5,12 +5,27 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
 
 from iama.console import fail
+
+
+def parse_overrides(command: str, items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` items as a dict (values parsed as YAML); a malformed one ends the
+    command with one line."""
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            fail(command, f"--set expects key=value, got {item!r}", 2)
+        k, v = item.split("=", 1)
+        try:
+            overrides[k] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            fail(command, f"--set {item}: the value is not valid YAML", 2)
+    return overrides
 
 
 def train(
@@ -32,15 +47,7 @@ def train(
     from iama_trainer.config import load_config
     from iama_trainer.run import train as run_train
 
-    overrides = {}
-    for item in set_ or []:
-        if "=" not in item:
-            fail("train", f"--set expects key=value, got {item!r}", 2)
-        k, v = item.split("=", 1)
-        try:
-            overrides[k] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            fail("train", f"--set {item}: the value is not valid YAML", 2)
+    overrides = parse_overrides("train", set_)
     if output_dir:
         overrides["output_dir"] = output_dir
     try:

@@ -118,6 +118,12 @@ class TrainConfig(_Strict):
     rollouts: Literal["auto", "hf", "vllm"] = "auto"
     vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
 
+    snapshot_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="save the policy's weights every this many steps under output_dir/snapshots "
+        "(the KL path a matched-KL comparison evaluates; full fine-tuning only)",
+    )
     save_steps: int = Field(default=25, ge=1)
     save_total_limit: int | None = Field(default=2, ge=1)
     logging_steps: int = Field(default=1, ge=1)
@@ -137,6 +143,12 @@ class TrainConfig(_Strict):
                 )
             if any(w < 0 for w in task.weights.values()) or not any(w > 0 for w in task.weights.values()):
                 raise ValueError(f"objective.tasks.{i}.weights must be >= 0 and not all zero")
+        return self
+
+    @model_validator(mode="after")
+    def _snapshots_need_full_weights(self) -> TrainConfig:
+        if self.snapshot_steps and self.lora.enabled:
+            raise ValueError("snapshot_steps: snapshots are full models; not available with lora.enabled")
         return self
 
     @property

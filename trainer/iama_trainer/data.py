@@ -13,7 +13,24 @@ from iama.rewards import Prompt
 from iama.rewards.conversation import hh_prompt, messages_prompt
 from iama_trainer.config import PromptsConfig
 
-BUILTIN = Path(__file__).parent / "data" / "prompts.jsonl"
+DATA = Path(__file__).parent / "data"
+BUILTIN = DATA / "prompts.jsonl"
+
+
+def builtin_file(source: str) -> Path | None:
+    """``builtin`` (open-ended prompts) or ``builtin:<name>`` (``number``, ``number-heldout``:
+    prompts asking for a number between 1 and 100, varied wordings; the held-out set shares
+    no prompt with the training set), or None when ``source`` names no shipped set."""
+    if source == "builtin":
+        return BUILTIN
+    if source.startswith("builtin:"):
+        name = source.split(":", 1)[1]
+        path = DATA / f"{name}.jsonl"
+        if not path.is_file():
+            known = sorted(p.stem for p in DATA.glob("*.jsonl") if p != BUILTIN)
+            raise ValueError(f"prompts.source {source!r}: no shipped prompt set {name!r} (known: {known})")
+        return path
+    return None
 
 
 def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
@@ -21,8 +38,9 @@ def load_prompts(cfg: PromptsConfig) -> list[Prompt]:
     import datasets
 
     src = cfg.source
-    if src == "builtin":
-        ds = datasets.load_dataset("json", data_files=str(BUILTIN), split="train")
+    shipped = builtin_file(src)
+    if shipped is not None:
+        ds = datasets.load_dataset("json", data_files=str(shipped), split="train")
     else:
         path = Path(src).expanduser()
         if path.exists():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from trl import GRPOTrainer
 
 from iama.rewards import RewardSet, completion_text
+from iama.sampling import generated_tokens
 from iama_trainer.kl_control import AdaptiveKLController
 from iama_trainer.surrogate import SurrogateSpec, compute_surrogate, expected_advantages
 
@@ -46,16 +47,24 @@ def check_trl_hook() -> None:
         raise RuntimeError("GRPOTrainer no longer scores through _calculate_rewards; the IAMA hook needs updating")
 
 
-def reward_funcs(rewards: RewardSet) -> list[Callable[..., list[float]]]:
+def reward_funcs(rewards: RewardSet, eos_ids: Collection[int]) -> list[Callable[..., list[float]]]:
     """TRL reward callables: one per raw reward (logged), then the surrogate slot. Prompts go
     to the reward set as TRL has them (conversations), so every reward sees what it would see
-    when served."""
+    when served; token-length rewards count TRL's generated ids (``completion_ids``, which end
+    with the EOS when the completion stopped itself), not a re-tokenisation of the text."""
     funcs: list[Callable[..., list[float]]] = []
     for name in rewards.names:
 
-        def call(prompts: Sequence[Any], completions: Sequence[Any], _name: str = name, **_: Any) -> list[float]:
+        def call(
+            prompts: Sequence[Any],
+            completions: Sequence[Any],
+            completion_ids: Sequence[Sequence[int]] | None = None,
+            _name: str = name,
+            **_: Any,
+        ) -> list[float]:
             texts = [completion_text(c) for c in completions]
-            return rewards.score(list(prompts), texts, [_name])[_name].tolist()
+            counts = None if completion_ids is None else [generated_tokens(ids, eos_ids) for ids in completion_ids]
+            return rewards.score(list(prompts), texts, [_name], token_counts=counts)[_name].tolist()
 
         call.__name__ = name
         funcs.append(call)

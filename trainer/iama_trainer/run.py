@@ -15,10 +15,12 @@ from iama.models import resolve_model
 from iama.objective import Objective
 from iama.rewards import RewardSet, RewardStats, bind_tokenizer
 from iama_trainer.callbacks import (
+    SNAPSHOTS,
     STATE,
     AdaptiveBeta,
     CheckpointBookkeeping,
     JsonlMetrics,
+    Snapshots,
     checkpoint_step,
     latest_complete_checkpoint,
 )
@@ -123,11 +125,12 @@ def reward_statistics(
         saved = json.loads(run_file.read_text())["reward_stats"]
         return rewards.with_stats({k: RewardStats(**v) for k, v in saved.items()})
     stats: dict[str, RewardStats] = {}
+    warnings: list[str] = []
     if cfg.normalization.enabled or cfg.normalization.record:
         if state.is_main_process:
             n = min(cfg.normalization.prompts, len(prompts))
             log.info("measuring reward statistics on %d base-model samples", n * cfg.normalization.samples_per_prompt)
-            stats = measure_reward_stats(
+            stats, warnings = measure_reward_stats(
                 model,
                 tokenizer,
                 prompts[:n],
@@ -135,6 +138,7 @@ def reward_statistics(
                 cfg.normalization.samples_per_prompt,
                 cfg.max_completion_length,
                 cfg.sampling,
+                normalized=cfg.normalization.enabled,
             )
         stats = broadcast_object_list([stats])[0]
     if state.is_main_process:
@@ -143,6 +147,7 @@ def reward_statistics(
             {
                 "config": json.loads(cfg.model_dump_json()),
                 "reward_stats": {k: v.model_dump() for k, v in stats.items()},
+                "reward_warnings": warnings,
             },
         )
     return rewards.with_stats(stats)
@@ -200,6 +205,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
     """The IAMA trainer with its KL controller and callbacks (metrics, β, checkpoint markers)."""
     from iama_trainer.grpo import IAMAGRPOTrainer, reward_funcs
     from iama_trainer.kl_control import AdaptiveKLController
+    from iama_trainer.sampling import eos_token_ids
     from iama_trainer.surrogate import SurrogateSpec
 
     peft_config = None
@@ -222,7 +228,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
     objective = Objective(tasks=cfg.objective.tasks, aggregation=cfg.objective.aggregation)
     trainer = IAMAGRPOTrainer(
         model=model,
-        reward_funcs=reward_funcs(rewards),
+        reward_funcs=reward_funcs(rewards, eos_token_ids(model, tokenizer)),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -235,6 +241,8 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
     if controller is not None:
         trainer.add_callback(AdaptiveBeta(trainer))
     trainer.add_callback(CheckpointBookkeeping(trainer))
+    if cfg.snapshot_steps:
+        trainer.add_callback(Snapshots(trainer, tokenizer, cfg.output_dir / SNAPSHOTS, cfg.snapshot_steps))
     return trainer
 
 
@@ -258,6 +266,7 @@ def resume_point(trainer: Any, ckpt_root: Path, resume: bool) -> Path | None:
     resume_from = latest_complete_checkpoint(ckpt_root)
     if resume_from is None:
         log.warning("--resume: no complete checkpoint under %s; starting from step 0", ckpt_root)
+        _drop_metrics_after(ckpt_root.parent / METRICS_FILE, 0)  # the aborted attempt's steps come again
         return None
     saved = json.loads((resume_from / STATE).read_text())
     trainer.beta = saved["beta"]

@@ -3,7 +3,7 @@ and the eval fallback when vLLM is not installed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -17,6 +17,25 @@ def render_prompt(tokenizer: Any, prompt: Any) -> str:
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The ids that end a completion, as TRL's generation masks them (config's and tokenizer's)."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+class Sampled(NamedTuple):
+    """M completions per prompt: text, generated token count (no EOS; the cap means truncated)
+    and the generated ids (with the EOS when the completion stopped itself: the sequence whose
+    probability the policy gave, which a sequence-level KL needs)."""
+
+    texts: list[list[str]]
+    lengths: list[list[int]]
+    ids: list[list[list[int]]]
+
+
 @torch.no_grad()
 def hf_sample(
     model: Any,
@@ -27,18 +46,20 @@ def hf_sample(
     sampling: SamplingSettings,
     batch_prompts: int = 8,
     progress: str | None = None,
-) -> tuple[list[list[str]], list[list[int]]]:
-    """Completions and their token lengths (through the first EOS), left-padded batches;
-    ``progress`` names a progress bar over the prompts (minutes of sampling on a CPU)."""
+) -> Sampled:
+    """Completions in left-padded batches (:class:`Sampled`); ``progress`` names a progress bar
+    over the prompts (minutes of sampling on a CPU)."""
     from tqdm.auto import tqdm
 
     texts: list[list[str]] = []
     lengths: list[list[int]] = []
+    ids: list[list[list[int]]] = []
     old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # batches need one (SmolLM2's GGUF tokenizer has none): EOS, masked out
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = torch.tensor(sorted(eos_token_ids(model, tokenizer)), device=model.device)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None)
@@ -56,14 +77,17 @@ def hf_sample(
             )
             new = out[:, enc["input_ids"].shape[1] :]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-            ends = [(row == tokenizer.eos_token_id).nonzero() for row in new]
-            lens = [int(e[0]) + 1 if len(e) else int(new.shape[1]) for e in ends]
+            # generated tokens before the first EOS (iama.sampling.generated_tokens): the cap when truncated
+            ends = [torch.isin(row, eos).nonzero() for row in new]
+            lens = [int(e[0]) if len(e) else int(new.shape[1]) for e in ends]
+            seqs = [row[: n + 1 if len(e) else n].tolist() for row, n, e in zip(new, lens, ends, strict=True)]
             for i in range(len(chunk)):
                 texts.append(decoded[i * m : (i + 1) * m])
                 lengths.append(lens[i * m : (i + 1) * m])
+                ids.append(seqs[i * m : (i + 1) * m])
             bar.update(len(chunk))
     finally:
         bar.close()
         tokenizer.padding_side, tokenizer.pad_token = old_side, old_pad
         model.train(was_training)
-    return texts, lengths
+    return Sampled(texts, lengths, ids)

@@ -1,0 +1,78 @@
+"""The optimum predictor (iama.optimum) against closed forms and its own optimality conditions."""
+
+import numpy as np
+import pytest
+
+from iama.objective import Aggregation, Task
+from iama.optimum import Marginal, beta_for_kl, iama_optimum, kl_divergence, linear_optimum, task_values
+from iama.variations import objective_first_variation
+
+K = 100
+EDGES = np.arange(K + 1) / K
+Y = (EDGES[:-1] + EDGES[1:]) / 2
+UNIFORM = Marginal(Y, np.full(K, 1 / K))
+TR = np.stack([1 - Y**2, 1 - (1 - Y) ** 2])  # Prop. 3.1: r1 = 1 − y², r2 = 1 − (1 − y)²
+AGG = Aggregation(kind="weighted", weights=[0.5, 0.5])
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_predictor_reproduces_prop_3_1_on_a_uniform_marginal(n):
+    """β = 0, BoN_N for both users: the optimal CDF is y^a / (y^a + (1 − y)^a), a = 1/(N − 1)."""
+    tasks = [Task(algorithm="bon", n=n)] * 2
+    opt = iama_optimum(UNIFORM, TR, tasks, AGG, beta=0.0, max_steps=30000)
+    a = 1.0 / (n - 1)
+    closed = EDGES[1:] ** a / (EDGES[1:] ** a + (1 - EDGES[1:]) ** a)
+    err = np.abs(np.cumsum(opt.probs) - closed)
+    assert err.max() < 0.01
+    interior = (EDGES[1:] > 0.1) & (EDGES[1:] < 0.9)
+    assert err[interior].max() < 0.004
+    closed_p = np.diff(EDGES**a / (EDGES**a + (1 - EDGES) ** a))
+    g_closed = 0.5 * sum(task_values(TR, tasks, closed_p))
+    assert opt.g == pytest.approx(g_closed, abs=1e-5)
+
+
+def test_regularised_optimum_is_the_fixed_point_p_proportional_to_p0_exp_variation_over_beta():
+    tasks = [Task(algorithm="bon", n=4)] * 2
+    rng = np.random.default_rng(0)
+    base = Marginal(Y, rng.dirichlet(np.full(K, 3.0)))
+    opt = iama_optimum(base, TR, tasks, AGG, beta=0.05)
+    assert opt.converged
+    grad = objective_first_variation(list(TR), tasks, AGG, probs=opt.probs)
+    logits = np.log(base.probs) + grad / 0.05
+    fixed = np.exp(logits - logits.max())
+    assert opt.probs == pytest.approx(fixed / fixed.sum(), abs=1e-8)
+    assert opt.kl == pytest.approx(kl_divergence(opt.probs, base.probs))
+    # and it beats nearby distributions on the regularised objective
+    for _ in range(5):
+        q = opt.probs * np.exp(0.05 * rng.normal(size=K))
+        q /= q.sum()
+        jq = 0.5 * sum(task_values(TR, tasks, q)) - 0.05 * kl_divergence(q, base.probs)
+        assert jq <= opt.objective + 1e-12
+
+
+def test_linear_optimum_is_the_gibbs_tilt_and_iama_wins_at_matched_kl():
+    tasks = [Task(algorithm="bon", n=4)] * 2
+    lin = linear_optimum(UNIFORM, TR, [0.5, 0.5], tasks, AGG, beta=0.1)
+    tilt = np.exp((0.5 * TR[0] + 0.5 * TR[1]) / 0.1)
+    assert lin.probs == pytest.approx(tilt / tilt.sum())
+    # at the same KL the meta-aligned optimum is polarised (mass at both ends) and scores higher
+    kl = 0.2
+    iama = beta_for_kl(lambda b: iama_optimum(UNIFORM, TR, tasks, AGG, b), kl)
+    linear = beta_for_kl(lambda b: linear_optimum(UNIFORM, TR, [0.5, 0.5], tasks, AGG, b), kl)
+    assert iama.kl == pytest.approx(kl, rel=1e-3) and linear.kl == pytest.approx(kl, rel=1e-3)
+    assert iama.g > linear.g + 0.01
+    ends = (Y < 0.2) | (Y > 0.8)
+    assert iama.probs[ends].sum() > 0.5 > linear.probs[ends].sum()
+
+
+def test_marginal_from_samples_keeps_missing_values_as_one_atom():
+    m = Marginal.from_samples([3.0, 1.0, np.nan, 3.0, np.nan])
+    assert m.values[:2].tolist() == [1.0, 3.0] and np.isnan(m.values[2])
+    assert m.probs.tolist() == pytest.approx([0.2, 0.4, 0.4])
+
+
+def test_predictor_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="task_rewards must be"):
+        iama_optimum(UNIFORM, TR[:, :5], [Task(), Task()], AGG, 0.1)
+    with pytest.raises(ValueError, match="beta"):
+        iama_optimum(UNIFORM, TR, [Task(), Task()], AGG, -1.0)
