@@ -18,11 +18,27 @@ from iama.rewards import RewardSet, RewardStats
 from iama.sampling import SamplingSettings
 
 
-def test_the_paper_preset_uses_the_papers_settings_and_they_reach_trl():
+def test_the_paper_length_preset_is_the_papers_exact_length_experiment():
     from iama_trainer.config import load_config
     from iama_trainer.run import grpo_args
 
-    cfg = load_config("paper")
+    cfg = load_config("paper-length")
+    short, long = cfg.rewards["short"].params, cfg.rewards["long"].params
+    assert (short["target"], long["target"], short["max_length"], short["unit"]) == (50, 150, 256, "tokens")
+    assert cfg.max_completion_length == 256 and cfg.group_size == 8 and cfg.steps == 3000
+    assert cfg.beta == 1e-4 and cfg.kl_control.type == "fixed" and cfg.learning_rate == 1e-6
+    assert [t.n for t in cfg.objective.tasks] == [4, 4] and cfg.objective.aggregation.weights == [0.5, 0.5]
+    args = grpo_args(cfg, num_rewards=2, num_processes=1, bf16=False, cuda=False)
+    assert args.scale_rewards == "none" and args.lr_scheduler_type == "constant" and not cfg.normalization.enabled
+    with pytest.raises(Exception, match="no config file 'paper'"):
+        load_config("paper")  # renamed: it never had the paper's numbers
+
+
+def test_the_adaptive_kl_length_preset_uses_the_papers_recipe_and_it_reaches_trl():
+    from iama_trainer.config import load_config
+    from iama_trainer.run import grpo_args
+
+    cfg = load_config("length-adaptive-kl")
     assert cfg.normalization.enabled is False and cfg.normalization.record is True  # raw rewards
     assert cfg.kl_control.type == "adaptive" and (cfg.kl_control.target, cfg.kl_control.rate) == (0.1, 0.1)
     args = grpo_args(cfg, num_rewards=2, num_processes=1, bf16=False, cuda=False)

@@ -166,8 +166,9 @@ def probe(
     ]
     if truncated.mean() > TRUNCATION_WARNING:
         warnings.append(
-            f"{truncated.mean():.0%} of base samples are cut at the cap of {cap} tokens: a length reward "
-            "scores the cap, not the answer; raise max_completion_length or pick a task that ends by itself"
+            f"{truncated.mean():.0%} of base samples are cut at the cap of {cap} tokens: the rewards score a "
+            "prefix, not a finished answer (a length reward scores the cap); raise the cap or pick a task "
+            "whose answers end by themselves"
         )
     summary: dict[str, Any] = {
         "model": model_path,
@@ -213,6 +214,22 @@ def probe(
     return summary
 
 
+def scalar_bins(values: np.ndarray, probs: np.ndarray, count: int = 40) -> np.ndarray:
+    """Bin edges over the bulk of a marginal (up to its 85th percentile): a few huge values (a
+    year, "1858") would otherwise squeeze everything else into one bar."""
+    order = np.argsort(values)
+    cdf = np.cumsum(probs[order]) / max(probs.sum(), 1e-12)
+    hi = float(values[order][np.searchsorted(cdf, 0.85)]) if values.size else 1.0
+    lo = float(values.min()) if values.size else 0.0
+    return np.linspace(lo, max(hi, lo + 1.0), count + 1)
+
+
+def binned(values: np.ndarray, probs: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Probability mass per bin, values outside the range clipped into the end bins."""
+    mass, _ = np.histogram(np.clip(values, bins[0], bins[-1]), bins=bins, weights=probs)
+    return mass
+
+
 def plot_probe(summary: dict[str, Any], path: Path) -> Path:
     """Length histogram (truncated counted apart) and, for the shared scalar, the base marginal
     with the predicted IAMA and linear optima at each matched KL."""
@@ -242,22 +259,23 @@ def plot_probe(summary: dict[str, Any], path: Path) -> Path:
         ax = axes[0][1]
         support = np.array([np.nan if v is None else v for v in pred["support"]])
         ok = np.isfinite(support)
-        xs = support[ok]
-        width = max(float(np.min(np.diff(xs))) if xs.size > 1 else 1.0, 1e-9)
-        colors = {"base": "black", "iama": "tab:red", "linear": "tab:blue"}
         base = pred["rows"][0]
-        ax.bar(xs, np.asarray(base["probs"])[ok], width=width, color="lightgray", label="base")
-        shown = [r for r in pred["rows"][1:]][-2:]  # the last matched-KL pair (or the config's β)
-        for r in shown:
+        bins = scalar_bins(support[ok], np.asarray(base["probs"])[ok])
+        colors = {"iama": "tab:red", "linear": "tab:blue"}
+        mass0 = binned(support[ok], np.asarray(base["probs"])[ok], bins)
+        ax.bar(bins[:-1], mass0, width=np.diff(bins), align="edge", color="lightgray", label="base")
+        for r in pred["rows"][-2:]:  # the last matched-KL pair (or the config's β)
+            mass = binned(support[ok], np.asarray(r["probs"])[ok], bins)
             ax.step(
-                xs,
-                np.asarray(r["probs"])[ok],
-                where="mid",
+                bins[:-1],
+                mass,
+                where="post",
                 color=colors[r["method"]],
                 label=f"{r['method']} optimum (KL {r['kl']:.2f}, g {r['g']:.3f})",
             )
         missing = 1 - float(np.sum(np.asarray(base["probs"])[ok]))
-        ax.set_xlabel(pred["scalar"] + (f"  (no value: {missing:.0%} of base)" if missing > 0 else ""))
+        note = f"; no value: {missing:.0%} of base" if missing > 0 else ""
+        ax.set_xlabel(f"{pred['scalar']} (values beyond {bins[-1]:g} in the last bin{note})")
         ax.set_ylabel("probability")
         ax.set_title("base marginal and predicted optima")
         ax.legend(fontsize=7)
