@@ -29,7 +29,11 @@ class ModelCard(BaseModel):
     objective: Objective | None = None
     objective_type: ObjectiveType = "iama"
     beta: float | None = None
-    kl: float | None = Field(default=None, description="KL[pi||pi_ref] reached at the end of training")
+    kl: float | None = Field(
+        default=None,
+        description="KL[pi||pi_ref] reached at the end of training: TRL's logged per-token k3 estimate, "
+        "averaged over the last 5 logged steps (one step's estimate is noisy)",
+    )
     training: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 

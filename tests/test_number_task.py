@@ -251,3 +251,11 @@ def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_ll
         assert (root / name).stat().st_size > 0
     again = subprocess.run([IAMA, "sweep", str(path)], capture_output=True, text=True, timeout=3600)
     assert again.returncode == 0 and "training " not in again.stderr and "evaluating " not in again.stderr
+
+
+def test_the_model_cards_kl_averages_the_last_logged_steps_not_one_noisy_step():
+    from iama_trainer.run import final_kl
+
+    history = [{"kl": 0.5}, {"loss": 1.0}, *({"kl": k} for k in (0.1, 0.08, 0.12, 0.09, 0.168))]
+    assert final_kl(history) == pytest.approx((0.1 + 0.08 + 0.12 + 0.09 + 0.168) / 5)
+    assert final_kl([{"loss": 1.0}]) is None

@@ -316,22 +316,16 @@ def _plot_path(summary: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from iama_eval.plots import interval_errorbar
+
     n = summary["own_n"]
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for method in summary["seeds"]:
         rows = [r for r in summary["path"] if r["method"] == method]
-        x = np.array([r["kl"]["mean"] for r in rows])
-        y = np.array([r[f"g@{n}"]["mean"] for r in rows])
-        yerr = np.abs(np.array([r[f"g@{n}"]["ci95"] for r in rows]).T - y)
-        xerr = np.abs(np.array([r["kl"]["ci95"] for r in rows]).T - x)
-        ax.errorbar(
-            x,
-            y,
-            xerr=xerr,
-            yerr=yerr,
-            marker="o",
-            ms=4,
-            capsize=2,
+        interval_errorbar(
+            ax,
+            [r["kl"] for r in rows],
+            [r[f"g@{n}"] for r in rows],
             color=COLORS[method],
             label=f"{method} (mean of {len(summary['seeds'][method])} seeds, by step)",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,16 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def interval_errorbar(ax: Any, xs: list[dict[str, Any]], ys: list[dict[str, Any]], **style: Any) -> None:
+    """Points at ``mean`` with bars to their ``ci95`` on both axes (``{"mean", "ci95"}`` cells,
+    as the sweep and KL-path summaries hold them)."""
+    x = np.array([c["mean"] for c in xs])
+    y = np.array([c["mean"] for c in ys])
+    xerr = np.abs(np.array([c["ci95"] for c in xs]).T - x)
+    yerr = np.abs(np.array([c["ci95"] for c in ys]).T - y)
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", ms=4, capsize=2, **style)
 
 
 def pareto_plot(rows: list[Row], names: list[str], algorithm: str, path: Path) -> None:

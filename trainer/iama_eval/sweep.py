@@ -281,24 +281,18 @@ def plot_fronts(summary: dict[str, Any], tasks: list[Task], budgets: list[int], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from iama_eval.plots import interval_errorbar
+
     a, b = summary["tasks"][:2]
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 4), squeeze=False)
     colors = {"iama": "tab:red", "linear": "tab:blue", "base": "black"}
     for ax, n in zip(axes[0], budgets, strict=True):
         for model in sorted({r["model"] for r in summary["rows"]}):
             rows = [r for r in summary["rows"] if r["model"] == model and r["budget"] == n]
-            x = np.array([r[a]["mean"] for r in rows])
-            y = np.array([r[b]["mean"] for r in rows])
-            xerr = np.abs(np.array([r[a]["ci95"] for r in rows]).T - x)
-            yerr = np.abs(np.array([r[b]["ci95"] for r in rows]).T - y)
-            ax.errorbar(
-                x,
-                y,
-                xerr=xerr,
-                yerr=yerr,
-                marker="o",
-                ms=4,
-                capsize=2,
+            interval_errorbar(
+                ax,
+                [r[a] for r in rows],
+                [r[b] for r in rows],
                 label=model,
                 color=colors.get(model),
                 linestyle="-" if model != "base" else "none",
