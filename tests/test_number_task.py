@@ -217,7 +217,9 @@ def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_ll
             "budgets": [1, 2, 4],
             "max_tokens": 8,
             "engine": "hf",
+            "dtype": "float32",
             "snapshots": True,
+            "kl_samples": 2,
         },
         "bootstrap": 30,
     }
@@ -238,6 +240,7 @@ def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_ll
     assert np.all(np.asarray(base["log_ratio"]) == 0) and len(base["scores"]["low"]) == 3
     trained = raw["points"]["iama_w0.5-0.5_s0@2"]
     assert np.any(np.asarray(trained["log_ratio"]) != 0)  # lr 1e-3 moved the policy
+    assert np.asarray(trained["log_ratio"]).shape == (3, 2)  # kl_samples of each prompt's 4
     summary = json.loads((root / "kl_path.json").read_text())
     assert summary["own_n"] == 4 and summary["seeds"] == {"iama": [0, 1], "linear": [0, 1]}
     steps = {(r["method"], r["step"]) for r in summary["path"]}

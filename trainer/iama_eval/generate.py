@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iama.dtypes import choose_dtype, torch_dtype
+from iama.dtypes import Dtype, choose_dtype, torch_dtype
 from iama.files import atomic_write_json
 from iama.sampling import SamplingSettings, generated_tokens
 from iama_trainer.sampling import Sampled
@@ -133,7 +133,13 @@ def eos_ids_of(model_path: str, tokenizer: Any) -> set[int]:
 
 
 def sample_hf(
-    model_path: str, prompts: list[Any], m: int, max_tokens: int, sampling: SamplingSettings, seed: int
+    model_path: str,
+    prompts: list[Any],
+    m: int,
+    max_tokens: int,
+    sampling: SamplingSettings,
+    seed: int,
+    dtype: Dtype = "auto",
 ) -> Sampled:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,7 +148,7 @@ def sample_hf(
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
-    choice = choose_dtype()  # bf16 on a GPU or a CPU with native bf16, else fp32
+    choice = choose_dtype(dtype)  # auto: bf16 on a GPU or a CPU with native bf16, else fp32
     log.info("HF sampling dtype: %s", choice.reason)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(choice))
     if torch.cuda.is_available():
@@ -153,12 +159,17 @@ def sample_hf(
 def generate(
     model_path: str, prompts_text: list[str], prompts_trl: list[Any], m: int, cfg: Any, engine: str, cache: Path
 ) -> Generations:
+    dtype = getattr(cfg, "dtype", "auto")  # a sweep's KL path samples the policy in its training dtype
     key = cache_key(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed, engine)
+    if dtype != "auto":
+        key = f"{key}-{dtype}"
     hit = load_cached(cache, key)
     if hit is not None:
         return hit
-    fn = sample_vllm if engine == "vllm" else sample_hf
-    texts, lens, ids = fn(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed)
+    if engine == "vllm":
+        texts, lens, ids = sample_vllm(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed)
+    else:
+        texts, lens, ids = sample_hf(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed, dtype)
     gen = Generations(prompts_text, texts, lens, ids)
     save_cached(cache, key, gen)
     return gen

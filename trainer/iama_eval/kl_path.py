@@ -76,7 +76,8 @@ def evaluate_path(cfg: Any, runs: dict[str, Any], base_path: str) -> Path:
         if final.is_dir() and run_cfg.steps not in snaps:
             snaps[run_cfg.steps] = str(final)
         for step, path in sorted(snaps.items()):
-            todo.append((label, run_cfg.objective.type, run_cfg.seed, step, path))
+            if ev.steps is None or step in ev.steps:
+                todo.append((label, run_cfg.objective.type, run_cfg.seed, step, path))
     for label, method, seed, step, path in todo:
         key = f"{label}@{step}"
         if key in points:
@@ -86,12 +87,13 @@ def evaluate_path(cfg: Any, runs: dict[str, Any], base_path: str) -> Path:
         gen = generate(path, [str(p) for p in prompts], trl_prompts, ev.samples_per_prompt, ev, engine, cache)
         raw = score_generations(rewards, trl_prompts, gen.completions, gen.token_lengths)
         temperature = ev.sampling.temperature
-        ref_lp = sequence_logprobs(base_model, tok, trl_prompts, gen.token_ids, temperature)
+        kl_ids = [group[: ev.kl_samples] for group in gen.token_ids]  # (P, ≤ kl_samples)
         if label == "base":
-            ratio = np.zeros_like(ref_lp)
+            ratio = np.zeros((len(prompts), len(kl_ids[0])))
         else:
+            ref_lp = sequence_logprobs(base_model, tok, trl_prompts, kl_ids, temperature)
             policy, _ = load_for_scoring(path)
-            ratio = sequence_logprobs(policy, tok, trl_prompts, gen.token_ids, temperature) - ref_lp
+            ratio = sequence_logprobs(policy, tok, trl_prompts, kl_ids, temperature) - ref_lp
             del policy
         flat = [c for g in gen.completions for c in g]
         counts = [n for g in gen.token_lengths for n in g]

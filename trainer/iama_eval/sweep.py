@@ -19,7 +19,7 @@ import gc
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -44,6 +44,20 @@ class SweepEval(BaseModel):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     engine: str = Field(default="auto", pattern="^(auto|vllm|hf)$")
     seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="HF sampling dtype; float32 samples a CPU-trained policy exactly, which a "
+        "sequence KL measured on the samples needs",
+    )
+    steps: list[int] | None = Field(
+        default=None, description="with snapshots: evaluate only the snapshots of these steps (default: all)"
+    )
+    kl_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="with snapshots: measure the KL on the first this many samples of each prompt "
+        "(each costs two forward passes; default: all)",
+    )
     snapshots: bool = Field(
         default=False,
         description="evaluate every weight snapshot of every run (set snapshot_steps) with its "
