@@ -225,9 +225,15 @@ def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_ll
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
+    root = tmp_path / "sweep"
+    train_only = subprocess.run(
+        [IAMA, "sweep", str(path), "--train-only"], capture_output=True, text=True, timeout=3600
+    )
+    assert train_only.returncode == 0, train_only.stderr[-4000:]
+    assert not (root / "path_scores.json").exists()  # trained, nothing evaluated
     out = subprocess.run([IAMA, "sweep", str(path)], capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-4000:]
-    root = tmp_path / "sweep"
+    assert "training " not in out.stderr
     for label in ("iama_w0.5-0.5_s0", "linear_w0.5-0.5_s1"):
         snaps = sorted(p.name for p in (root / "runs" / label / "snapshots").iterdir())
         assert snaps == ["step-000001", "step-000002"]
