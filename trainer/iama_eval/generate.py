@@ -159,7 +159,7 @@ def sample_hf(
 def generate(
     model_path: str, prompts_text: list[str], prompts_trl: list[Any], m: int, cfg: Any, engine: str, cache: Path
 ) -> Generations:
-    dtype = getattr(cfg, "dtype", "auto")  # a sweep's KL path samples the policy in its training dtype
+    dtype: Dtype = getattr(cfg, "dtype", "auto")  # a sweep's KL path samples the policy in its training dtype
     key = cache_key(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed, engine)
     if dtype != "auto":
         key = f"{key}-{dtype}"

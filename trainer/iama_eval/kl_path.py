@@ -38,16 +38,12 @@ log = logging.getLogger("iama.sweep")
 PATH_SCORES = "path_scores.json"
 
 
-def _nan_list(x: np.ndarray) -> list[Any]:
-    return [[None if not np.isfinite(v) else float(v) for v in row] for row in x]
-
-
 def evaluate_path(cfg: Any, runs: dict[str, Any], base_path: str) -> Path:
     """Sample, score and measure the KL of the base and every snapshot (and final model) of
     every run; append each point to ``path_scores.json`` as it finishes (so it resumes)."""
     from iama_eval.evaluate import score_generations
     from iama_eval.generate import generate
-    from iama_eval.probe import shared_scalar
+    from iama_eval.probe import json_values, shared_scalar
     from iama_eval.run import resolve_engine
     from iama_eval.sequence_kl import load_for_scoring, sequence_logprobs
     from iama_trainer.callbacks import SNAPSHOTS, list_snapshots
@@ -106,7 +102,7 @@ def evaluate_path(cfg: Any, runs: dict[str, Any], base_path: str) -> Path:
             "scores": {k: v.tolist() for k, v in raw.items()},
             "tokens": gen.token_lengths,
             "truncated": (np.asarray(gen.token_lengths) >= ev.max_tokens).tolist(),
-            "scalar": _nan_list(scalar) if scalar is not None else None,
+            "scalar": json_values(scalar) if scalar is not None else None,
             "log_ratio": ratio.tolist(),
             "completions": gen.completions,
         }

@@ -36,6 +36,13 @@ QUANTILES = (0.05, 0.2, 0.5, 0.8, 0.95)
 TRUNCATION_WARNING = 0.05
 
 
+def json_values(x: np.ndarray) -> list[Any]:
+    """``x`` (any shape) as nested lists for JSON, NaN ("no number") as null."""
+    arr = np.asarray(x, dtype=object)
+    arr[~np.isfinite(np.asarray(x, dtype=np.float64))] = None
+    return arr.tolist()
+
+
 def describe(x: np.ndarray) -> dict[str, Any]:
     """Mean, std, min, max and quantiles of the finite values, with the count of the others."""
     finite = x[np.isfinite(x)]
@@ -104,7 +111,7 @@ def predict(
     g0 = aggregation_value(task_values(tr, tasks, base.probs), agg)
     base_row = row("base", Optimum(base.probs, math.inf, 0.0, g0, g0, 0, True))
     return {
-        "support": [None if not np.isfinite(v) else float(v) for v in base.values],
+        "support": json_values(base.values),
         "tasks": [t.name or f"task{i}" for i, t in enumerate(tasks)],
         "note": "pooled over prompts: the optimum of the prompts' shared marginal, not per prompt",
         "rows": [base_row, *rows],
@@ -205,7 +212,7 @@ def probe(
         "prompt_index": [i for i, g in enumerate(gen.completions) for _ in g],
         "tokens": counts,
         "truncated": truncated.reshape(-1).tolist(),
-        "scalars": {n: [None if not np.isfinite(v) else float(v) for v in s] for n, s in scalars.items()},
+        "scalars": {n: json_values(s) for n, s in scalars.items()},
         "rewards": {n: v.reshape(-1).tolist() for n, v in raw.items()},
         "completions": flat,
     }
