@@ -92,7 +92,8 @@ def sweep_cmd(
         summary = report(cfg) if report_only else run_sweep(cfg)
     except (ModelNotFound, RewardLoadError, FileExistsError, FileNotFoundError) as exc:
         fail("sweep", str(exc), 1)
-    typer.echo(json.dumps({"results": str(cfg.output_dir / "results.json"), "figures": summary["figures"]}))
+    results = cfg.output_dir / ("kl_path.json" if cfg.eval.snapshots else "results.json")
+    typer.echo(json.dumps({"results": str(results), "figures": summary["figures"]}))
 
 
 def probe_cmd(
