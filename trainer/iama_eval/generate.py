@@ -16,7 +16,7 @@ from typing import Any
 from iama.dtypes import Dtype, choose_dtype, torch_dtype
 from iama.files import atomic_write_json
 from iama.sampling import SamplingSettings, generated_tokens
-from iama_trainer.sampling import Sampled
+from iama_trainer.sampling import Sampled, eos_token_ids
 
 log = logging.getLogger("iama.eval")
 
@@ -120,16 +120,14 @@ def sample_vllm(
 
 
 def eos_ids_of(model_path: str, tokenizer: Any) -> set[int]:
-    """The tokenizer's EOS and every EOS the model's generation config declares (vLLM stops on both)."""
+    """:func:`iama_trainer.sampling.eos_token_ids` for a model known by its path (vLLM's)."""
     from transformers import GenerationConfig
 
-    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
     try:
-        declared = GenerationConfig.from_pretrained(model_path).eos_token_id
+        config = GenerationConfig.from_pretrained(model_path)
     except OSError:  # no generation_config.json
-        declared = None
-    ids |= set(declared if isinstance(declared, list) else [] if declared is None else [declared])
-    return ids
+        config = None
+    return eos_token_ids(config, tokenizer)
 
 
 def sample_hf(

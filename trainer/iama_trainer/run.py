@@ -228,7 +228,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
     objective = Objective(tasks=cfg.objective.tasks, aggregation=cfg.objective.aggregation)
     trainer = IAMAGRPOTrainer(
         model=model,
-        reward_funcs=reward_funcs(rewards, eos_token_ids(model, tokenizer)),
+        reward_funcs=reward_funcs(rewards, eos_token_ids(model.generation_config, tokenizer)),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,

@@ -17,10 +17,12 @@ def render_prompt(tokenizer: Any, prompt: Any) -> str:
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
-def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The ids that end a completion, as TRL's generation masks them (config's and tokenizer's)."""
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+def eos_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+    """The ids that end a completion, as TRL's generation masks them and vLLM stops on them:
+    every EOS the model's generation config declares (e.g. an end-of-turn token) and the
+    tokenizer's. ``generation_config`` may be None (a model directory without one)."""
+    declared = getattr(generation_config, "eos_token_id", None)
+    ids = {int(i) for i in (declared if isinstance(declared, list) else [] if declared is None else [declared])}
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids
@@ -59,7 +61,7 @@ def hf_sample(
     if tokenizer.pad_token is None:  # batches need one (SmolLM2's GGUF tokenizer has none): EOS, masked out
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = torch.tensor(sorted(eos_token_ids(model, tokenizer)), device=model.device)
+    eos = torch.tensor(sorted(eos_token_ids(model.generation_config, tokenizer)), device=model.device)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None)
