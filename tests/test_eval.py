@@ -74,7 +74,9 @@ def _config(tmp_path, models, engine, **extra):
         "output_dir": str(tmp_path / "eval"),
         "prompts": {"source": "builtin", "limit": 3},
         "rewards": {
-            "short": {"type": "length", "target": 4, "max_length": 16, "unit": "tokens"},
+            # characters, not tokens: the tiny random model never stops before the cap, so its
+            # generated token count is constant (a degenerate trade-off); its texts' lengths vary
+            "short": {"type": "length", "target": 20, "max_length": 64, "unit": "chars"},
             "pos": {"type": "sentiment"},
         },
         "grid": 3,

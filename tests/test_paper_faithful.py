@@ -188,7 +188,8 @@ def test_a_chat_reward_model_scores_the_whole_conversation_through_its_template(
         {"role": "assistant", "content": "They are wonderful."},
         {"role": "user", "content": "And rain?"},
     ]
-    rs = RewardSet({"rm": {"type": f"hf:{tiny_classifier}", "label": "POSITIVE"}})
+    # float32 as the reference below (auto would pick bf16 on a CPU with avx512_bf16)
+    rs = RewardSet({"rm": {"type": f"hf:{tiny_classifier}", "label": "POSITIVE", "dtype": "float32"}})
     assert rs.functions["rm"].params["chat_template"] is True  # the tokenizer has one: used by default
     got = rs.score([conv], ["Rain is sad."])["rm"][0]
     tok = AutoTokenizer.from_pretrained(tiny_classifier)
@@ -269,7 +270,9 @@ def test_iama_sweep_runs_end_to_end_and_resumes(tmp_path, tiny_llama):
     for row in summary["rows"]:
         for name in ("short", "long", "g"):
             lo, hi = row[name]["ci95"]
-            assert lo <= row[name]["mean"] <= hi
+            # 1e-12: a reward constant on the tiny model (it never stops before the cap) gives
+            # draws equal to the mean up to the last bit of a differently ordered sum
+            assert lo - 1e-12 <= row[name]["mean"] <= hi + 1e-12
         if row["model"] != "base":
             assert len(row["kl"]) == 2 and all(k is not None for k in row["kl"])
     # BoN can only help the task it selects on
