@@ -57,11 +57,12 @@ def cache_key(
     sampling: SamplingSettings,
     seed: int,
     engine: str,
+    dtype: str = "auto",
 ) -> str:
     weights = weights_fingerprint(model_path)
     blob = json.dumps(
         # "lengths-v2": token lengths exclude the EOS since this version; older caches recount
-        [model_path, weights, prompts, m, max_tokens, sampling.model_dump(), seed, engine, "lengths-v2"],
+        [model_path, weights, prompts, m, max_tokens, sampling.model_dump(), seed, engine, dtype, "lengths-v2"],
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -158,9 +159,7 @@ def generate(
     model_path: str, prompts_text: list[str], prompts_trl: list[Any], m: int, cfg: Any, engine: str, cache: Path
 ) -> Generations:
     dtype: Dtype = getattr(cfg, "dtype", "auto")  # a sweep's KL path samples the policy in its training dtype
-    key = cache_key(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed, engine)
-    if dtype != "auto":
-        key = f"{key}-{dtype}"
+    key = cache_key(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed, engine, dtype)
     hit = load_cached(cache, key)
     if hit is not None:
         return hit

@@ -64,7 +64,7 @@ def evaluate_path(cfg: Any, runs: dict[str, Any], base_path: str) -> Path:
     path_file = out / PATH_SCORES
     saved = json.loads(path_file.read_text()) if path_file.is_file() else {}
     points: dict[str, Any] = saved.get("points", {})
-    base_model, tok = load_for_scoring(base_path)
+    base: tuple[Any, Any] | None = None  # loaded on the first point that needs it (a resume may need none)
     todo: list[tuple[str, str, int | None, int, str]] = [("base", "base", None, 0, base_path)]
     for label, run_cfg in runs.items():
         snaps = {step: str(p) for step, p in list_snapshots(run_cfg.output_dir / SNAPSHOTS).items()}
@@ -82,6 +82,9 @@ def evaluate_path(cfg: Any, runs: dict[str, Any], base_path: str) -> Path:
         cache = out / "generations" / label / f"step-{step:06d}.json"
         gen = generate(path, [str(p) for p in prompts], trl_prompts, ev.samples_per_prompt, ev, engine, cache)
         raw = score_generations(rewards, trl_prompts, gen.completions, gen.token_lengths)
+        if base is None:
+            base = load_for_scoring(base_path)
+        base_model, tok = base
         temperature = ev.sampling.temperature
         kl_ids = [group[: ev.kl_samples] for group in gen.token_ids]  # (P, ≤ kl_samples)
         if label == "base":

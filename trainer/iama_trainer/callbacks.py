@@ -7,12 +7,13 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from iama.files import atomic_write_json
+from iama.files import atomic_write_json, make_readable
 
 COMPLETE = "iama-complete.json"
 STATE = "iama-state.json"
@@ -108,7 +109,7 @@ class Snapshots(TrainerCallback):
     TRL's checkpoints keep only the last few (they carry the optimizer, 3× the size); comparing
     methods at matched KL needs the whole path, so each point is evaluated later
     (``iama sweep`` with ``eval.snapshots``). Written to a temporary directory and renamed, so
-    a crash never leaves a half-written snapshot that looks complete.
+    a crash never leaves a half-written snapshot that looks complete (:func:`write_model_dir`).
     """
 
     def __init__(self, trainer: Any, tokenizer: Any, root: Path, every: int) -> None:
@@ -118,10 +119,19 @@ class Snapshots(TrainerCallback):
         if state.global_step % self.every or not state.is_world_process_zero:
             return
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        final = snapshot_dir(self.root, state.global_step)
-        tmp = final.with_name(f".{final.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        write_model_dir(model, self.tokenizer, snapshot_dir(self.root, state.global_step))
+
+
+def write_model_dir(model: Any, tokenizer: Any, final: Path, extra: Callable[[Path], object] | None = None) -> None:
+    """An HF model directory written whole or not at all: saved (plus ``extra``, e.g. the model
+    card) into a temporary sibling, made readable to other users, then renamed into place.
+    Snapshots and the final model share it."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if extra is not None:
+        extra(tmp)
+    make_readable(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)

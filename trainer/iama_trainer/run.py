@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from iama.files import atomic_write_json, make_readable
+from iama.files import atomic_write_json
 from iama.modelcard import ModelCard, save_model_card
 from iama.models import resolve_model
 from iama.objective import Objective
@@ -23,6 +23,7 @@ from iama_trainer.callbacks import (
     Snapshots,
     checkpoint_step,
     latest_complete_checkpoint,
+    write_model_dir,
 )
 from iama_trainer.config import TrainConfig
 
@@ -339,12 +340,8 @@ def _save_final(
     import trl
 
     model = trainer.accelerator.unwrap_model(trainer.model)
-    tmp = final.parent / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     if cfg.lora.enabled and cfg.lora.merge:
         model = model.merge_and_unload()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
     history = trainer.state.log_history
     last_kl = final_kl(history)
     card = ModelCard(
@@ -366,8 +363,5 @@ def _save_final(
             "base_model_path": model_path,
         },
     )
-    save_model_card(card, tmp)
-    make_readable(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    write_model_dir(model, tokenizer, final, lambda tmp: save_model_card(card, tmp))
     log.info("saved %s", final)

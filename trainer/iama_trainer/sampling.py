@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from iama.sampling import SamplingSettings
+from iama.sampling import SamplingSettings, generated_tokens
 
 
 def render_prompt(tokenizer: Any, prompt: Any) -> str:
@@ -61,7 +61,8 @@ def hf_sample(
     if tokenizer.pad_token is None:  # batches need one (SmolLM2's GGUF tokenizer has none): EOS, masked out
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = torch.tensor(sorted(eos_token_ids(model.generation_config, tokenizer)), device=model.device)
+    eos_set = eos_token_ids(model.generation_config, tokenizer)
+    eos = torch.tensor(sorted(eos_set), device=model.device)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None)
@@ -79,10 +80,10 @@ def hf_sample(
             )
             new = out[:, enc["input_ids"].shape[1] :]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-            # generated tokens before the first EOS (iama.sampling.generated_tokens): the cap when truncated
+            # each row up to its first EOS (padding after it), counted by the one rule
             ends = [torch.isin(row, eos).nonzero() for row in new]
-            lens = [int(e[0]) if len(e) else int(new.shape[1]) for e in ends]
-            seqs = [row[: n + 1 if len(e) else n].tolist() for row, n, e in zip(new, lens, ends, strict=True)]
+            seqs = [row[: int(e[0]) + 1].tolist() if len(e) else row.tolist() for row, e in zip(new, ends, strict=True)]
+            lens = [generated_tokens(seq, eos_set) for seq in seqs]
             for i in range(len(chunk)):
                 texts.append(decoded[i * m : (i + 1) * m])
                 lengths.append(lens[i * m : (i + 1) * m])
