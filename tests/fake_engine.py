@@ -9,10 +9,11 @@ disconnect happens *by construction*, and cancellations are recorded as aborts.
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import AsyncIterator
 
-from iama_server.engine import Delta, EngineStats, Generation, GenerationResult, Sampling
+from iama_server.engine import Delta, EngineStats, Generation, GenerationResult, Logprobs, Sampling, TokenLogprob
 
 CANDIDATES = [
     "I love this wonderful day, it is great.",
@@ -26,7 +27,38 @@ CANDIDATES = [
 ]
 
 
+def _word_id(word: str) -> int:
+    return zlib.crc32(word.encode()) % 1000
+
+
+def _logprob(token_id: int) -> float:
+    return -0.5 - (token_id % 7) * 0.25
+
+
+def _scored(tokens: list[str], k: int) -> Logprobs:
+    """Each token its own most likely choice, followed by ``k - 1`` made-up alternatives."""
+    out = []
+    for t in tokens:
+        lp = _logprob(_word_id(t.strip()))
+        top = ((t, lp), *((f"alt{j}", lp - 1.0 - j) for j in range(max(k - 1, 0))))
+        out.append(TokenLogprob(_word_id(t.strip()), t, lp, top[:k]))
+    return tuple(out)
+
+
+def _words_of(text: str, sampling: Sampling) -> list[str]:
+    """A candidate's words; under a JSON constraint the candidate wrapped as a JSON object."""
+    if sampling.structured is not None:
+        text = json.dumps({"answer": text})
+    return text.split()
+
+
+def _tokens(words: list[str]) -> list[str]:
+    return [w if i == 0 else f" {w}" for i, w in enumerate(words)]
+
+
 class FakeEngine:
+    vocab_size = 1000
+
     def __init__(
         self,
         candidates: list[str] | None = None,
@@ -47,6 +79,7 @@ class FakeEngine:
         self._open.set()
         self.token_limit: int | None = None  # streams pause before exceeding it (see limit_tokens)
         self._limit_changed = asyncio.Event()
+        self._vocab: dict[int, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -69,7 +102,19 @@ class FakeEngine:
         return len(self.running)
 
     def encode_text(self, text: str) -> list[int]:
-        return [zlib.crc32(w.encode()) % 1000 for w in text.split()]
+        ids = [_word_id(w) for w in text.split()]
+        self._vocab.update(zip(ids, text.split(), strict=True))
+        return ids
+
+    def decode(self, token_ids: list[int]) -> str:
+        return " ".join(self._vocab.get(t, f"<{t}>") for t in token_ids)
+
+    def _prompt_logprobs(self, prompt_ids: list[int], sampling: Sampling) -> Logprobs | None:
+        if sampling.prompt_logprobs is None:
+            return None
+        tokens = _tokens(self.decode(prompt_ids).split())
+        scored = _scored(tokens, sampling.prompt_logprobs)
+        return (TokenLogprob(scored[0].token_id, tokens[0], None), *scored[1:]) if scored else ()
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         return self.encode_text(" ".join(f"<{m['role']}> {m['content']}" for m in messages) + " <assistant>")
@@ -110,25 +155,29 @@ class FakeEngine:
         shift = (sampling.seed or 0) % len(self.candidates)
         out = []
         for i in range(n):
-            words = self.candidates[(shift + i) % len(self.candidates)].split()
+            words = _words_of(self.candidates[(shift + i) % len(self.candidates)], sampling)
             finish = "length" if len(words) > sampling.max_tokens else "stop"
-            out.append(Generation(" ".join(words[: sampling.max_tokens]), min(len(words), sampling.max_tokens), finish))
-        return GenerationResult(prompt_tokens=len(prompt_ids), candidates=out)
+            kept = words[: sampling.max_tokens]
+            lps = None if sampling.logprobs is None else _scored(_tokens(kept), sampling.logprobs)
+            out.append(Generation(" ".join(kept), len(kept), finish, lps))
+        return GenerationResult(len(prompt_ids), out, self._prompt_logprobs(prompt_ids, sampling))
 
     async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]:
         """The first candidate, a word at a time; ``hold()`` stops it after the first word."""
         self.calls.append((prompt_ids, sampling, 1, request_id))
         self.running.add(request_id)
-        words = self.candidates[(sampling.seed or 0) % len(self.candidates)].split()[: sampling.max_tokens]
+        words = _words_of(self.candidates[(sampling.seed or 0) % len(self.candidates)], sampling)
+        words = words[: sampling.max_tokens]
         try:
-            for i, word in enumerate(words):
+            for i, piece in enumerate(_tokens(words)):
                 if i:
                     await self._open.wait()
                 while self.token_limit is not None and i >= self.token_limit:
                     await self._limit_changed.wait()
                 last = i == len(words) - 1
-                piece = word if i == 0 else f" {word}"
-                yield Delta(piece, i + 1, "stop" if last else None, len(prompt_ids))
+                lps = () if sampling.logprobs is None else _scored([piece], sampling.logprobs)
+                prompt_lps = self._prompt_logprobs(prompt_ids, sampling) if i == 0 else None
+                yield Delta(piece, i + 1, "stop" if last else None, len(prompt_ids), lps, prompt_lps)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise

@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from iama_server.body_limit import BodyLimit
 from iama_server.engine import GenerationEngine
 from iama_server.errors import error_type, install_error_handlers
+from iama_server.playground import router as playground
 from iama_server.routes import probes, v1
 from iama_server.settings import ServerSettings
 from iama_server.state import ServerState
@@ -48,6 +49,7 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
     app.middleware("http")(_observe)  # added last: outermost, so it counts the 413s too
     app.include_router(probes)
     app.include_router(v1)
+    app.include_router(playground)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from iama.algorithms import early_rejection_keep
-from iama_server.engine import Generation, GenerationEngine, GenerationResult, Sampling
+from iama_server.engine import Generation, GenerationEngine, GenerationResult, Logprobs, Sampling, TokenLogprob
 
 ScoreTexts = Callable[[list[str]], Awaitable[np.ndarray]]  # texts -> (len,) weighted scores
 
@@ -41,6 +41,8 @@ class _Candidate:
     prompt_tokens: int = 0
     rejected_at: int | None = None
     partial_score: float = math.nan
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: Logprobs | None = None
 
     @property
     def running(self) -> bool:
@@ -63,8 +65,14 @@ class EarlyRejectionRun:
 
 
 def seeded(sampling: Sampling, i: int) -> Sampling:
-    """Candidate i's sampling: vLLM's seed for child i of an ``n = N`` request."""
-    return sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + i)
+    """Candidate i's sampling: vLLM's seed for child i of an ``n = N`` request. The prompt's
+    log-probs, when asked for, are the same for every candidate: candidate 0 computes them."""
+    seed = None if sampling.seed is None else sampling.seed + i
+    return replace(sampling, seed=seed, prompt_logprobs=sampling.prompt_logprobs if i == 0 else None)
+
+
+def _logprobs(sampling: Sampling, c: _Candidate) -> Logprobs | None:
+    return tuple(c.logprobs) if sampling.logprobs is not None else None
 
 
 async def early_rejection(
@@ -89,6 +97,9 @@ async def early_rejection(
             async for d in engine.stream(prompt_ids, seeded(sampling, c.index), f"{request_id}-c{c.index}"):
                 c.text += d.text
                 c.tokens = d.tokens
+                c.logprobs += d.logprobs
+                if d.prompt_logprobs is not None:
+                    c.prompt_logprobs = d.prompt_logprobs
                 if d.finish_reason is not None:
                     c.finish_reason, c.prompt_tokens = d.finish_reason, d.prompt_tokens
                 async with progress:
@@ -134,7 +145,8 @@ async def early_rejection(
             t.cancel()  # on a timeout or a disconnect: every candidate stops with the request
     prompt_tokens = max((c.prompt_tokens for c in cands), default=0) or len(prompt_ids)
     finish = {c.index: c.finish_reason if c.rejected_at is None else "rejected" for c in cands}
-    run.result = GenerationResult(prompt_tokens, [Generation(c.text, c.tokens, finish[c.index]) for c in cands])
+    gens = [Generation(c.text, c.tokens, finish[c.index], _logprobs(sampling, c)) for c in cands]
+    run.result = GenerationResult(prompt_tokens, gens, cands[0].prompt_logprobs)
     run.rejected_at = {c.index: c.rejected_at for c in cands if c.rejected_at is not None}
     run.partial_scores = {c.index: c.partial_score for c in cands if c.rejected_at is not None}
     return run
@@ -160,15 +172,18 @@ async def adaptive_budget(
     gens: list[Generation] = []
     scores = np.zeros(0)
     prompt_tokens = len(prompt_ids)
+    prompt_logprobs = None
     for total in waves:
         new = range(len(gens), total)
         results = await asyncio.gather(
             *(engine.generate(prompt_ids, seeded(sampling, i), 1, f"{request_id}-c{i}") for i in new)
         )
         prompt_tokens = results[0].prompt_tokens if results else prompt_tokens
+        if not gens and results:
+            prompt_logprobs = results[0].prompt_logprobs
         batch = [r.candidates[0] for r in results]
         gens += batch
         scores = np.concatenate([scores, await score([g.text for g in batch])])
         if scores.size and np.nanmax(scores) >= target:
             break
-    return AdaptiveRun(GenerationResult(prompt_tokens, gens), scores)
+    return AdaptiveRun(GenerationResult(prompt_tokens, gens, prompt_logprobs), scores)

@@ -12,7 +12,9 @@ in-process without vLLM.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,8 +23,20 @@ from iama_server.settings import ServerSettings
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """Constrain every candidate to JSON (vLLM's structured outputs): to ``json_schema`` when
+    given, else to any JSON object. Best-of-N then chooses among valid answers only."""
+
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Sampling:
-    """How each of the N candidates is sampled (vLLM's ``SamplingParams`` minus ``n``)."""
+    """How each of the N candidates is sampled (vLLM's ``SamplingParams`` minus ``n``).
+
+    ``logprobs``: return each generated token's log-probability and the ``logprobs`` most likely
+    alternatives (0: the token's own only); ``prompt_logprobs`` the same for the prompt's tokens.
+    """
 
     temperature: float
     top_p: float
@@ -31,6 +45,27 @@ class Sampling:
     stop: list[str] | None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    structured: StructuredOutput | None = None
+
+
+# The floor OpenAI's and vLLM's servers report for a log-probability of -inf (JSON has no -inf).
+LOGPROB_FLOOR = -9999.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's token and its log-probability under the model (before temperature or
+    top-p: vLLM's raw log-probs), with the most likely tokens there, best first."""
+
+    token_id: int
+    token: str
+    logprob: float | None  # None for the prompt's first token, which nothing predicts
+    top: tuple[tuple[str, float], ...] = ()
+
+
+Logprobs = tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
@@ -38,23 +73,57 @@ class Generation:
     text: str
     token_count: int
     finish_reason: str | None
+    logprobs: Logprobs | None = None  # when the sampling asked for them
 
 
 @dataclass(frozen=True)
 class GenerationResult:
     prompt_tokens: int
     candidates: list[Generation]  # in vLLM's output index order
+    prompt_logprobs: Logprobs | None = None  # when the sampling asked for them
 
 
 @dataclass(frozen=True)
 class Delta:
     """A piece of one streamed completion: its new text, the tokens generated so far, and on
-    the last piece the finish reason and the prompt's length."""
+    the last piece the finish reason and the prompt's length. With log-probs asked for, the
+    new tokens' (``logprobs``) and, on the first piece, the prompt's."""
 
     text: str
     tokens: int
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    logprobs: Logprobs = ()
+    prompt_logprobs: Logprobs | None = None
+
+
+class InvalidEngineInput(Exception):
+    """The engine refused a request as the client's mistake (an invalid JSON schema, say): a
+    400, not a server error. ``param`` is the request field it names, when known."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def finite_logprob(x: float) -> float:
+    return x if math.isfinite(x) else LOGPROB_FLOOR
+
+
+def token_logprobs(token_ids: list[int], positions: list[Any], k: int, unscored: str = "") -> Logprobs:
+    """vLLM's per-position ``{token_id: Logprob}`` maps (the position's own token plus the top
+    ``k``) as :class:`TokenLogprob` s. A ``None`` position (the prompt's first) has no score;
+    ``unscored`` is its token's text."""
+    out = []
+    for tid, entry in zip(token_ids, positions, strict=True):
+        if entry is None:
+            out.append(TokenLogprob(tid, unscored, None))
+            continue
+        own = entry[tid]
+        ranked = sorted(entry.values(), key=lambda lp: lp.rank if lp.rank is not None else math.inf)
+        top = tuple((lp.decoded_token or "", finite_logprob(lp.logprob)) for lp in ranked[:k])
+        out.append(TokenLogprob(tid, own.decoded_token or "", finite_logprob(own.logprob), top))
+    return tuple(out)
 
 
 @dataclass
@@ -90,6 +159,7 @@ class GenerationEngine(Protocol):
     """What :class:`iama_server.service.AlignmentService` needs of an engine."""
 
     max_model_len: int
+    vocab_size: int
     stats: EngineStats
 
     @property
@@ -107,6 +177,8 @@ class GenerationEngine(Protocol):
 
     def encode_text(self, text: str) -> list[int]: ...
 
+    def decode(self, token_ids: list[int]) -> str: ...
+
     async def generate(
         self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str
     ) -> GenerationResult: ...
@@ -123,6 +195,7 @@ class VLLMEngine:
         self._llm: Any = None
         self.tokenizer: Any = None
         self.max_model_len: int = 0
+        self.vocab_size: int = 0
         self.stats = EngineStats()
 
     def start(self) -> None:
@@ -147,6 +220,7 @@ class VLLMEngine:
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[_stats_logger(self.stats)])
         self.max_model_len = int(self._llm.model_config.max_model_len)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.vocab_size = int(self._llm.model_config.get_vocab_size())
 
     @property
     def ready(self) -> bool:
@@ -168,6 +242,9 @@ class VLLMEngine:
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids))
+
     async def _engine_input(self, prompt_ids: list[int]) -> Any:
         """Token ids through vLLM's renderer, the input path vLLM 0.32 supports (raw prompts
         handed to ``generate`` are deprecated there)."""
@@ -182,31 +259,54 @@ class VLLMEngine:
     async def generate(self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str) -> GenerationResult:
         from vllm.sampling_params import RequestOutputKind
 
-        params = _sampling_params(sampling, n, RequestOutputKind.FINAL_ONLY)
         final = None
-        async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
-            final = out
+        with _client_errors(sampling):
+            params = _sampling_params(sampling, n, RequestOutputKind.FINAL_ONLY)
+            async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
+                final = out
         if final is None:
             raise RuntimeError("engine returned no output")
         outs = sorted(final.outputs, key=lambda o: o.index)
+        k = sampling.logprobs
         return GenerationResult(
             prompt_tokens=len(final.prompt_token_ids or prompt_ids),
-            candidates=[Generation(o.text, len(o.token_ids), o.finish_reason) for o in outs],
+            candidates=[
+                Generation(
+                    o.text,
+                    len(o.token_ids),
+                    o.finish_reason,
+                    None if k is None else token_logprobs(list(o.token_ids), list(o.logprobs or []), k),
+                )
+                for o in outs
+            ],
+            prompt_logprobs=self._prompt_logprobs(final, prompt_ids, sampling),
         )
 
     async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]:
         """One completion, text as vLLM produces it (plain generation: nothing to select)."""
         from vllm.sampling_params import RequestOutputKind
 
-        params = _sampling_params(sampling, 1, RequestOutputKind.DELTA)
         tokens = 0  # DELTA outputs carry only the new tokens
-        async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
-            o = out.outputs[0]
-            tokens += len(o.token_ids)
-            if out.finished:
-                yield Delta(o.text, tokens, o.finish_reason, len(out.prompt_token_ids or prompt_ids))
-            else:
-                yield Delta(o.text, tokens)
+        k = sampling.logprobs
+        first = True
+        with _client_errors(sampling):
+            params = _sampling_params(sampling, 1, RequestOutputKind.DELTA)
+            async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
+                o = out.outputs[0]
+                tokens += len(o.token_ids)
+                lps = () if k is None else token_logprobs(list(o.token_ids), list(o.logprobs or []), k)
+                prompt_lps = self._prompt_logprobs(out, prompt_ids, sampling) if first else None
+                first = False
+                prompt_tokens = len(out.prompt_token_ids or prompt_ids)
+                finish = o.finish_reason if out.finished else None
+                yield Delta(o.text, tokens, finish, prompt_tokens if out.finished else 0, lps, prompt_lps)
+
+    def _prompt_logprobs(self, out: Any, prompt_ids: list[int], sampling: Sampling) -> Logprobs | None:
+        if sampling.prompt_logprobs is None or out.prompt_logprobs is None:
+            return None
+        ids = list(out.prompt_token_ids or prompt_ids)
+        first = self.decode(ids[:1])
+        return token_logprobs(ids, list(out.prompt_logprobs), sampling.prompt_logprobs, first)
 
     def shutdown(self) -> None:
         if self._llm is not None:
@@ -214,9 +314,31 @@ class VLLMEngine:
             self._llm = None
 
 
+@contextmanager
+def _client_errors(sampling: Sampling) -> Iterator[None]:
+    """vLLM's verdict that a request is the client's mistake, as :class:`InvalidEngineInput`."""
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        yield
+    except VLLMClientError as exc:
+        param = getattr(exc, "parameter", None)
+        if param is None and sampling.structured is not None:
+            param = "response_format"
+        message = str(exc.args[0]) if exc.args else str(exc)
+        raise InvalidEngineInput(message, param) from None
+
+
 def _sampling_params(sampling: Sampling, n: int, kind: Any) -> Any:
     from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
+    structured = None
+    if sampling.structured is not None:
+        schema = sampling.structured.json_schema
+        structured = (
+            StructuredOutputsParams(json=schema) if schema is not None else StructuredOutputsParams(json_object=True)
+        )
     return SamplingParams(
         n=n,
         temperature=sampling.temperature,
@@ -226,5 +348,8 @@ def _sampling_params(sampling: Sampling, n: int, kind: Any) -> Any:
         stop=sampling.stop,
         presence_penalty=sampling.presence_penalty,
         frequency_penalty=sampling.frequency_penalty,
+        logprobs=sampling.logprobs,
+        prompt_logprobs=sampling.prompt_logprobs,
+        structured_outputs=structured,
         output_kind=kind,
     )

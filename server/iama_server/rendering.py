@@ -13,6 +13,7 @@ from typing import Any
 
 from iama.modelcard import ModelCard
 from iama.rewards import RewardSet, available_rewards
+from iama_server.engine import Generation, Logprobs, TokenLogprob
 from iama_server.schemas import (
     AlignmentInfo,
     AlignResponse,
@@ -124,6 +125,47 @@ def alignment_info(outcome: Outcome, i: int) -> dict[str, Any] | None:
     ).model_dump(exclude_none=True)
 
 
+def completion_logprobs(entries: Logprobs, offset: int = 0) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists of tokens, their log-probs, the top
+    alternatives (with the token itself, as vLLM's server gives them) and character offsets."""
+    offsets, at = [], offset
+    for e in entries:
+        offsets.append(at)
+        at += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [None if e.logprob is None else {**dict(e.top), e.token: e.logprob} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def _chat_token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
+def chat_logprobs(entries: Logprobs) -> dict[str, Any]:
+    """The chat shape: one object per generated token with its bytes and top alternatives."""
+    content = []
+    for e in entries:
+        assert e.logprob is not None, "generated tokens are always scored"
+        top = [_chat_token(t, lp) for t, lp in e.top]
+        content.append({**_chat_token(e.token, e.logprob), "top_logprobs": top})
+    return {"content": content, "refusal": None}
+
+
+def choice_logprobs(
+    c: Generation, *, chat: bool, prompt: Logprobs | None = None, offset: int = 0
+) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` when they were asked for: the chosen candidate's tokens, after
+    the prompt's (completions' ``echo``)."""
+    if c.logprobs is None:
+        return None
+    if chat:
+        return chat_logprobs(c.logprobs)
+    return completion_logprobs((prompt or ()) + c.logprobs, offset)
+
+
 def openai_response(
     outcomes: list[Outcome], *, chat: bool, model: str, response_id: str, created: int
 ) -> dict[str, Any]:
@@ -131,15 +173,18 @@ def openai_response(
     per returned candidate, numbered across prompts as OpenAI does; usage summed."""
     choices: list[dict[str, Any]] = []
     for outcome in outcomes:
+        echo = outcome.call.echo
+        prompt_lps = outcome.generation.prompt_logprobs if echo is not None else None
         for i in outcome.chosen:
             c = outcome.generation.candidates[i]
-            content = {"message": {"role": "assistant", "content": c.text}} if chat else {"text": c.text}
+            text = c.text if echo is None else echo + c.text
+            content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
             choices.append(
                 {
                     "index": len(choices),
                     **content,
                     "finish_reason": c.finish_reason,
-                    "logprobs": None,
+                    "logprobs": choice_logprobs(c, chat=chat, prompt=prompt_lps),
                     "alignment": alignment_info(outcome, i),
                 }
             )
@@ -160,15 +205,34 @@ _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
 
 def stream_chunk(
-    base: dict[str, Any], *, chat: bool, text: str | None, finish: str | None = None, role: bool = False
+    base: dict[str, Any],
+    *,
+    chat: bool,
+    text: str | None,
+    finish: str | None = None,
+    role: bool = False,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One OpenAI chunk object: a chat delta or a text piece of choice 0."""
+    """One OpenAI chunk object: a chat delta or a text piece of choice 0, with the log-probs of
+    the piece's tokens when they were asked for."""
     if chat:
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
         if text is not None:
             delta["content"] = text
-        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-    return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]}
+    return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}]}
+
+
+def piece_logprobs(entries: Logprobs, *, chat: bool, offset: int = 0) -> dict[str, Any]:
+    return chat_logprobs(entries) if chat else completion_logprobs(entries, offset)
+
+
+def _token_pieces(text: str, logprobs: tuple[TokenLogprob, ...]) -> list[tuple[str, Logprobs]]:
+    """The text a token at a time with each token's log-probs; in one piece when the tokens'
+    own strings do not spell the text (a multi-byte character split across tokens)."""
+    if "".join(e.token for e in logprobs) == text:
+        return [(e.token, (e,)) for e in logprobs]
+    return [(text, logprobs)]
 
 
 def chunk_base(*, chat: bool, model: str, response_id: str, created: int) -> dict[str, Any]:
@@ -191,7 +255,20 @@ def stream_chunks(
     c = outcome.generation.candidates[outcome.chosen[0]]
     base = chunk_base(chat=chat, model=model, response_id=response_id, created=created)
     chunks = [stream_chunk(base, chat=True, text="", role=True)] if chat else []
-    chunks += [stream_chunk(base, chat=chat, text=piece) for piece in _PIECES.findall(c.text)]
+    echo = outcome.call.echo
+    if echo is not None:
+        prompt = outcome.generation.prompt_logprobs
+        lps = None if prompt is None or c.logprobs is None else piece_logprobs(prompt, chat=False)
+        chunks.append(stream_chunk(base, chat=False, text=echo, logprobs=lps))
+    if c.logprobs is None:
+        chunks += [stream_chunk(base, chat=chat, text=piece) for piece in _PIECES.findall(c.text)]
+    else:  # a token at a time, each with its log-probs
+        at = len(echo or "")
+        for piece, entries in _token_pieces(c.text, c.logprobs):
+            chunks.append(
+                stream_chunk(base, chat=chat, text=piece, logprobs=piece_logprobs(entries, chat=chat, offset=at))
+            )
+            at += len(piece)
     chunks.append(stream_chunk(base, chat=chat, text=None if chat else "", finish=c.finish_reason or "stop"))
     if include_usage:
         chunks.append(usage_chunk(base, usage(outcome)))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -20,12 +19,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from iama_server.admission import cancel_on_disconnect_or_timeout
+from iama_server.auth import bearer, key_ok
+from iama_server.engine import InvalidEngineInput
 from iama_server.errors import APIError, ClientGone, ErrorCode
 from iama_server.rendering import (
     SSE_DONE,
     align_response,
     chunk_base,
     openai_response,
+    piece_logprobs,
     rewards_listing,
     sse,
     sse_events,
@@ -59,12 +61,7 @@ def server_state(request: Request) -> ServerState:
 
 async def require_api_key(request: Request) -> None:
     """``Authorization: Bearer <key>`` against the configured keys, in constant time."""
-    keys = server_state(request).api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    if not token or not any(secrets.compare_digest(token, k) for k in keys):
+    if not key_ok(server_state(request).api_keys, bearer(request.headers.get("authorization", ""))):
         raise APIError(
             401, "missing or invalid API key", code=ErrorCode.INVALID_API_KEY, headers={"WWW-Authenticate": "Bearer"}
         )
@@ -221,10 +218,19 @@ async def _stream_plain(state: ServerState, call: AlignmentCall, *, chat: bool, 
         try:
             if chat:
                 yield sse(stream_chunk(base, chat=True, text="", role=True))
+            at = 0  # characters streamed so far: completions' text_offset
             async with asyncio.timeout(state.settings.request_timeout_s):
                 async for delta in state.service.stream(call):
-                    if delta.text:
-                        yield sse(stream_chunk(base, chat=chat, text=delta.text))
+                    if call.echo is not None and at == 0:
+                        prompt = delta.prompt_logprobs
+                        lps = None if prompt is None else piece_logprobs(prompt, chat=False)
+                        yield sse(stream_chunk(base, chat=False, text=call.echo, logprobs=lps))
+                        at = len(call.echo)
+                    asked = call.sampling.logprobs is not None
+                    if delta.text or (asked and delta.logprobs):
+                        lps = piece_logprobs(delta.logprobs, chat=chat, offset=at) if asked else None
+                        yield sse(stream_chunk(base, chat=chat, text=delta.text, logprobs=lps))
+                        at += len(delta.text)
                     if delta.finish_reason is not None:
                         yield sse(stream_chunk(base, chat=chat, text=None if chat else "", finish=delta.finish_reason))
                         if include_usage:
@@ -239,6 +245,10 @@ async def _stream_plain(state: ServerState, call: AlignmentCall, *, chat: bool, 
             state.metrics.cancelled.labels("timeout").inc()
             log.info("request %s: stream stopped at the server's timeout", call.request_id)
             yield sse(ErrorResponse.make("request exceeded the server's timeout", "timeout_error", None, "timeout"))
+            yield SSE_DONE
+        except InvalidEngineInput as exc:  # known only once the engine takes the request: after the 200
+            message = f"the engine refused the request: {exc}"
+            yield sse(ErrorResponse.make(message, "invalid_request_error", exc.param, "invalid_value"))
             yield SSE_DONE
         except asyncio.CancelledError:
             state.metrics.cancelled.labels("disconnect").inc()

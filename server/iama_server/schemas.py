@@ -33,6 +33,7 @@ MAX_N = 256  # the largest budget any server setting allows (ServerSettings.max_
 MAX_MESSAGES = 256
 MAX_REWARD_WEIGHTS = 64
 MAX_PROMPTS = 16
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
 
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
@@ -67,6 +68,32 @@ class ChatMessage(BaseModel):
         return "".join(texts)
 
 
+class JSONSchemaFormat(_Request):
+    """OpenAI's ``response_format.json_schema``: the schema every candidate must follow."""
+
+    name: str = Field(default="response", min_length=1, max_length=64)
+    description: str | None = Field(default=None, max_length=4096)
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """``text`` (unconstrained), ``json_object`` (any JSON object) or ``json_schema``: decoded
+    under vLLM's structured outputs, so every one of the N candidates is valid and best-of-N
+    chooses among valid answers."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            if self.json_schema is None:
+                raise PydanticCustomError("value_error", "json_schema is required with type 'json_schema'")
+            raise PydanticCustomError("value_error", "json_schema only applies with type 'json_schema'")
+        return self
+
+
 class SamplingFields(_Request):
     """Sampling of the N candidates (vLLM); ``max_tokens`` is also checked against settings."""
 
@@ -77,6 +104,7 @@ class SamplingFields(_Request):
     stop: StopString | list[StopString] | None = Field(default=None, max_length=4)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    response_format: ResponseFormat | None = None
 
 
 class EarlyRejection(_Request):
@@ -258,11 +286,7 @@ UNSUPPORTED = (
     "functions",
     "function_call",
     "parallel_tool_calls",
-    "response_format",
     "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "echo",
     "suffix",
     "audio",
     "modalities",
@@ -275,10 +299,16 @@ UNSUPPORTED = (
 )
 
 
-def _neutral(name: str, value: Any) -> bool:
-    if value in (None, False, 0, [], {}, ""):
-        return True
-    return name == "response_format" and value == {"type": "text"}
+def _neutral(value: Any) -> bool:
+    return value in (None, False, 0, [], {}, "")
+
+
+def _refuse_unless_neutral(v: Any, info: ValidationInfo) -> Any:
+    if not _neutral(v):
+        raise PydanticCustomError(
+            "unsupported_parameter", "{name} is not supported by this server", {"name": info.field_name}
+        )
+    return None
 
 
 class _OpenAIBase(SamplingFields, AlignmentExtras):
@@ -293,11 +323,7 @@ class _OpenAIBase(SamplingFields, AlignmentExtras):
     functions: Any = None
     function_call: Any = None
     parallel_tool_calls: Any = None
-    response_format: Any = None
     logit_bias: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    echo: Any = None
     suffix: Any = None
     audio: Any = None
     modalities: Any = None
@@ -311,11 +337,7 @@ class _OpenAIBase(SamplingFields, AlignmentExtras):
     @field_validator(*UNSUPPORTED)
     @classmethod
     def _unsupported(cls, v: Any, info: ValidationInfo) -> Any:
-        if not _neutral(str(info.field_name), v):
-            raise PydanticCustomError(
-                "unsupported_parameter", "{name} is not supported by this server", {"name": info.field_name}
-            )
-        return None
+        return _refuse_unless_neutral(v, info)
 
     @field_validator("n")
     @classmethod
@@ -338,24 +360,46 @@ class _OpenAIBase(SamplingFields, AlignmentExtras):
         return v
 
 
-class CompletionRequest(_OpenAIBase):
-    """``prompt`` is one string or a list of up to 16; choices come back per prompt, in order."""
+TokenIds = list[Annotated[int, Field(ge=0, le=2**31 - 1)]]
 
-    prompt: str | list[str]
+
+def _prompt_list(v: Any) -> Any:
+    """OpenAI's four prompt shapes (a string, strings, token ids, lists of token ids) as one
+    list of prompts, each a string or token ids; anything else is left to fail validation."""
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return [v]
+    return v
+
+
+class CompletionRequest(_OpenAIBase):
+    """``prompt`` is a string, token ids, or a list of up to 16 of either; choices come back
+    per prompt, in order. ``logprobs`` (0–20) returns the chosen candidate's token log-probs
+    with that many alternatives; ``echo`` prepends the prompt (and, with ``logprobs``, its
+    tokens' log-probs), as evaluation harnesses need for log-likelihoods."""
+
+    prompt: Annotated[list[str | TokenIds], BeforeValidator(_prompt_list)]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    top_logprobs: Any = None  # a chat field; completions take ``logprobs``
 
     @field_validator("prompt")
     @classmethod
-    def _prompts(cls, v: str | list[str]) -> list[str]:
-        prompts = [v] if isinstance(v, str) else v
-        if not 1 <= len(prompts) <= MAX_PROMPTS:
-            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}")
-        if any(not p for p in prompts):
+    def _prompts(cls, v: list[str | list[int]]) -> list[str | list[int]]:
+        if not 1 <= len(v) <= MAX_PROMPTS:
+            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts, got {len(v)}")
+        if any(len(p) == 0 for p in v):
             raise ValueError("must not be empty")
-        return prompts
+        return v
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, v: Any, info: ValidationInfo) -> Any:
+        return _refuse_unless_neutral(v, info)
 
     @property
-    def prompts(self) -> list[str]:
-        assert isinstance(self.prompt, list)  # normalised by the validator
+    def prompts(self) -> list[str | list[int]]:
         return self.prompt
 
     @model_validator(mode="after")
@@ -366,8 +410,26 @@ class CompletionRequest(_OpenAIBase):
 
 
 class ChatCompletionRequest(_OpenAIBase):
+    """``logprobs`` returns the chosen candidate's token log-probs, ``top_logprobs`` (0–20)
+    alternatives at each position."""
+
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: Any = None  # a completions field
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v: Any, info: ValidationInfo) -> Any:
+        return _refuse_unless_neutral(v, info)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs: true")
+        return v
 
     @model_validator(mode="after")
     def _tokens(self) -> ChatCompletionRequest:
@@ -396,7 +458,7 @@ class ChatChoiceMessage(BaseModel):
 class _Choice(BaseModel):
     index: int
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = Field(default=None, description="the chosen candidate's, in OpenAI's shape")
     alignment: AlignmentInfo | None = Field(description="the choice's scores; null for plain generation")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +22,7 @@ from iama.modelcard import ModelCard
 from iama.objective import Algorithm
 from iama.rewards import Prompt, RewardSet, WeightError, normalize_scores, weighted_sum
 from iama_server.candidates import Checkpoint, adaptive_budget, early_rejection
-from iama_server.engine import Delta, GenerationEngine, GenerationResult, Sampling
+from iama_server.engine import Delta, GenerationEngine, GenerationResult, InvalidEngineInput, Sampling, StructuredOutput
 from iama_server.errors import APIError, ErrorCode
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle
 from iama_server.metrics import Metrics
@@ -54,6 +54,7 @@ class AlignmentCall:
     n_returned: int = 1  # OpenAI's n: how many of the N come back, the chosen one first
     early_rejection: EarlyRejection | None = None  # stop weak candidates at checkpoints
     target_score: float | None = None  # budget "auto": stop sampling once a candidate reaches it
+    echo: str | None = None  # completions' echo: the prompt's text, returned before the completion
 
     def engine_request_id(self) -> str:
         """Unique inside vLLM even when a client reuses its X-Request-Id concurrently."""
@@ -138,8 +139,15 @@ class AlignmentService:
         self._check_ready_and_model(body.model)
         if isinstance(body, ChatCompletionRequest):
             encoded = [self._encode(None, body.messages, raw=False)]
+            logprobs = (body.top_logprobs or 0) if body.logprobs else None
+            prompt_logprobs, echo = None, False
         else:
-            encoded = [self._encode(prompt, None, raw=True) for prompt in body.prompts]
+            encoded = [
+                self._encode_ids(prompt) if isinstance(prompt, list) else self._encode(prompt, None, raw=True)
+                for prompt in body.prompts
+            ]
+            logprobs, echo = body.logprobs, body.echo
+            prompt_logprobs = logprobs if echo else None
         aligned = body.best_of is not None or body.reward_weights is not None
         if body.best_of is not None:
             budget = self._requested_budget(body.best_of, "best_of", body.max_budget)
@@ -147,11 +155,19 @@ class AlignmentService:
             budget = self._budget(body.n, "n")
         searching = body.best_of == "auto" or body.early_rejection is not None
         weights = self._weights(body.reward_weights, required=budget > body.n or searching) if aligned else None
-        return [
+        calls = [
             self._call(
                 body, ids, text, request_id, weights=weights, budget=budget, algorithm=body.alignment, n_returned=body.n
             )
             for ids, text in encoded
+        ]
+        return [
+            replace(
+                c,
+                sampling=replace(c.sampling, logprobs=logprobs, prompt_logprobs=prompt_logprobs),
+                echo=c.prompt if echo and isinstance(c.prompt, str) else None,
+            )
+            for c in calls
         ]
 
     def _call(
@@ -163,7 +179,7 @@ class AlignmentService:
         **route_fields: Any,
     ) -> AlignmentCall:
         """The fields every route fills the same way; the route gives weights, budget, algorithm."""
-        return AlignmentCall(
+        call = AlignmentCall(
             prompt_ids=ids,
             prompt=text,
             tau=body.alignment_temperature or self.settings.default_alignment_temperature,
@@ -173,6 +189,14 @@ class AlignmentService:
             target_score=body.target_score,
             **route_fields,
         )
+        if call.sampling.temperature == 0 and call.budget > 1:
+            raise APIError(
+                400,
+                f"temperature 0 (greedy) makes all {call.budget} candidates the same text; "
+                "sample with temperature > 0, or ask for one candidate",
+                "temperature",
+            )
+        return call
 
     def default_weights(self) -> dict[str, float] | None:
         if self.settings.default_reward_weights:
@@ -227,6 +251,10 @@ class AlignmentService:
         if room < 1:
             raise APIError(400, "prompt leaves no room for a completion in the model's context", "prompt")
         stop = [fields.stop] if isinstance(fields.stop, str) else fields.stop
+        structured = None
+        fmt = fields.response_format
+        if fmt is not None and fmt.type != "text":
+            structured = StructuredOutput(fmt.json_schema.schema_ if fmt.json_schema is not None else None)
         return Sampling(
             fields.temperature,
             fields.top_p,
@@ -235,7 +263,27 @@ class AlignmentService:
             stop,
             fields.presence_penalty,
             fields.frequency_penalty,
+            structured=structured,
         )
+
+    def _encode_ids(self, ids: list[int]) -> tuple[list[int], Prompt]:
+        """A prompt given as token ids (evaluation harnesses send these): checked against the
+        vocabulary; rewards see its decoded text."""
+        vocab = self.engine.vocab_size
+        bad = next((t for t in ids if t >= vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is outside the model's vocabulary (size {vocab})", "prompt")
+        self._check_prompt_length(len(ids), "prompt")
+        return list(ids), self.engine.decode(ids)
+
+    def _check_prompt_length(self, n: int, param: str) -> None:
+        if n > self.settings.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"{param} is {n} tokens; the limit is {self.settings.max_prompt_tokens}",
+                param,
+                ErrorCode.PROMPT_TOO_LONG,
+            )
 
     def _encode(self, prompt: str | None, messages: list[ChatMessage] | None, raw: bool) -> tuple[list[int], Prompt]:
         """Token ids, and the prompt as rewards see it (the conversation, or the prompt)."""
@@ -254,13 +302,7 @@ class AlignmentService:
             else:
                 ids = self.engine.encode_chat([{"role": "user", "content": prompt}])
             text, param = prompt, "prompt"
-        if len(ids) > self.settings.max_prompt_tokens:
-            raise APIError(
-                400,
-                f"{param} is {len(ids)} tokens; the limit is {self.settings.max_prompt_tokens}",
-                param,
-                ErrorCode.PROMPT_TOO_LONG,
-            )
+        self._check_prompt_length(len(ids), param)
         return ids, text
 
     # ------------------------------------------------------------------ execution
@@ -275,6 +317,8 @@ class AlignmentService:
                 gen, search = await self._generate_adaptively(call)
             else:
                 gen = await self.engine.generate(call.prompt_ids, call.sampling, call.budget, call.engine_request_id())
+        except InvalidEngineInput as exc:
+            raise APIError(400, f"the engine refused the request: {exc}", exc.param) from None
         except Exception:
             if self.engine.ready:
                 raise
