@@ -52,6 +52,20 @@ def test_sync_happy_paths(client):
     assert chat.choices[0].alignment.budget == 2 and isinstance(chat.text, str)
 
 
+def test_logprobs_and_response_format_through_the_sdk(client):
+    chat = client.chat(
+        [{"role": "user", "content": "hi"}], best_of=2, reward_weights={"short": 1.0}, max_tokens=6, seed=1,
+        logprobs=True, top_logprobs=2,
+    )  # fmt: skip
+    content = chat.choices[0].logprobs.content
+    assert content and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {}}}}
+    r = client.align(prompt="JSON", reward_weights={"short": 1.0}, budget=2, max_tokens=48, seed=2, response_format=fmt)
+    assert r.text.lstrip().startswith("{")
+    with pytest.raises(TypeError, match="response_format"):
+        client.align(prompt="x", reward_weights={"short": 1.0}, response_format={"type": "yaml"})
+
+
 def test_async_happy_paths(tiny_server):
     async def go():
         async with AsyncClient(base_url=tiny_server.url, api_key=API_KEY) as c:
@@ -123,10 +137,12 @@ def test_connection_error_after_retries():
 
 
 def test_readme_client_examples_run_as_written(tiny_server, monkeypatch):
+    """The SDK's page in docs/ and the README's SDK example, run as written against the server."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "client.md").read_text(), re.S)
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Client SDK", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) >= 2
+    section = readme.split("### The client SDK", 1)[1].split("\n### ", 1)[0]
+    blocks += re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) >= 3
     monkeypatch.setenv("IAMA_BASE_URL", tiny_server.url)
     monkeypatch.setenv("IAMA_API_KEY", API_KEY)
     for code in blocks:
@@ -147,10 +163,14 @@ def test_sdk_models_mirror_the_server():
     assert set(sdk.EarlyRejection.__annotations__) == set(srv.EarlyRejection.model_fields)
     from iama_server.schemas import UNSUPPORTED
 
-    ignored = {"stream", "stream_options", "user", *UNSUPPORTED}  # streaming is chat_stream(); the rest is refused
+    # streaming is chat_stream(); echo is a completions field; the rest is refused
+    ignored = {"stream", "stream_options", "user", "echo", *UNSUPPORTED}
     chat_fields = set(srv.ChatCompletionRequest.model_fields) - ignored
     assert set(ChatParams.__annotations__) | {"messages", "max_completion_tokens"} == chat_fields
     assert set(ERROR_CODES) == {c.value for c in ErrorCode}
+    assert set(sdk.ResponseFormat.__annotations__) == set(srv.ResponseFormat.model_fields)
+    schema_fields = {f.alias or n for n, f in srv.JSONSchemaFormat.model_fields.items()}
+    assert set(sdk.JSONSchemaFormat.__annotations__) == schema_fields
 
 
 def test_sdk_installs_alone_without_torch(tmp_path):

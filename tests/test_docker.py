@@ -118,3 +118,6 @@ def test_image_install_and_entry_steps_in_a_fresh_venv(tmp_path):
     # the server image's profile: no trainer stack inside it
     no_trainer = "import importlib.util as u; assert not u.find_spec('trl') and not u.find_spec('peft')"
     assert subprocess.run([str(bin_dir / "python"), "-c", no_trainer], env=run_env).returncode == 0
+    # the playground's static files ship inside the installed package
+    page = "from iama_server.playground import _asset; assert 'data-testid=\"run\"' in _asset('index.html')"
+    assert subprocess.run([str(bin_dir / "python"), "-c", page], env=run_env, cwd=tmp_path).returncode == 0

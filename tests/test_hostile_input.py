@@ -147,7 +147,8 @@ async def test_completions_accept_a_list_of_prompts_with_choices_in_order():
 
 async def test_penalties_reach_the_engine():
     async with serve() as s:
-        body = {**CHAT, "presence_penalty": 0.5, "frequency_penalty": -0.25}
+        body = {**CHAT, "presence_penalty": 0.5, "frequency_penalty": -0.25, "ignore_eos": True}
         assert (await s.client.post("/v1/chat/completions", json=body)).status_code == 200
         sampling = s.engine.calls[-1][1]
         assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -0.25)
+        assert sampling.ignore_eos  # vLLM's extension, sent by load generators (guidellm)

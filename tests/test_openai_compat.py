@@ -211,3 +211,23 @@ async def test_greedy_best_of_n_is_refused_naming_temperature():
         assert err.value.body["param"] == "temperature"
         greedy = await sdk(s).chat.completions.create(model="fake", messages=CHAT, temperature=0)
         assert greedy.choices[0].message.content
+
+
+async def test_vllm_streaming_extensions_that_load_generators_send():
+    """guidellm sends vLLM's ``stream_options.continuous_usage_stats`` and ``ignore_eos``."""
+    async with serve() as s:
+        for extra in ({}, ALIGNED):
+            stream = await sdk(s).chat.completions.create(
+                model="fake",
+                messages=CHAT,
+                max_tokens=16,
+                stream=True,
+                stream_options={"include_usage": True, "continuous_usage_stats": True},
+                extra_body={**extra, "ignore_eos": True},
+            )
+            chunks = [c async for c in stream]
+            with_text = [c for c in chunks if c.choices and c.choices[0].delta.content]
+            assert with_text and all(c.usage is not None for c in with_text), extra
+            counts = [c.usage.completion_tokens for c in with_text]
+            assert counts == sorted(counts) and chunks[-1].usage.completion_tokens >= counts[-1]
+            assert s.engine.calls[-1][1].ignore_eos

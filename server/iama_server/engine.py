@@ -48,6 +48,7 @@ class Sampling:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     structured: StructuredOutput | None = None
+    ignore_eos: bool = False
 
 
 # The floor OpenAI's and vLLM's servers report for a log-probability of -inf (JSON has no -inf).
@@ -351,5 +352,6 @@ def _sampling_params(sampling: Sampling, n: int, kind: Any) -> Any:
         logprobs=sampling.logprobs,
         prompt_logprobs=sampling.prompt_logprobs,
         structured_outputs=structured,
+        ignore_eos=sampling.ignore_eos,
         output_kind=kind,
     )

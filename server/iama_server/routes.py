@@ -33,6 +33,7 @@ from iama_server.rendering import (
     sse_events,
     stream_chunk,
     stream_chunks,
+    usage,
     usage_chunk,
 )
 from iama_server.schemas import (
@@ -185,13 +186,17 @@ async def _openai(body: CompletionRequest | ChatCompletionRequest, request: Requ
     calls = state.service.openai_calls(body, rid)
     chat = isinstance(body, ChatCompletionRequest)
     usage_asked = body.stream_options is not None and body.stream_options.include_usage
+    continuous = body.stream_options is not None and body.stream_options.continuous_usage_stats
     if body.stream and calls[0].weights is None and calls[0].budget == 1:
-        return await _stream_plain(state, calls[0], chat=chat, include_usage=usage_asked)
+        return await _stream_plain(state, calls[0], chat=chat, include_usage=usage_asked, continuous=continuous)
     outcomes = await execute(state, request, calls)
     if body.stream:
         chunks = stream_chunks(
             outcomes[0], chat=chat, model=state.model_name, response_id=rid, created=now(), include_usage=usage_asked
         )
+        if continuous:  # every token was generated before the first chunk: the usage is final throughout
+            final = usage(outcomes[0]).model_dump()
+            chunks = [c if "usage" in c else {**c, "usage": final} for c in chunks]
         return StreamingResponse(_iterate(chunks), media_type="text/event-stream", headers=_SSE_HEADERS)
     return JSONResponse(openai_response(outcomes, chat=chat, model=state.model_name, response_id=rid, created=now()))
 
@@ -204,7 +209,9 @@ async def _iterate(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
         yield event
 
 
-async def _stream_plain(state: ServerState, call: AlignmentCall, *, chat: bool, include_usage: bool) -> Response:
+async def _stream_plain(
+    state: ServerState, call: AlignmentCall, *, chat: bool, include_usage: bool, continuous: bool = False
+) -> Response:
     """Plain generation streamed token by token. Admission is decided before the response
     starts (a 429 cannot follow a 200); the slot is held until the stream ends. A client that
     goes away cancels the stream (Starlette), which aborts the request in vLLM; the request
@@ -229,7 +236,15 @@ async def _stream_plain(state: ServerState, call: AlignmentCall, *, chat: bool, 
                     asked = call.sampling.logprobs is not None
                     if delta.text or (asked and delta.logprobs):
                         lps = piece_logprobs(delta.logprobs, chat=chat, offset=at) if asked else None
-                        yield sse(stream_chunk(base, chat=chat, text=delta.text, logprobs=lps))
+                        chunk = stream_chunk(base, chat=chat, text=delta.text, logprobs=lps)
+                        if continuous:  # vLLM's continuous_usage_stats: the usage so far
+                            p = len(call.prompt_ids)
+                            chunk["usage"] = {
+                                "prompt_tokens": p,
+                                "completion_tokens": delta.tokens,
+                                "total_tokens": p + delta.tokens,
+                            }
+                        yield sse(chunk)
                         at += len(delta.text)
                     if delta.finish_reason is not None:
                         yield sse(stream_chunk(base, chat=chat, text=None if chat else "", finish=delta.finish_reason))

@@ -105,6 +105,9 @@ class SamplingFields(_Request):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     response_format: ResponseFormat | None = None
+    ignore_eos: bool = Field(
+        default=False, description="vLLM's extension: generate max_tokens whatever the model's end token (load tests)"
+    )
 
 
 class EarlyRejection(_Request):
@@ -276,6 +279,9 @@ class AlignmentExtras(_AdaptiveBudget):
 
 class StreamOptions(_Request):
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(
+        default=False, description="vLLM's extension: the usage so far on every chunk (load generators read it)"
+    )
 
 
 # OpenAI request fields this server does not implement. Sending one with a value that would

@@ -264,6 +264,7 @@ class AlignmentService:
             fields.presence_penalty,
             fields.frequency_penalty,
             structured=structured,
+            ignore_eos=fields.ignore_eos,
         )
 
     def _encode_ids(self, ids: list[int]) -> tuple[list[int], Prompt]:

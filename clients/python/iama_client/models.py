@@ -150,10 +150,27 @@ class ChatChoiceMessage(_Model):
     content: str | None = None
 
 
+class TopLogprob(_Model):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(_Model):
+    """The chosen candidate's token log-probs (``logprobs=True``), OpenAI's chat shape."""
+
+    content: list[TokenLogprob] | None = None
+
+
 class ChatChoice(_Model):
     index: int
     message: ChatChoiceMessage
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
     alignment: AlignmentInfo | None = None
 
 
@@ -179,6 +196,7 @@ class ChunkChoice(_Model):
     index: int
     delta: ChunkDelta
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(_Model):
@@ -208,7 +226,25 @@ class EarlyRejection(TypedDict):
 
 
 @with_config(ConfigDict(extra="forbid"))
+class JSONSchemaFormat(TypedDict, total=False):
+    name: str
+    description: str
+    schema: dict[str, Any]
+    strict: bool
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ResponseFormat(TypedDict, total=False):
+    """``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"schema": ...}}``:
+    every candidate is constrained to valid JSON (vLLM's structured outputs)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+@with_config(ConfigDict(extra="forbid"))
 class _Sampling(TypedDict, total=False):
+    response_format: ResponseFormat
     temperature: float
     top_p: float
     max_tokens: int
@@ -216,6 +252,7 @@ class _Sampling(TypedDict, total=False):
     stop: str | list[str]
     presence_penalty: float
     frequency_penalty: float
+    ignore_eos: bool  # vLLM's: generate max_tokens whatever the end token (load tests)
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -248,3 +285,5 @@ class ChatParams(_Sampling, _Search, total=False):
     best_of: int | Literal["auto"]
     alignment: Algorithm
     n: int
+    logprobs: bool  # the chosen candidate's token log-probs
+    top_logprobs: int  # with logprobs: that many alternatives per token (0–20)
