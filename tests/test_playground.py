@@ -41,6 +41,11 @@ async def test_the_page_is_behind_the_api_key():
         await anonymous.aclose()
 
 
+async def test_the_page_can_be_turned_off():
+    async with serve(playground=False) as s:
+        assert (await s.client.get("/playground")).status_code == 404
+
+
 async def test_the_page_loads_nothing_from_elsewhere():
     async with serve() as s:
         html = (await s.client.get("/playground")).text
@@ -55,7 +60,7 @@ def test_playground_in_headless_chromium(tiny_server):
         pytest.skip(
             "Debian's chromium is not installed (apt-get install chromium; scripts/install.sh dev does it as root)"
         )
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     rewards = httpx.get(f"{tiny_server.url}/v1/rewards", headers={"Authorization": f"Bearer {API_KEY}"}).json()
@@ -112,7 +117,7 @@ def test_playground_in_headless_chromium(tiny_server):
             page.get_by_test_id("weight-short").fill("1")
             page.get_by_test_id("budget").fill("999")  # over the server's limit: its 400, shown
             page.get_by_test_id("run").click()
-            page.wait_for_function("document.getElementById('error').textContent.includes('400')")
+            expect(page.get_by_test_id("error")).to_contain_text("400", timeout=60_000)  # no eval: the CSP forbids it
             assert "budget" in page.get_by_test_id("error").inner_text()
             assert errors == []
         finally:

@@ -49,7 +49,8 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
     app.middleware("http")(_observe)  # added last: outermost, so it counts the 413s too
     app.include_router(probes)
     app.include_router(v1)
-    app.include_router(playground)
+    if state.settings.playground:
+        app.include_router(playground)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -165,7 +165,13 @@ async def align(body: AlignRequest, request: Request) -> AlignResponse:
 
 
 def _openai_responses(model: type) -> dict[int | str, dict[str, Any]]:
-    sse = {"text/event-stream": {"schema": {"type": "string", "description": "OpenAI chunks when `stream`"}}}
+    event = {  # one server-sent event, as SSE parsers (and schemathesis) see it: an OpenAI chunk in `data`
+        "type": "object",
+        "description": "with `stream`: one event per OpenAI chunk (JSON in `data`), then `data: [DONE]`",
+        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+        "required": ["data"],
+    }
+    sse = {"text/event-stream": {"schema": event}}
     return {200: {"model": model, "content": sse}, **_RUN_ERRORS}
 
 

@@ -43,6 +43,7 @@ class ServerSettings(BaseSettings):
 
     # Security: empty means open. Comma-separated in IAMA_API_KEYS.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    playground: bool = Field(default=True, description="serve the /playground page (behind api_keys)")
 
     # Rewards: added to / overriding the model card's (or the default) reward set.
     rewards: dict[str, RewardSpec] = Field(default_factory=dict)
