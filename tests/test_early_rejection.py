@@ -12,6 +12,8 @@ from exposition import metric
 from fake_engine import CANDIDATES
 from in_process import serve, until
 
+from iama.seeds import candidate_seed
+
 ALIGN = {"prompt": "How was your day?", "budget": 8, "max_tokens": 16, "seed": 0, "return_candidates": True}
 ER = {"checkpoints": [2], "keep": 0.5}
 
@@ -28,13 +30,16 @@ async def test_the_weakest_running_candidates_are_stopped_at_the_checkpoint():
         text = (await s.client.get("/metrics")).text
     report = d["early_rejection"]
     (cp,) = report["checkpoints"]
-    # "Fine." and "Ok." finished with one word before the checkpoint: never rejected
+    # candidate j is the fake's text for its seed; "Fine." and "Ok." finish with one word before
+    # the checkpoint: never rejected
+    texts = [CANDIDATES[candidate_seed(0, j) % len(CANDIDATES)] for j in range(8)]
+    running = [j for j, t in enumerate(texts) if len(t.split()) > 2]
     assert cp["tokens"] == 2 and cp["rewards"] == ["sentiment"]  # length cannot judge a partial text
-    assert sorted(cp["kept"] + cp["rejected"]) == [0, 1, 3, 4, 5, 7] and len(cp["rejected"]) == 3
+    assert sorted(cp["kept"] + cp["rejected"]) == running and len(running) == 6 and len(cp["rejected"]) == 3
     cands = d["candidates"]
     for j in cp["rejected"]:
         assert cands[j]["finish_reason"] == "rejected" and cands[j]["rejected_at"] == 2
-        assert cands[j]["text"] == " ".join(CANDIDATES[j].split()[:2]) and set(cands[j]["scores"]) == {"sentiment"}
+        assert cands[j]["text"] == " ".join(texts[j].split()[:2]) and set(cands[j]["scores"]) == {"sentiment"}
         assert not cands[j]["chosen"]
     assert d["chosen_index"] not in cp["rejected"]
     generated = sum(c["completion_tokens"] for c in cands)
@@ -43,6 +48,9 @@ async def test_the_weakest_running_candidates_are_stopped_at_the_checkpoint():
     assert d["kl_bound"] == pytest.approx(math.log(8))  # not exact BoN: the generic bound
     assert metric(text, "iama_candidates_aborted_total") == 3
     assert metric(text, "iama_tokens_saved_total") == 3 * 14
+    # the 6 running candidates scored once at the checkpoint, then only the 5 that were not stopped:
+    # a rejected candidate keeps the scores that decided, it is not scored again
+    assert metric(text, "iama_scored_completions_total") == 6 + 5
 
 
 async def test_with_nothing_rejected_the_candidates_are_plain_bons():

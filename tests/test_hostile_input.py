@@ -10,6 +10,7 @@ import pytest
 from exposition import metric
 from in_process import serve
 
+from iama.seeds import candidate_base_seed
 from iama_server.schemas import MAX_SEED
 
 ALIGN = {"prompt": "Hi", "reward_weights": {"sentiment": 1}, "budget": 2, "max_tokens": 4}
@@ -50,7 +51,9 @@ async def test_every_number_and_list_is_bounded_on_every_endpoint(path, body, fi
 async def test_the_largest_seed_is_accepted_and_reaches_the_engine():
     async with serve() as s:
         r = await s.client.post("/v1/align", json={**ALIGN, "seed": MAX_SEED})
-        assert r.status_code == 200 and s.engine.calls[0][1].seed == MAX_SEED
+        seed = s.engine.calls[0][1].seed
+        assert r.status_code == 200 and seed == candidate_base_seed(MAX_SEED)
+        assert 0 <= seed and seed + ALIGN["budget"] <= MAX_SEED  # every candidate's seed vLLM can take
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from fake_engine import CANDIDATES, FakeEngine
 from in_process import API_KEY, REWARDS, raw_post, serve
 
 from iama.rewards import RewardSet, weighted_score
+from iama.seeds import candidate_base_seed
 from iama_server.errors import ErrorCode
 from iama_server.schemas import AlignRequest
 
@@ -72,7 +73,13 @@ async def test_the_engine_gets_one_request_with_n_equal_to_the_budget_and_the_sa
         assert (await s.client.post("/v1/align", json=body)).status_code == 200
         ((ids, sampling, n, _),) = s.engine.calls
     assert n == 5 and ids == s.engine.encode_chat([{"role": "user", "content": ALIGN["prompt"]}])
-    assert (sampling.temperature, sampling.top_p, sampling.seed, sampling.stop) == (0.7, 0.9, 3, ["\n"])
+    # the seed vLLM gets is the request's hashed base (independent candidates: test_seeds.py)
+    assert (sampling.temperature, sampling.top_p, sampling.seed, sampling.stop) == (
+        0.7,
+        0.9,
+        candidate_base_seed(3),
+        ["\n"],
+    )
     assert sampling.max_tokens == 32
 
 
@@ -325,3 +332,26 @@ async def test_concurrent_requests_share_scoring_batches():
     assert [r.status_code for r in rs] == [200] * 8
     assert metric(text, "iama_scored_completions_total") == 32
     assert metric(text, "iama_score_batches_total") < 8
+
+
+async def test_a_batch_scores_each_reward_only_on_the_requests_that_asked_for_it():
+    async with serve(max_concurrent_requests=8, max_queued_requests=0, score_batch_wait_ms=50) as s:
+        rewards = s.state.scorer.rewards
+        calls: list[tuple[tuple[str, ...], int]] = []
+        real = rewards.score
+
+        def recording(prompts, completions, names=None, **kw):
+            calls.append((tuple(names), len(completions)))
+            return real(prompts, completions, names, **kw)
+
+        rewards.score = recording
+        s.engine.hold()
+        bodies = [{**ALIGN, "reward_weights": {"sentiment": 1}}, {**ALIGN, "reward_weights": {"short": 1}}]
+        tasks = [asyncio.create_task(s.client.post("/v1/align", json=b)) for b in bodies]
+        while len(s.engine.running) < 2:
+            await asyncio.sleep(0.005)
+        s.engine.release()  # both reach the scorer together
+        assert [r.status_code for r in await asyncio.gather(*tasks)] == [200, 200]
+        text = (await s.client.get("/metrics")).text
+    assert metric(text, "iama_score_batches_total") == 1
+    assert sorted(calls) == [(("sentiment",), 4), (("short",), 4)]  # not 8 each

@@ -87,6 +87,30 @@ def test_relevance_prefers_on_topic_answers():
     assert s[0] > s[1] + 0.2
 
 
+def test_relevance_encodes_each_distinct_prompt_once():
+    from iama.rewards import rules
+
+    st = rules._minilm(None)
+    encoded: list[int] = []
+    real = st.encode
+
+    def counting(texts, **kw):
+        encoded.append(len(texts))
+        return real(texts, **kw)
+
+    prompts = ["What is the capital of France?"] * 3 + ["Name a fruit."]
+    comps = ["Paris.", "Pancakes.", "Lyon is in France.", "An apple."]
+    r = create_reward("relevance")
+    st.encode = counting
+    try:
+        together = r.score(prompts, comps)
+    finally:
+        st.encode = real
+    assert encoded == [2, 4]  # the two distinct prompts, then the four completions
+    alone = [r.score([p], [c])[0] for p, c in zip(prompts, comps, strict=True)]
+    assert together == pytest.approx(alone, abs=1e-6)
+
+
 def test_hf_reward_model_from_local_path(tiny_classifier):
     rm = create_reward(f"hf:{tiny_classifier}", label="POSITIVE", batch_size=2, pair=False)
     comps = ["good", "bad day", "the quick brown fox", "happy people"]

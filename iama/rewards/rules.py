@@ -251,9 +251,12 @@ class RelevanceReward:
         if not completions:
             return np.zeros(0)
         st = _minilm(self.model)
-        a = st.encode(list(prompts), batch_size=self.batch_size, normalize_embeddings=True)
-        b = st.encode(list(completions), batch_size=self.batch_size, normalize_embeddings=True)
-        return np.sum(np.asarray(a) * np.asarray(b), axis=1).astype(np.float64)
+        # N candidates share one prompt: encode each distinct prompt once, not once per candidate
+        unique = list(dict.fromkeys(prompts))
+        where = {p: i for i, p in enumerate(unique)}
+        a = np.asarray(st.encode(unique, batch_size=self.batch_size, normalize_embeddings=True))
+        b = np.asarray(st.encode(list(completions), batch_size=self.batch_size, normalize_embeddings=True))
+        return np.sum(a[[where[p] for p in prompts]] * b, axis=1).astype(np.float64)
 
 
 register("sentiment", SentimentReward.description)(lambda **kw: SentimentReward(polarity="positive", **kw))

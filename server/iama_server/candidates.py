@@ -1,8 +1,9 @@
 """Generating the N candidates one vLLM request each, to stop weak ones early or stop sampling
 once one is good enough.
 
-Plain best-of-N sends one request with ``n = N``; vLLM seeds its i-th child ``seed + i``. Here
-candidate i is its own request seeded ``seed + i``, so with the same seed these candidates are
+Plain best-of-N sends one request with ``n = N``; vLLM seeds its i-th child ``seed + i`` (the
+seed being already the request's hashed base, ``iama/seeds.py``). Here candidate i is its own
+request seeded ``seed + i``, so with the same seed these candidates are
 exactly plain BoN's (``test_early_rejection_off_equals_plain_bon``), only some are stopped, or
 never started:
 

@@ -26,6 +26,12 @@ class Metrics:
         self.budget = Histogram("iama_budget", "Requested budget N", buckets=BUDGET_BUCKETS, registry=r)
         self.queue_depth = Gauge("iama_queue_depth", "Admitted requests waiting for a slot", registry=r)
         self.in_flight = Gauge("iama_in_flight", "Requests generating or scoring", registry=r)
+        self.tokens_in_use = Gauge(
+            "iama_token_capacity_in_use",
+            "Tokens the running requests hold at most (prompt + N × max_tokens)",
+            registry=r,
+        )
+        self.token_capacity = Gauge("iama_token_capacity", "The admission's token capacity", registry=r)
         self.candidates_aborted = Counter(
             "iama_candidates_aborted", "Candidates stopped early by early rejection", registry=r
         )

@@ -72,9 +72,10 @@ async def execute(state: ServerState, request: Request, calls: list[AlignmentCal
     """Admission (429 when full; one slot per HTTP request, however many prompts it holds), then
     the service's runs, side by side, under the request timeout (504) and the client's
     attention (a disconnect aborts them in vLLM)."""
-    async with state.admission.slot() as queued:
+    async with state.admission.slot(state.service.cost(calls)) as queued:
         state.metrics.queue_depth.set(state.admission.waiting)
         state.metrics.in_flight.set(state.admission.active)
+        state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
 
         async def run_all() -> list[Outcome]:
             return list(await asyncio.gather(*(state.service.run(call) for call in calls)))
@@ -93,6 +94,7 @@ async def execute(state: ServerState, request: Request, calls: list[AlignmentCal
             raise
         finally:
             state.metrics.in_flight.set(state.admission.active - 1)
+            state.metrics.tokens_in_use.set(state.admission.tokens_in_use - state.service.cost(calls))
         for outcome in outcomes:
             outcome.queue_s = queued
         return outcomes
@@ -132,6 +134,7 @@ async def health(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     state = server_state(request)
     state.metrics.queue_depth.set(state.admission.waiting)
+    state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
     state.metrics.engine_unfinished.set(state.engine.unfinished_requests())
     state.metrics.engine_kv_usage.set(state.engine.stats.kv_cache_usage)
     state.metrics.engine_generated.set(state.engine.stats.generated_tokens)
@@ -223,8 +226,9 @@ async def _stream_plain(
     goes away cancels the stream (Starlette), which aborts the request in vLLM; the request
     timeout ends the stream with an OpenAI error event."""
     slot = AsyncExitStack()
-    await slot.enter_async_context(state.admission.slot())
+    await slot.enter_async_context(state.admission.slot(state.service.cost([call])))
     state.metrics.in_flight.set(state.admission.active)
+    state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
     base = chunk_base(chat=chat, model=state.model_name, response_id=call.request_id, created=now())
 
     async def events() -> AsyncIterator[bytes]:
@@ -278,5 +282,6 @@ async def _stream_plain(
         finally:
             await slot.aclose()
             state.metrics.in_flight.set(state.admission.active)
+            state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)

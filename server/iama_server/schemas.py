@@ -27,8 +27,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from iama.objective import Algorithm
+from iama.seeds import MAX_SEED  # what vLLM serialises and numpy/torch generators accept
 
-MAX_SEED = 2**63 - 1  # what vLLM serialises and numpy/torch generators accept
 MAX_N = 256  # the largest budget any server setting allows (ServerSettings.max_budget)
 MAX_MESSAGES = 256
 MAX_REWARD_WEIGHTS = 64

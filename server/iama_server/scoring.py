@@ -1,9 +1,11 @@
 """Reward scoring off the event loop, batched across concurrent requests.
 
 Requests put their candidates on a queue; one worker drains whatever has arrived (up to
-``max_batch`` completions, waiting at most ``max_wait_s`` for more) and scores the union in a
-worker thread with a single call per reward. A neural reward model thus sees one large batch
-instead of many small ones, and the event loop keeps serving while scores are computed.
+``max_batch`` completions, waiting at most ``max_wait_s`` for more) and scores them in a worker
+thread with a single call per reward, over the completions of the requests that asked for that
+reward only (a request weighting only ``sentiment`` never pays for another's reward model). A
+neural reward model thus sees one large batch instead of many small ones, and the event loop
+keeps serving while scores are computed.
 """
 
 from __future__ import annotations
@@ -82,21 +84,30 @@ class BatchedScorer:
             jobs = [j for j in jobs if not j.future.cancelled()]
             if not jobs:
                 continue
-            names = sorted({n for j in jobs for n in j.names})
-            prompts = [p for j in jobs for p in j.prompts]
-            comps = [c for j in jobs for c in j.completions]
             try:
-                scores = await loop.run_in_executor(self._pool, self.rewards.score, prompts, comps, names)
+                results = await loop.run_in_executor(self._pool, self._score_jobs, jobs)
             except Exception as exc:  # a broken reward fails its requests, not the server
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(exc)
                 continue
             if self.on_batch is not None:
-                self.on_batch(len(comps))
-            start = 0
-            for j in jobs:
-                stop = start + len(j.completions)
+                self.on_batch(sum(len(j.completions) for j in jobs))
+            for j, result in zip(jobs, results, strict=True):
                 if not j.future.done():
-                    j.future.set_result({n: scores[n][start:stop] for n in j.names})
+                    j.future.set_result(result)
+
+    def _score_jobs(self, jobs: list[_Job]) -> list[dict[str, np.ndarray]]:
+        """One call per reward, over the completions of the jobs that asked for it (in order)."""
+        results: list[dict[str, np.ndarray]] = [{} for _ in jobs]
+        for name in sorted({n for j in jobs for n in j.names}):
+            asking = [k for k, j in enumerate(jobs) if name in j.names]
+            prompts = [p for k in asking for p in jobs[k].prompts]
+            comps = [c for k in asking for c in jobs[k].completions]
+            scores = self.rewards.score(prompts, comps, [name])[name]
+            start = 0
+            for k in asking:
+                stop = start + len(jobs[k].completions)
+                results[k][name] = scores[start:stop]
                 start = stop
+        return results

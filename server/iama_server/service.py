@@ -21,6 +21,8 @@ from iama.algorithms import budget_waves, select, selection_kl_bound
 from iama.modelcard import ModelCard
 from iama.objective import Algorithm
 from iama.rewards import Prompt, RewardSet, WeightError, normalize_scores, weighted_sum
+from iama.seeds import candidate_base_seed
+from iama_server.admission import request_cost
 from iama_server.candidates import Checkpoint, adaptive_budget, early_rejection
 from iama_server.engine import Delta, GenerationEngine, GenerationResult, InvalidEngineInput, Sampling, StructuredOutput
 from iama_server.errors import APIError, ErrorCode
@@ -67,6 +69,7 @@ class Search:
 
     rejected_at: dict[int, int] = field(default_factory=dict)  # candidate -> tokens when stopped
     partial_scores: dict[int, float] = field(default_factory=dict)  # candidate -> its score then
+    partial_raw: dict[int, dict[str, float]] = field(default_factory=dict)  # candidate -> judges' raw scores then
     checkpoints: list[Checkpoint] | None = None  # early rejection's decisions
     partial_rewards: list[str] = field(default_factory=list)  # the rewards that judged partial texts
     budget_spent: int | None = None  # budget "auto"
@@ -122,7 +125,7 @@ class AlignmentService:
         """``/v1/align``: weights are required (or the server's default), budget defaults."""
         self._check_ready_and_model(body.model)
         ids, text = self._encode(body.prompt, body.messages, raw=body.raw_prompt)
-        return self._call(
+        call = self._call(
             body,
             ids,
             text,
@@ -132,6 +135,8 @@ class AlignmentService:
             algorithm=body.algorithm,
             normalize=body.normalize,
         )
+        self._check_cost([call], "max_budget" if body.budget == "auto" else "budget")
+        return call
 
     def openai_calls(self, body: CompletionRequest | ChatCompletionRequest, request_id: str) -> list[AlignmentCall]:
         """OpenAI routes, one call per prompt: aligned when ``best_of`` or ``reward_weights`` is
@@ -161,7 +166,7 @@ class AlignmentService:
             )
             for ids, text in encoded
         ]
-        return [
+        calls = [
             replace(
                 c,
                 sampling=replace(c.sampling, logprobs=logprobs, prompt_logprobs=prompt_logprobs),
@@ -169,6 +174,27 @@ class AlignmentService:
             )
             for c in calls
         ]
+        budget_field = "n" if body.best_of is None else ("max_budget" if body.best_of == "auto" else "best_of")
+        self._check_cost(calls, budget_field)
+        return calls
+
+    def cost(self, calls: list[AlignmentCall]) -> int:
+        """What the calls of one HTTP request hold of the engine at most (``admission.request_cost``)."""
+        return sum(request_cost(len(c.prompt_ids), c.budget, c.sampling.max_tokens) for c in calls)
+
+    def _check_cost(self, calls: list[AlignmentCall], budget_field: str) -> None:
+        """A request that could never run (it costs more than the whole capacity) is a 400 now,
+        not a wait that never ends."""
+        cost, capacity = self.cost(calls), self.settings.effective_token_capacity
+        if cost > capacity:
+            c = calls[0]
+            raise APIError(
+                400,
+                f"this request needs {cost} tokens of capacity ({len(calls)} prompt(s) × (prompt tokens + "
+                f"{c.budget} candidates × max_tokens {c.sampling.max_tokens})); the server's capacity is "
+                f"{capacity}: lower {budget_field}, max_tokens or the number of prompts",
+                budget_field,
+            )
 
     def _call(
         self,
@@ -259,7 +285,7 @@ class AlignmentService:
             fields.temperature,
             fields.top_p,
             min(mt, room),
-            fields.seed,
+            None if fields.seed is None else candidate_base_seed(fields.seed),  # iama/seeds.py: why
             stop,
             fields.presence_penalty,
             fields.frequency_penalty,
@@ -338,7 +364,7 @@ class AlignmentService:
         chosen = list(range(min(call.n_returned, len(texts))))
         if call.weights is not None:
             if search.raw is None:
-                raw = await self.scorer.score([call.prompt] * len(texts), texts, list(call.weights))
+                raw = await self._final_scores(call, texts, search)
             else:
                 raw = search.raw  # the adaptive budget scored every whole candidate already
             normalized = normalize_scores(raw, self.rewards.stats if call.normalize else None)
@@ -350,6 +376,24 @@ class AlignmentService:
         t2 = time.perf_counter()
         self.metrics.scoring.observe(t2 - t1)
         return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search)
+
+    async def _final_scores(self, call: AlignmentCall, texts: list[str], search: Search) -> dict[str, np.ndarray]:
+        """Raw scores of the finished candidates; a candidate stopped by early rejection is not
+        scored again: it keeps the judges' scores of the partial text that decided (NaN for the
+        rewards that could not judge it, which are never shown for it)."""
+        assert call.weights is not None
+        names = list(call.weights)
+        live = [i for i in range(len(texts)) if i not in search.rejected_at]
+        if len(live) == len(texts):
+            return await self.scorer.score([call.prompt] * len(texts), texts, names)
+        scored = await self.scorer.score([call.prompt] * len(live), [texts[i] for i in live], names)
+        raw = {n: np.full(len(texts), np.nan) for n in names}
+        for n in names:
+            raw[n][live] = scored[n]
+        for i, by_name in search.partial_raw.items():
+            for n, v in by_name.items():
+                raw[n][i] = v
+        return raw
 
     async def _weighted_scores(
         self, call: AlignmentCall, texts: list[str], names: list[str]
@@ -364,9 +408,12 @@ class AlignmentService:
     async def _generate_with_early_rejection(self, call: AlignmentCall) -> tuple[GenerationResult, Search]:
         assert call.early_rejection is not None and call.weights is not None
         judges = [n for n in self.rewards.judging_partial_text(list(call.weights)) if call.weights[n] > 0]
+        at_checkpoints: list[dict[str, np.ndarray]] = []  # the judges' raw scores, one entry per checkpoint
 
         async def score(texts: list[str]) -> np.ndarray:
-            return (await self._weighted_scores(call, texts, judges))[1]
+            raw, weighted = await self._weighted_scores(call, texts, judges)
+            at_checkpoints.append(raw)
+            return weighted
 
         er = call.early_rejection
         run = await early_rejection(
@@ -382,7 +429,20 @@ class AlignmentService:
         saved = sum(call.sampling.max_tokens - tokens for tokens in run.rejected_at.values())
         self.metrics.candidates_aborted.inc(len(run.rejected_at))
         self.metrics.tokens_saved.inc(saved)
-        return run.result, Search(run.rejected_at, run.partial_scores, run.checkpoints, judges)
+        # each checkpoint scored its running candidates in index order: kept and rejected together
+        partial_raw = {}
+        for cp, raw in zip(run.checkpoints, at_checkpoints, strict=True):
+            order = sorted(cp.kept + cp.rejected)
+            for j in cp.rejected:
+                partial_raw[j] = {n: float(raw[n][order.index(j)]) for n in judges}
+        search = Search(
+            rejected_at=run.rejected_at,
+            partial_scores=run.partial_scores,
+            partial_raw=partial_raw,
+            checkpoints=run.checkpoints,
+            partial_rewards=judges,
+        )
+        return run.result, search
 
     async def _generate_adaptively(self, call: AlignmentCall) -> tuple[GenerationResult, Search]:
         assert call.target_score is not None and call.weights is not None

@@ -34,6 +34,14 @@ class ServerSettings(BaseSettings):
     max_prompt_tokens: int = Field(default=2048, ge=1)
     max_concurrent_requests: int = Field(default=16, ge=1, description="requests generating at once")
     max_queued_requests: int = Field(default=64, ge=0, description="admitted requests waiting for a slot")
+    token_capacity: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "tokens the running requests may hold at most, each costing prompt tokens + N × max_tokens per "
+            "prompt; default: max_concurrent_requests × (max_prompt_tokens + max_budget × max_tokens)"
+        ),
+    )
     request_timeout_s: float = Field(default=300.0, gt=0)
     max_request_bytes: int = Field(
         default=1_048_576, ge=1024, description="largest request body; larger ones get 413 before parsing"
@@ -92,6 +100,13 @@ class ServerSettings(BaseSettings):
                 f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens ({self.max_tokens})"
             )
         return self
+
+    @property
+    def effective_token_capacity(self) -> int:
+        """The set capacity, or what the request-count limit alone could admit at most."""
+        if self.token_capacity is not None:
+            return self.token_capacity
+        return self.max_concurrent_requests * (self.max_prompt_tokens + self.max_budget * self.max_tokens)
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> ServerSettings:

@@ -31,8 +31,12 @@ class ServerState:
         self.lifecycle = Lifecycle()
         self.metrics = Metrics()
         self.admission = Admission(
-            settings.max_concurrent_requests, settings.max_queued_requests, settings.retry_after_s
+            settings.max_concurrent_requests,
+            settings.max_queued_requests,
+            settings.retry_after_s,
+            settings.effective_token_capacity,
         )
+        self.metrics.token_capacity.set(settings.effective_token_capacity)
         # An injected engine (the tests' fake) brings its own model; vLLM gets a checked one.
         self.model_path = resolve_model(settings.model) if engine is None else settings.model
         self.card: ModelCard | None = load_model_card(self.model_path) if Path(self.model_path).is_dir() else None
