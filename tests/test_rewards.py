@@ -198,3 +198,35 @@ def test_reward_set_with_named_instances_and_stats():
         RewardSet({"x": "does_not_exist"})
     assert RewardSpec.model_validate({"type": "length", "target": 3}).params == {"target": 3}
     assert set(RewardSet(DEFAULT_REWARDS).names) >= {"sentiment", "length", "no_profanity"}
+
+
+def test_remote_tei_request_and_label_reading_on_a_recorded_exchange():
+    """TEI's /predict shape (no TEI server installs here: vLLM's is tested live in
+    test_remote_reward.py). Checks what is sent (pairs, left truncation) and which score is read."""
+    import json as _json
+
+    import httpx
+
+    sent: list[dict] = []
+
+    def tei(request: httpx.Request) -> httpx.Response:
+        body = _json.loads(request.content)
+        sent.append(body)
+        answer = [[{"label": "NEG", "score": 0.25}, {"label": "POS", "score": 0.75}] for _ in body["inputs"]]
+        return httpx.Response(200, json=answer)
+
+    rm = create_reward("remote:tei.local:8080", api="tei", label="POS", probability=True, batch_size=2)
+    rm._client = httpx.Client(transport=httpx.MockTransport(tei), base_url=rm.url)
+    scores = rm.score(["q1", "q2", "q3"], ["a", "b", "c"])
+    assert scores.tolist() == [0.75, 0.75, 0.75]
+    assert [len(b["inputs"]) for b in sent] == [2, 1]  # batched
+    assert sent[0]["inputs"][0] == ["q1", "a"] and sent[0]["truncation_direction"] == "Left"
+    assert sent[0]["raw_scores"] is False
+    assert rm.name == "remote:http://tei.local:8080"
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"error": "model is loading"})
+
+    rm._client = httpx.Client(transport=httpx.MockTransport(failing), base_url=rm.url)
+    with pytest.raises(RuntimeError, match="answered 503"):
+        rm.score(["q"], ["a"])

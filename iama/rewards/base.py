@@ -122,4 +122,4 @@ def check_scores(scores: Any, n: int, name: str) -> FloatArray:
 
 def _ensure_builtins() -> None:
     # Import for the side effect of registration; cheap after the first call.
-    from iama.rewards import neural, number, rules  # noqa: F401
+    from iama.rewards import neural, number, remote, rules  # noqa: F401
