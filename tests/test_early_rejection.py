@@ -139,3 +139,23 @@ async def test_bad_values_are_400s_naming_the_field(extra, param):
         else:  # a cross-field rule: the message names the fields
             assert "target_score" in err["message"] or "early_rejection" in err["message"], err
         assert s.engine.calls == []
+
+
+async def test_checkpoints_as_fractions_of_max_tokens():
+    async with serve() as s:
+        s.engine.limit_tokens(4)  # ⌈0.25 · 16⌉ = 4: every stream waits there, so the checkpoint happens
+        er = {"checkpoints": [0.25], "keep": 0.5}
+        body = {**ALIGN, "reward_weights": {"sentiment": 1.0}, "early_rejection": er}
+        pending = asyncio.create_task(s.client.post("/v1/align", json=body))
+        await until(lambda: len(s.engine.aborted) >= 1)
+        s.engine.limit_tokens(None)
+        d = (await pending).json()
+        (cp,) = d["early_rejection"]["checkpoints"]
+        assert cp["tokens"] == 4 and cp["rejected"]
+        for bad in ([0.5, 16], [0.5, 0.25], [1.5], [0.0]):
+            r = await s.client.post("/v1/align", json={**body, "early_rejection": {"checkpoints": bad, "keep": 0.5}})
+            assert r.status_code == 400 and r.json()["error"]["param"].startswith("early_rejection.checkpoints"), bad
+        # two fractions that round to the same token count
+        same = {**body, "max_tokens": 4, "early_rejection": {"checkpoints": [0.3, 0.4], "keep": 0.5}}
+        r = await s.client.post("/v1/align", json=same)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "early_rejection.checkpoints"

@@ -10,6 +10,7 @@ ignored. The client SDK mirrors these; keep field names stable.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -113,17 +114,27 @@ class SamplingFields(_Request):
 class EarlyRejection(_Request):
     """Stop the weakest candidates early (speculative rejection): at each checkpoint (tokens
     generated), score the running candidates' partial texts with the request's rewards that can
-    judge partial text, and keep the best ``keep`` fraction; the rest are aborted inside vLLM."""
+    judge partial text, and keep the best ``keep`` fraction; the rest are aborted inside vLLM.
+    Checkpoints are token counts, or fractions of ``max_tokens`` (all in (0, 1)), which keep
+    their meaning whatever length a request asks for."""
 
-    checkpoints: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(min_length=1, max_length=8)
+    checkpoints: list[Annotated[int, Field(ge=1, le=2**31 - 1)] | Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        min_length=1, max_length=8
+    )
     keep: float = Field(gt=0.0, le=1.0, description="fraction of the running candidates kept at each checkpoint")
 
     @field_validator("checkpoints")
     @classmethod
-    def _increasing(cls, v: list[int]) -> list[int]:
+    def _increasing(cls, v: list[int | float]) -> list[int | float]:
+        if len({isinstance(x, float) for x in v}) > 1:
+            raise ValueError("give checkpoints all as token counts or all as fractions of max_tokens")
         if any(b <= a for a, b in itertools.pairwise(v)):
             raise ValueError("checkpoints must increase strictly")
         return v
+
+    def in_tokens(self, max_tokens: int) -> list[int]:
+        """The checkpoints as token counts: a fraction f is ⌈f · max_tokens⌉."""
+        return [x if isinstance(x, int) else max(1, math.ceil(x * max_tokens)) for x in self.checkpoints]
 
 
 def _budget_value(v: Any) -> Any:

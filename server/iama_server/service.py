@@ -9,6 +9,7 @@ the scorer; admission, timeouts and disconnects are the transport's (``admission
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -215,6 +216,17 @@ class AlignmentService:
             target_score=body.target_score,
             **route_fields,
         )
+        er = call.early_rejection
+        if er is not None and any(isinstance(x, float) for x in er.checkpoints):
+            tokens = er.in_tokens(call.sampling.max_tokens)
+            if any(b <= a for a, b in itertools.pairwise(tokens)):
+                raise APIError(
+                    400,
+                    f"checkpoints {er.checkpoints} of max_tokens {call.sampling.max_tokens} are {tokens} tokens: "
+                    "they must still increase strictly",
+                    "early_rejection.checkpoints",
+                )
+            call = replace(call, early_rejection=er.model_copy(update={"checkpoints": tokens}))
         if call.sampling.temperature == 0 and call.budget > 1:
             raise APIError(
                 400,
@@ -422,7 +434,7 @@ class AlignmentService:
             call.sampling,
             call.budget,
             call.engine_request_id(),
-            er.checkpoints,
+            er.in_tokens(call.sampling.max_tokens),  # already tokens: fractions are resolved in _call
             er.keep,
             score if judges else None,
         )

@@ -219,9 +219,10 @@ MessagesLike = list[ChatMessage | dict[str, str]]
 
 @with_config(ConfigDict(extra="forbid"))
 class EarlyRejection(TypedDict):
-    """Stop the weakest running candidates at each checkpoint (tokens), keeping the best ``keep``."""
+    """Stop the weakest running candidates at each checkpoint (tokens, or fractions of
+    ``max_tokens`` in (0, 1)), keeping the best ``keep``."""
 
-    checkpoints: list[int]
+    checkpoints: list[int | float]
     keep: float
 
 
