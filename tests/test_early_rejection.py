@@ -159,3 +159,72 @@ async def test_checkpoints_as_fractions_of_max_tokens():
         same = {**body, "max_tokens": 4, "early_rejection": {"checkpoints": [0.3, 0.4], "keep": 0.5}}
         r = await s.client.post("/v1/align", json=same)
         assert r.status_code == 400 and r.json()["error"]["param"] == "early_rejection.checkpoints"
+
+
+LONG = [
+    "I love this wonderful day and the happy people around me today",
+    "This is terrible and sad and broken and awful in every way",
+    "A calm neutral statement about the weather today and tomorrow too",
+    "Happy happy joy what a lovely and beautiful morning it is now",
+]
+
+
+async def test_a_sole_survivor_streams_as_it_is_generated():
+    """keep → one survivor at the checkpoint: its text streams while it is still generating
+    (the fake engine holds it at 2 tokens, so this is by construction, not by timing)."""
+    import json
+
+    from fake_engine import FakeEngine
+    from in_process import raw_post
+
+    async with serve(FakeEngine(candidates=LONG)) as s:
+        s.engine.limit_tokens(2)
+        body = {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 16,
+            "seed": 0,
+            "best_of": 4,
+            "reward_weights": {"sentiment": 1},
+            "early_rejection": {"checkpoints": [2], "keep": 0.01},
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        call = raw_post(s.app, "/v1/chat/completions", body)
+        await until(lambda: len(s.engine.aborted) == 3)  # three rejected, one left: it is the answer
+        await until(lambda: b"content" in call.body())
+        assert len(s.engine.running) == 1  # the survivor is still held at 2 tokens, unfinished
+        events = [json.loads(e[6:]) for e in call.body().decode().split("\n\n") if e.startswith("data: {")]
+        early = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+        assert len(early.split()) == 2  # its first two tokens reached the client before it finished
+        s.engine.limit_tokens(None)
+        await call.task
+        events = [json.loads(e[6:]) for e in call.body().decode().split("\n\n") if e.startswith("data: {")]
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+        assert call.status() == 200 and call.body().endswith(b"data: [DONE]\n\n")
+        assert events[-1]["usage"]["completion_tokens"] > 0
+        assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
+        unstreamed = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        same = (await s.client.post("/v1/chat/completions", json=unstreamed)).json()
+        assert text == same["choices"][0]["message"]["content"]  # the same answer as without streaming
+
+
+async def test_several_survivors_stream_after_selection():
+    async with serve() as s:
+        body = {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 16,
+            "seed": 0,
+            "best_of": 8,
+            "reward_weights": {"sentiment": 1},
+            "early_rejection": {"checkpoints": [1], "keep": 1.0},
+            "stream": True,
+        }
+        r = await s.client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+        unstreamed = {k: v for k, v in body.items() if k != "stream"}
+        same = (await s.client.post("/v1/chat/completions", json=unstreamed)).json()
+        import json
+
+        chunks = [json.loads(line[6:]) for line in r.text.split("\n\n") if line.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        assert text == same["choices"][0]["message"]["content"]

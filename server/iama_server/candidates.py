@@ -31,6 +31,7 @@ from iama.algorithms import early_rejection_keep
 from iama_server.engine import Generation, GenerationEngine, GenerationResult, Logprobs, Sampling, TokenLogprob
 
 ScoreTexts = Callable[[list[str]], Awaitable[np.ndarray]]  # texts -> (len,) weighted scores
+Sink = Callable[[str], None]  # receives the sole survivor's text, piece by piece
 
 
 @dataclass
@@ -85,18 +86,26 @@ async def early_rejection(
     checkpoints: list[int],
     keep: float,
     score: ScoreTexts | None,
+    sink: Sink | None = None,
 ) -> EarlyRejectionRun:
     """Generate N candidates, pruning to the best ``keep`` fraction of the running ones at every
     checkpoint. ``score`` is None when none of the request's rewards can judge partial text:
-    then nothing is pruned (and the caller says so)."""
+    then nothing is pruned (and the caller says so).
+
+    ``sink``: once a checkpoint leaves a single candidate that can still be chosen and it is
+    still running, that candidate *is* the answer; its text so far, then every new piece, goes
+    to ``sink`` as vLLM produces it (a stream's first token no longer waits for the end)."""
     cands = [_Candidate(i) for i in range(n)]
     progress = asyncio.Condition()
     failure: list[BaseException] = []
+    streaming: list[_Candidate] = []  # the sole survivor, once there is one
 
     async def consume(c: _Candidate) -> None:
         try:
             async for d in engine.stream(prompt_ids, seeded(sampling, c.index), f"{request_id}-c{c.index}"):
                 c.text += d.text
+                if sink is not None and streaming and streaming[0] is c and d.text:
+                    sink(d.text)
                 c.tokens = d.tokens
                 c.logprobs += d.logprobs
                 if d.prompt_logprobs is not None:
@@ -138,6 +147,11 @@ async def early_rejection(
                 tasks[c.index].cancel()  # aborts the request inside vLLM
             await asyncio.gather(*(tasks[c.index] for c in stopped), return_exceptions=True)
             run.checkpoints.append(Checkpoint(cp, [running[j].index for j in sorted(kept)], [c.index for c in stopped]))
+            alive = [c for c in cands if c.rejected_at is None]
+            if sink is not None and len(alive) == 1 and alive[0].running:
+                streaming.append(alive[0])  # no await between this and reading its text: nothing lost
+                if alive[0].text:
+                    sink(alive[0].text)
         await asyncio.gather(*(t for i, t in tasks.items() if cands[i].rejected_at is None))
         if failure:
             raise failure[0]

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from iama_server.admission import cancel_on_disconnect_or_timeout
 from iama_server.auth import bearer, key_ok
 from iama_server.engine import InvalidEngineInput
-from iama_server.errors import APIError, ClientGone, ErrorCode
+from iama_server.errors import APIError, ClientGone, ErrorCode, error_type
 from iama_server.rendering import (
     SSE_DONE,
     align_response,
@@ -198,6 +198,9 @@ async def _openai(body: CompletionRequest | ChatCompletionRequest, request: Requ
     continuous = body.stream_options is not None and body.stream_options.continuous_usage_stats
     if body.stream and calls[0].weights is None and calls[0].budget == 1:
         return await _stream_plain(state, calls[0], chat=chat, include_usage=usage_asked, continuous=continuous)
+    c = calls[0]
+    if body.stream and c.early_rejection is not None and c.sampling.logprobs is None and c.echo is None:
+        return await _stream_searched(state, c, chat=chat, include_usage=usage_asked)
     outcomes = await execute(state, request, calls)
     if body.stream:
         chunks = stream_chunks(
@@ -216,6 +219,67 @@ _SSE_HEADERS = {"Cache-Control": "no-cache"}
 async def _iterate(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
     for event in sse_events(chunks):
         yield event
+
+
+async def _stream_searched(state: ServerState, call: AlignmentCall, *, chat: bool, include_usage: bool) -> Response:
+    """An aligned stream with early rejection: once a checkpoint has left one candidate that can
+    be chosen, its tokens stream as vLLM produces them; if several survive to the end, the chosen
+    one is sent after selection, as without early rejection. Admission, disconnects and the
+    timeout are as for a plain stream (``_stream_plain``)."""
+    slot = AsyncExitStack()
+    await slot.enter_async_context(state.admission.slot(state.service.cost([call])))
+    state.metrics.in_flight.set(state.admission.active)
+    state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
+    base = chunk_base(chat=chat, model=state.model_name, response_id=call.request_id, created=now())
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+
+    async def events() -> AsyncIterator[bytes]:
+        task = asyncio.ensure_future(state.service.run(call, sink=pieces.put_nowait))
+        try:
+            if chat:
+                yield sse(stream_chunk(base, chat=True, text="", role=True))
+            streamed = False
+            async with asyncio.timeout(state.settings.request_timeout_s):
+                while not task.done() or not pieces.empty():
+                    getter = asyncio.ensure_future(pieces.get())
+                    await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        continue
+                    yield sse(stream_chunk(base, chat=chat, text=getter.result()))
+                    streamed = True
+                outcome = task.result()
+            chunks = stream_chunks(
+                outcome, chat=chat, model=state.model_name, response_id=call.request_id, created=base["created"],
+                include_usage=include_usage,
+            )  # fmt: skip
+            if chat:
+                chunks = chunks[1:]  # the role chunk went first
+            if streamed:  # the text went already: only the finish (and usage) chunks are left
+                chunks = [ch for ch in chunks if "usage" in ch or ch["choices"][0]["finish_reason"] is not None]
+            for chunk in chunks:
+                yield sse(chunk)
+            yield SSE_DONE
+        except TimeoutError:
+            state.metrics.cancelled.labels("timeout").inc()
+            log.info("request %s: stream stopped at the server's timeout", call.request_id)
+            yield sse(ErrorResponse.make("request exceeded the server's timeout", "timeout_error", None, "timeout"))
+            yield SSE_DONE
+        except APIError as exc:  # e.g. the engine refused the request, known only once it ran
+            code = exc.code or ("invalid_value" if exc.status == 400 else "internal_error")
+            yield sse(ErrorResponse.make(exc.message, error_type(exc.status), exc.param, str(code)))
+            yield SSE_DONE
+        except asyncio.CancelledError:
+            state.metrics.cancelled.labels("disconnect").inc()
+            log.info("request %s: client went away mid-stream; generation aborted", call.request_id)
+            raise
+        finally:
+            task.cancel()  # a disconnect or timeout stops every candidate in vLLM
+            await slot.aclose()
+            state.metrics.in_flight.set(state.admission.active)
+            state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
 async def _stream_plain(

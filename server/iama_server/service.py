@@ -24,7 +24,7 @@ from iama.objective import Algorithm
 from iama.rewards import Prompt, RewardSet, WeightError, normalize_scores, weighted_sum
 from iama.seeds import candidate_base_seed
 from iama_server.admission import request_cost
-from iama_server.candidates import Checkpoint, adaptive_budget, early_rejection
+from iama_server.candidates import Checkpoint, Sink, adaptive_budget, early_rejection
 from iama_server.engine import Delta, GenerationEngine, GenerationResult, InvalidEngineInput, Sampling, StructuredOutput
 from iama_server.errors import APIError, ErrorCode
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle
@@ -345,13 +345,15 @@ class AlignmentService:
         return ids, text
 
     # ------------------------------------------------------------------ execution
-    async def run(self, call: AlignmentCall) -> Outcome:
+    async def run(self, call: AlignmentCall, sink: Sink | None = None) -> Outcome:
+        """``sink`` (early rejection only) receives the answer's text as it is generated, once a
+        checkpoint has left one candidate (``candidates.early_rejection``)."""
         self.metrics.budget.observe(call.budget)
         t0 = time.perf_counter()
         search = Search()
         try:
             if call.early_rejection is not None and call.weights is not None:
-                gen, search = await self._generate_with_early_rejection(call)
+                gen, search = await self._generate_with_early_rejection(call, sink)
             elif call.target_score is not None and call.weights is not None:
                 gen, search = await self._generate_adaptively(call)
             else:
@@ -417,7 +419,9 @@ class AlignmentService:
         normalized = normalize_scores(raw, self.rewards.stats if call.normalize else None)
         return raw, weighted_sum(normalized, {n: call.weights[n] for n in names})
 
-    async def _generate_with_early_rejection(self, call: AlignmentCall) -> tuple[GenerationResult, Search]:
+    async def _generate_with_early_rejection(
+        self, call: AlignmentCall, sink: Sink | None = None
+    ) -> tuple[GenerationResult, Search]:
         assert call.early_rejection is not None and call.weights is not None
         judges = [n for n in self.rewards.judging_partial_text(list(call.weights)) if call.weights[n] > 0]
         at_checkpoints: list[dict[str, np.ndarray]] = []  # the judges' raw scores, one entry per checkpoint
@@ -437,6 +441,7 @@ class AlignmentService:
             er.in_tokens(call.sampling.max_tokens),  # already tokens: fractions are resolved in _call
             er.keep,
             score if judges else None,
+            sink if call.n_returned == 1 else None,
         )
         saved = sum(call.sampling.max_tokens - tokens for tokens in run.rejected_at.values())
         self.metrics.candidates_aborted.inc(len(run.rejected_at))
