@@ -355,3 +355,20 @@ async def test_a_batch_scores_each_reward_only_on_the_requests_that_asked_for_it
         text = (await s.client.get("/metrics")).text
     assert metric(text, "iama_score_batches_total") == 1
     assert sorted(calls) == [(("sentiment",), 4), (("short",), 4)]  # not 8 each
+
+
+async def test_rule_rewards_score_in_worker_processes_with_the_same_result():
+    """``score_processes``: the rule rewards run in spawned workers (off this process's GIL)."""
+    import os
+
+    async with serve(score_processes=1) as s:
+        scorer = s.state.scorer
+        assert scorer.in_processes == set(REWARDS)  # all four are rule rewards
+        body = {**ALIGN, "reward_weights": {"sentiment": 1.0, "short": 1.0}, "return_candidates": True}
+        d = (await s.client.post("/v1/align", json=body)).json()
+        pids = {p.pid for p in scorer._procs._processes.values()}
+    assert pids and os.getpid() not in pids
+    texts = [c["text"] for c in d["candidates"]]
+    local = RewardSet(REWARDS).score([ALIGN["prompt"]] * len(texts), texts, ["sentiment", "short"])
+    for name in ("sentiment", "short"):
+        assert [c["scores"][name]["raw"] for c in d["candidates"]] == pytest.approx(local[name].tolist())

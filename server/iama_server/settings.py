@@ -63,6 +63,12 @@ class ServerSettings(BaseSettings):
     default_alignment_temperature: float = Field(default=0.1, gt=0)
     score_batch_size: int = Field(default=256, ge=1)
     score_batch_wait_ms: float = Field(default=2.0, ge=0)
+    score_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="worker processes for the rule-based rewards, off this process's GIL (0: the scoring thread)",
+    )
 
     # vLLM engine.
     max_model_len: int | None = None

@@ -46,7 +46,11 @@ class ServerState:
         )
         self.engine: GenerationEngine = engine or VLLMEngine(self.model_path, settings)
         self.scorer = BatchedScorer(
-            self.rewards, settings.score_batch_size, settings.score_batch_wait_ms / 1000, self._count_batch
+            self.rewards,
+            settings.score_batch_size,
+            settings.score_batch_wait_ms / 1000,
+            self._count_batch,
+            processes=settings.score_processes,
         )
         self.service = AlignmentService(
             self.engine,
