@@ -8,9 +8,10 @@ requires an API key when the server has any.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -221,51 +222,33 @@ async def _iterate(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
         yield event
 
 
-async def _stream_searched(state: ServerState, call: AlignmentCall, *, chat: bool, include_usage: bool) -> Response:
-    """An aligned stream with early rejection: once a checkpoint has left one candidate that can
-    be chosen, its tokens stream as vLLM produces them; if several survive to the end, the chosen
-    one is sent after selection, as without early rejection. Admission, disconnects and the
-    timeout are as for a plain stream (``_stream_plain``)."""
+async def _admitted_stream(state: ServerState, call: AlignmentCall, events: AsyncGenerator[bytes, None]) -> Response:
+    """Every stream's admission and error policy. Admission is decided before the response
+    starts (a 429 cannot follow a 200) and the slot is held until the stream ends. After the 200
+    an error can only be an OpenAI error event: the request timeout, or the engine refusing the
+    request (known only once it takes it). A client that goes away cancels the stream
+    (Starlette), which aborts the generation in vLLM."""
     slot = AsyncExitStack()
     await slot.enter_async_context(state.admission.slot(state.service.cost([call])))
     state.metrics.in_flight.set(state.admission.active)
     state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
-    base = chunk_base(chat=chat, model=state.model_name, response_id=call.request_id, created=now())
-    pieces: asyncio.Queue[str] = asyncio.Queue()
 
-    async def events() -> AsyncIterator[bytes]:
-        task = asyncio.ensure_future(state.service.run(call, sink=pieces.put_nowait))
+    async def guarded() -> AsyncIterator[bytes]:
         try:
-            if chat:
-                yield sse(stream_chunk(base, chat=True, text="", role=True))
-            streamed = False
-            async with asyncio.timeout(state.settings.request_timeout_s):
-                while not task.done() or not pieces.empty():
-                    getter = asyncio.ensure_future(pieces.get())
-                    await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():
-                        getter.cancel()
-                        continue
-                    yield sse(stream_chunk(base, chat=chat, text=getter.result()))
-                    streamed = True
-                outcome = task.result()
-            chunks = stream_chunks(
-                outcome, chat=chat, model=state.model_name, response_id=call.request_id, created=base["created"],
-                include_usage=include_usage,
-            )  # fmt: skip
-            if chat:
-                chunks = chunks[1:]  # the role chunk went first
-            if streamed:  # the text went already: only the finish (and usage) chunks are left
-                chunks = [ch for ch in chunks if "usage" in ch or ch["choices"][0]["finish_reason"] is not None]
-            for chunk in chunks:
-                yield sse(chunk)
+            async with contextlib.aclosing(events), asyncio.timeout(state.settings.request_timeout_s):
+                async for event in events:
+                    yield event
             yield SSE_DONE
         except TimeoutError:
             state.metrics.cancelled.labels("timeout").inc()
             log.info("request %s: stream stopped at the server's timeout", call.request_id)
             yield sse(ErrorResponse.make("request exceeded the server's timeout", "timeout_error", None, "timeout"))
             yield SSE_DONE
-        except APIError as exc:  # e.g. the engine refused the request, known only once it ran
+        except InvalidEngineInput as exc:
+            message = f"the engine refused the request: {exc}"
+            yield sse(ErrorResponse.make(message, "invalid_request_error", exc.param, "invalid_value"))
+            yield SSE_DONE
+        except APIError as exc:
             code = exc.code or ("invalid_value" if exc.status == 400 else "internal_error")
             yield sse(ErrorResponse.make(exc.message, error_type(exc.status), exc.param, str(code)))
             yield SSE_DONE
@@ -274,78 +257,79 @@ async def _stream_searched(state: ServerState, call: AlignmentCall, *, chat: boo
             log.info("request %s: client went away mid-stream; generation aborted", call.request_id)
             raise
         finally:
-            task.cancel()  # a disconnect or timeout stops every candidate in vLLM
             await slot.aclose()
             state.metrics.in_flight.set(state.admission.active)
             state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _stream_searched(state: ServerState, call: AlignmentCall, *, chat: bool, include_usage: bool) -> Response:
+    """An aligned stream with early rejection: once a checkpoint has left one candidate that can
+    be chosen, its tokens stream as vLLM produces them; if several survive to the end, the chosen
+    one is sent after selection, as without early rejection."""
+    base = chunk_base(chat=chat, model=state.model_name, response_id=call.request_id, created=now())
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+        task = asyncio.ensure_future(state.service.run(call, sink=pieces.put_nowait))
+        try:
+            if chat:
+                yield sse(stream_chunk(base, chat=True, text="", role=True))
+            streamed = False
+            while not task.done() or not pieces.empty():
+                getter = asyncio.ensure_future(pieces.get())
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                yield sse(stream_chunk(base, chat=chat, text=getter.result()))
+                streamed = True
+            chunks = stream_chunks(
+                task.result(), chat=chat, model=state.model_name, response_id=call.request_id,
+                created=base["created"], include_usage=include_usage,
+            )  # fmt: skip
+            if chat:
+                chunks = chunks[1:]  # the role chunk went first
+            if streamed:  # the text went already: only the finish (and usage) chunks are left
+                chunks = [ch for ch in chunks if "usage" in ch or ch["choices"][0]["finish_reason"] is not None]
+            for chunk in chunks:
+                yield sse(chunk)
+        finally:
+            task.cancel()  # a disconnect or timeout stops every candidate in vLLM
+
+    return await _admitted_stream(state, call, events())
 
 
 async def _stream_plain(
     state: ServerState, call: AlignmentCall, *, chat: bool, include_usage: bool, continuous: bool = False
 ) -> Response:
-    """Plain generation streamed token by token. Admission is decided before the response
-    starts (a 429 cannot follow a 200); the slot is held until the stream ends. A client that
-    goes away cancels the stream (Starlette), which aborts the request in vLLM; the request
-    timeout ends the stream with an OpenAI error event."""
-    slot = AsyncExitStack()
-    await slot.enter_async_context(state.admission.slot(state.service.cost([call])))
-    state.metrics.in_flight.set(state.admission.active)
-    state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
+    """Plain generation streamed token by token, as vLLM produces it."""
     base = chunk_base(chat=chat, model=state.model_name, response_id=call.request_id, created=now())
 
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            if chat:
-                yield sse(stream_chunk(base, chat=True, text="", role=True))
-            at = 0  # characters streamed so far: completions' text_offset
-            async with asyncio.timeout(state.settings.request_timeout_s):
-                async for delta in state.service.stream(call):
-                    if call.echo is not None and at == 0:
-                        prompt = delta.prompt_logprobs
-                        lps = None if prompt is None else piece_logprobs(prompt, chat=False)
-                        yield sse(stream_chunk(base, chat=False, text=call.echo, logprobs=lps))
-                        at = len(call.echo)
-                    asked = call.sampling.logprobs is not None
-                    if delta.text or (asked and delta.logprobs):
-                        lps = piece_logprobs(delta.logprobs, chat=chat, offset=at) if asked else None
-                        chunk = stream_chunk(base, chat=chat, text=delta.text, logprobs=lps)
-                        if continuous:  # vLLM's continuous_usage_stats: the usage so far
-                            p = len(call.prompt_ids)
-                            chunk["usage"] = {
-                                "prompt_tokens": p,
-                                "completion_tokens": delta.tokens,
-                                "total_tokens": p + delta.tokens,
-                            }
-                        yield sse(chunk)
-                        at += len(delta.text)
-                    if delta.finish_reason is not None:
-                        yield sse(stream_chunk(base, chat=chat, text=None if chat else "", finish=delta.finish_reason))
-                        if include_usage:
-                            u = Usage(
-                                prompt_tokens=delta.prompt_tokens,
-                                completion_tokens=delta.tokens,
-                                total_tokens=delta.prompt_tokens + delta.tokens,
-                            )
-                            yield sse(usage_chunk(base, u))
-            yield SSE_DONE
-        except TimeoutError:
-            state.metrics.cancelled.labels("timeout").inc()
-            log.info("request %s: stream stopped at the server's timeout", call.request_id)
-            yield sse(ErrorResponse.make("request exceeded the server's timeout", "timeout_error", None, "timeout"))
-            yield SSE_DONE
-        except InvalidEngineInput as exc:  # known only once the engine takes the request: after the 200
-            message = f"the engine refused the request: {exc}"
-            yield sse(ErrorResponse.make(message, "invalid_request_error", exc.param, "invalid_value"))
-            yield SSE_DONE
-        except asyncio.CancelledError:
-            state.metrics.cancelled.labels("disconnect").inc()
-            log.info("request %s: client went away mid-stream; generation aborted", call.request_id)
-            raise
-        finally:
-            await slot.aclose()
-            state.metrics.in_flight.set(state.admission.active)
-            state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
+    async def events() -> AsyncGenerator[bytes, None]:
+        if chat:
+            yield sse(stream_chunk(base, chat=True, text="", role=True))
+        at = 0  # characters streamed so far: completions' text_offset
+        async for delta in state.service.stream(call):
+            if call.echo is not None and at == 0:
+                prompt = delta.prompt_logprobs
+                lps = None if prompt is None else piece_logprobs(prompt, chat=False)
+                yield sse(stream_chunk(base, chat=False, text=call.echo, logprobs=lps))
+                at = len(call.echo)
+            asked = call.sampling.logprobs is not None
+            if delta.text or (asked and delta.logprobs):
+                lps = piece_logprobs(delta.logprobs, chat=chat, offset=at) if asked else None
+                chunk = stream_chunk(base, chat=chat, text=delta.text, logprobs=lps)
+                if continuous:  # vLLM's continuous_usage_stats: the usage so far
+                    p, n = len(call.prompt_ids), delta.tokens
+                    chunk["usage"] = Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n).model_dump()
+                yield sse(chunk)
+                at += len(delta.text)
+            if delta.finish_reason is not None:
+                yield sse(stream_chunk(base, chat=chat, text=None if chat else "", finish=delta.finish_reason))
+                if include_usage:
+                    p, n = delta.prompt_tokens, delta.tokens
+                    yield sse(usage_chunk(base, Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n)))
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return await _admitted_stream(state, call, events())
