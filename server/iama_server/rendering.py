@@ -154,16 +154,12 @@ def chat_logprobs(entries: Logprobs) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
-def choice_logprobs(
-    c: Generation, *, chat: bool, prompt: Logprobs | None = None, offset: int = 0
-) -> dict[str, Any] | None:
+def choice_logprobs(c: Generation, *, chat: bool, prompt: Logprobs | None = None) -> dict[str, Any] | None:
     """A choice's ``logprobs`` when they were asked for: the chosen candidate's tokens, after
     the prompt's (completions' ``echo``)."""
     if c.logprobs is None:
         return None
-    if chat:
-        return chat_logprobs(c.logprobs)
-    return completion_logprobs((prompt or ()) + c.logprobs, offset)
+    return piece_logprobs(c.logprobs if chat else (prompt or ()) + c.logprobs, chat=chat)
 
 
 def openai_response(

@@ -70,10 +70,11 @@ async def require_api_key(request: Request) -> None:
 
 
 async def execute(state: ServerState, request: Request, calls: list[AlignmentCall]) -> list[Outcome]:
-    """Admission (429 when full; one slot per HTTP request, however many prompts it holds), then
+    """Admission by the request's cost over all its prompts (429 when the queue is full), then
     the service's runs, side by side, under the request timeout (504) and the client's
     attention (a disconnect aborts them in vLLM)."""
-    async with state.admission.slot(state.service.cost(calls)) as queued:
+    cost = state.service.cost(calls)
+    async with state.admission.slot(cost) as queued:
         state.metrics.queue_depth.set(state.admission.waiting)
         state.metrics.in_flight.set(state.admission.active)
         state.metrics.tokens_in_use.set(state.admission.tokens_in_use)
@@ -95,7 +96,7 @@ async def execute(state: ServerState, request: Request, calls: list[AlignmentCal
             raise
         finally:
             state.metrics.in_flight.set(state.admission.active - 1)
-            state.metrics.tokens_in_use.set(state.admission.tokens_in_use - state.service.cost(calls))
+            state.metrics.tokens_in_use.set(state.admission.tokens_in_use - cost)
         for outcome in outcomes:
             outcome.queue_s = queued
         return outcomes

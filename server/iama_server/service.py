@@ -163,17 +163,19 @@ class AlignmentService:
         weights = self._weights(body.reward_weights, required=budget > body.n or searching) if aligned else None
         calls = [
             self._call(
-                body, ids, text, request_id, weights=weights, budget=budget, algorithm=body.alignment, n_returned=body.n
+                body,
+                ids,
+                text,
+                request_id,
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
+                weights=weights,
+                budget=budget,
+                algorithm=body.alignment,
+                n_returned=body.n,
+                echo=text if echo and isinstance(text, str) else None,
             )
             for ids, text in encoded
-        ]
-        calls = [
-            replace(
-                c,
-                sampling=replace(c.sampling, logprobs=logprobs, prompt_logprobs=prompt_logprobs),
-                echo=c.prompt if echo and isinstance(c.prompt, str) else None,
-            )
-            for c in calls
         ]
         budget_field = "n" if body.best_of is None else ("max_budget" if body.best_of == "auto" else "best_of")
         self._check_cost(calls, budget_field)
@@ -203,14 +205,17 @@ class AlignmentService:
         ids: list[int],
         text: Prompt,
         request_id: str,
+        logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
         **route_fields: Any,
     ) -> AlignmentCall:
-        """The fields every route fills the same way; the route gives weights, budget, algorithm."""
+        """The fields every route fills the same way; the route gives weights, budget, algorithm
+        (and the OpenAI routes the log-probs asked for)."""
         call = AlignmentCall(
             prompt_ids=ids,
             prompt=text,
             tau=body.alignment_temperature or self.settings.default_alignment_temperature,
-            sampling=self._sampling(body, len(ids)),
+            sampling=self._sampling(body, len(ids), logprobs, prompt_logprobs),
             request_id=request_id,
             early_rejection=body.early_rejection,
             target_score=body.target_score,
@@ -281,7 +286,9 @@ class AlignmentService:
             raise APIError(400, f"{param} must be between 1 and {self.settings.max_budget}, got {b}", param)
         return b
 
-    def _sampling(self, fields: SamplingFields, prompt_len: int) -> Sampling:
+    def _sampling(
+        self, fields: SamplingFields, prompt_len: int, logprobs: int | None = None, prompt_logprobs: int | None = None
+    ) -> Sampling:
         mt = self.settings.default_max_tokens if fields.max_tokens is None else fields.max_tokens
         if mt > self.settings.max_tokens:
             raise APIError(400, f"max_tokens must be <= {self.settings.max_tokens}, got {mt}", "max_tokens")
@@ -301,6 +308,8 @@ class AlignmentService:
             stop,
             fields.presence_penalty,
             fields.frequency_penalty,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             structured=structured,
             ignore_eos=fields.ignore_eos,
         )
