@@ -16,6 +16,7 @@ Soft BoN: ``T[pi](y) ∝ exp(r(y)/tau) * pi(y)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -30,6 +31,10 @@ __all__ = [
     "bon_selection_weights",
     "bon_unbiased_estimate",
     "bon_value",
+    "budget_waves",
+    "early_rejection_keep",
+    "early_rejection_token_bound",
+    "oversampled_budget",
     "select",
     "selection_kl_bound",
     "soft_best_of_n_probabilities",
@@ -99,6 +104,39 @@ def early_rejection_keep(partial_scores: ArrayLike, running: ArrayLike, keep: fl
     n_keep = max(1, math.ceil(keep * alive.size - 1e-9))
     ranked = sorted(alive, key=lambda i: (-scores[i] if np.isfinite(scores[i]) else np.inf, i))
     return sorted(int(i) for i in ranked[:n_keep])
+
+
+def early_rejection_token_bound(n: int, checkpoints: Sequence[int], keep: float, max_tokens: int) -> int:
+    """Most tokens early rejection can generate starting ``n`` candidates: every candidate runs
+    to the next checkpoint, each checkpoint keeps ``ceil(keep · running)`` (the rule of
+    :func:`early_rejection_keep`), and the survivors run to ``max_tokens``. A candidate that ends
+    before a checkpoint costs less and leaves fewer to keep, so this bounds every run."""
+    if n < 1 or max_tokens < 1 or not 0 < keep <= 1:
+        raise ValueError("n and max_tokens must be >= 1 and keep in (0, 1]")
+    total, running, done = 0, n, 0
+    for cp in sorted(c for c in checkpoints if c < max_tokens):
+        if running <= 1:
+            break
+        total += running * (cp - done)
+        running, done = max(1, math.ceil(keep * running - 1e-9)), cp
+    return total + running * (max_tokens - done)
+
+
+def oversampled_budget(n: int, checkpoints: Sequence[int], keep: float, max_tokens: int, limit: int) -> int:
+    """Over-sampling for early rejection: the most candidates (at most ``limit``) whose token
+    bound (:func:`early_rejection_token_bound`) stays within plain BoN_n's ``n · max_tokens``.
+
+    Pruning frees compute; spent on more starting candidates, the same tokens buy a wider
+    search (Sun et al., 2024, start large and reject early). Never fewer than ``n``."""
+    budget = n * max_tokens
+    lo, hi = n, max(n, limit)
+    while lo < hi:  # the bound grows with the start, so bisect the largest start that fits
+        mid = (lo + hi + 1) // 2
+        if early_rejection_token_bound(mid, checkpoints, keep, max_tokens) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def budget_waves(max_budget: int, first: int = 2) -> list[int]:

@@ -1,10 +1,13 @@
 """Exact values of BoN / soft BoN on finite supports, checked against brute-force enumeration."""
 
+import functools
 import itertools
 import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iama.algorithms import (
     best_of_n_select,
@@ -180,3 +183,53 @@ def test_budget_waves_double_up_to_the_max():
     assert budget_waves(12) == [2, 4, 8, 12]
     assert budget_waves(1) == [1]
     assert budget_waves(8, first=3) == [3, 6, 8]
+
+
+def _replayed_tokens(lengths: list[int], scores: list[list[float]], checkpoints: list[int], keep: float) -> int:
+    """The server's early rejection (candidates.early_rejection) on known lengths and scores."""
+    from iama.algorithms import early_rejection_keep
+
+    rejected: dict[int, int] = {}
+    for k, cp in enumerate(checkpoints):
+        running = [j for j, n in enumerate(lengths) if n > cp and j not in rejected]
+        if len(running) <= 1:
+            break
+        kept = early_rejection_keep([scores[k][j] for j in running], [True] * len(running), keep)
+        rejected |= {j: cp for i, j in enumerate(running) if i not in kept}
+    return sum(rejected.get(j, n) for j, n in enumerate(lengths))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.lists(st.integers(1, 63), min_size=1, max_size=4, unique=True).map(sorted),
+    st.floats(0.05, 1.0),
+    st.integers(1, 64),
+    st.randoms(use_true_random=False),
+)
+def test_the_token_bound_holds_for_every_run(n, checkpoints, keep, max_tokens, rnd):
+    from iama.algorithms import early_rejection_token_bound
+
+    lengths = [rnd.randint(1, max_tokens) for _ in range(n)]
+    scores = [[rnd.random() for _ in range(n)] for _ in checkpoints]
+    bound = early_rejection_token_bound(n, checkpoints, keep, max_tokens)
+    assert _replayed_tokens(lengths, scores, checkpoints, keep) <= bound
+    # reached when every candidate runs to the cap (checkpoints past the cap prune nothing)
+    assert _replayed_tokens([max_tokens] * n, scores, checkpoints, keep) == bound
+
+
+def test_oversampling_starts_the_most_candidates_plain_bons_tokens_allow():
+    from iama.algorithms import early_rejection_token_bound, oversampled_budget
+
+    assert oversampled_budget(4, [2], 0.25, 16, 256) == 11  # 11·2 + 3·14 = 64 = 4·16; 12 would need 66
+    assert early_rejection_token_bound(12, [2], 0.25, 16) > 64
+    assert oversampled_budget(16, [32], 0.25, 256, 256) == 44
+    assert oversampled_budget(16, [32], 0.25, 256, 20) == 20  # the limit
+    assert oversampled_budget(16, [], 0.5, 256, 256) == 16  # nothing pruned: nothing to spend
+    assert oversampled_budget(16, [300], 0.5, 256, 256) == 16  # a checkpoint past the cap prunes nothing
+    assert oversampled_budget(1, [8], 0.5, 16, 256) == 1  # one candidate is never pruned
+    for n in range(1, 20):
+        for cps in ([4], [2, 8], [1, 3, 9]):
+            n0 = oversampled_budget(n, cps, 0.5, 16, 10**4)
+            bound = functools.partial(early_rejection_token_bound, checkpoints=cps, keep=0.5, max_tokens=16)
+            assert bound(n0) <= n * 16 < bound(n0 + 1)

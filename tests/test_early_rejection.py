@@ -121,7 +121,7 @@ async def test_the_openai_routes_take_the_same_options():
         ({"early_rejection": {"checkpoints": [], "keep": 0.5}}, "early_rejection.checkpoints"),
         ({"early_rejection": {"checkpoints": [8], "keep": 0}}, "early_rejection.keep"),
         ({"early_rejection": {"checkpoints": [8], "keep": 1.5}}, "early_rejection.keep"),
-        ({"early_rejection": {"checkpoints": [8]}}, "early_rejection.keep"),
+        ({"early_rejection": {"checkpoints": [8], "oversample": "yes"}}, "early_rejection.oversample"),
         ({"target_score": 1.0}, None),
         ({"budget": "auto"}, None),
         ({"budget": "auto", "target_score": 1.0, "max_budget": 9}, "max_budget"),
@@ -159,6 +159,57 @@ async def test_checkpoints_as_fractions_of_max_tokens():
         same = {**body, "max_tokens": 4, "early_rejection": {"checkpoints": [0.3, 0.4], "keep": 0.5}}
         r = await s.client.post("/v1/align", json=same)
         assert r.status_code == 400 and r.json()["error"]["param"] == "early_rejection.checkpoints"
+
+
+async def test_left_out_checkpoints_and_keep_are_the_servers():
+    async with serve(early_rejection_checkpoints=[0.25], early_rejection_keep=0.5) as s:
+        s.engine.limit_tokens(4)  # the server's ⌈0.25 · 16⌉ = 4
+        body = {**ALIGN, "reward_weights": {"sentiment": 1.0}, "early_rejection": {}}
+        pending = asyncio.create_task(s.client.post("/v1/align", json=body))
+        await until(lambda: len(s.engine.aborted) >= 1)
+        s.engine.limit_tokens(None)
+        d = (await pending).json()
+    report = d["early_rejection"]
+    (cp,) = report["checkpoints"]
+    assert cp["tokens"] == 4 and report["keep"] == 0.5 and report["candidates_started"] == 8
+    assert len(cp["kept"]) == math.ceil(0.5 * (len(cp["kept"]) + len(cp["rejected"])))
+
+
+def test_the_servers_default_checkpoints_are_checked_at_start_up():
+    from pydantic import ValidationError
+
+    from iama_server.settings import ServerSettings
+
+    with pytest.raises(ValidationError, match="increase strictly"):
+        ServerSettings(early_rejection_checkpoints=[0.5, 0.25])
+
+
+async def test_oversampling_starts_more_candidates_within_plain_bons_token_cost():
+    async with serve() as s:
+        weights = {"sentiment": 1.0}
+        plain = (await s.client.post("/v1/align", json={**ALIGN, "budget": 4, "reward_weights": weights})).json()
+        er = {"checkpoints": [2], "keep": 0.25, "oversample": True}
+        body = {**ALIGN, "budget": 4, "reward_weights": weights, "early_rejection": er}
+        s.engine.limit_tokens(2)
+        pending = asyncio.create_task(s.client.post("/v1/align", json=body))
+        await until(lambda: len(s.engine.aborted) >= 1)
+        s.engine.limit_tokens(None)
+        d = (await pending).json()
+        text = (await s.client.get("/metrics")).text
+    report = d["early_rejection"]
+    # 11 candidates to 2 tokens, ⌈11/4⌉ = 3 on to 16: 22 + 3 · 14 = 64 = plain BoN_4's 4 × 16
+    assert report["candidates_started"] == 11 and len(d["candidates"]) == 11 and d["budget"] == 4
+    assert report["generated_tokens"] <= 4 * 16
+    # the first four are plain BoN_4's candidates (same seeds): over-sampling only adds
+    for mine, theirs in zip(d["candidates"][:4], plain["candidates"], strict=True):
+        if mine.get("rejected_at") is None:
+            assert mine["text"] == theirs["text"]
+        else:
+            assert theirs["text"].startswith(mine["text"]) and mine["rejected_at"] == 2
+    chosen = d["candidates"][d["chosen_index"]]
+    assert chosen["chosen"] and chosen.get("rejected_at") is None
+    # admission still counts N × max_tokens: the start fits in it by construction
+    assert metric(text, "iama_token_capacity_in_use") == 0
 
 
 LONG = [

@@ -58,6 +58,8 @@ def early_rejection_report(outcome: Outcome) -> EarlyRejectionReport | None:
             CheckpointReport(tokens=c.tokens, rewards=search.partial_rewards, kept=c.kept, rejected=c.rejected)
             for c in search.checkpoints
         ],
+        keep=(outcome.call.early_rejection.keep if outcome.call.early_rejection else None) or 1.0,
+        candidates_started=len(outcome.generation.candidates),
         generated_tokens=generated,
         plain_bon_tokens_bound=generated + sum(max_tokens - t for t in search.rejected_at.values()),
     )

@@ -111,30 +111,51 @@ class SamplingFields(_Request):
     )
 
 
+Checkpoints = list[Annotated[int, Field(ge=1, le=2**31 - 1)] | Annotated[float, Field(gt=0.0, lt=1.0)]]
+
+
+def check_checkpoints(v: list[int | float]) -> list[int | float]:
+    """One kind (tokens or fractions of max_tokens), strictly increasing: shared by the request
+    field and the server's default."""
+    if len({isinstance(x, float) for x in v}) > 1:
+        raise ValueError("give checkpoints all as token counts or all as fractions of max_tokens")
+    if any(b <= a for a, b in itertools.pairwise(v)):
+        raise ValueError("checkpoints must increase strictly")
+    return v
+
+
+def checkpoints_in_tokens(checkpoints: list[int | float], max_tokens: int) -> list[int]:
+    """Checkpoints as token counts: a fraction f is ⌈f · max_tokens⌉."""
+    return [x if isinstance(x, int) else max(1, math.ceil(x * max_tokens)) for x in checkpoints]
+
+
 class EarlyRejection(_Request):
     """Stop the weakest candidates early (speculative rejection): at each checkpoint (tokens
     generated), score the running candidates' partial texts with the request's rewards that can
     judge partial text, and keep the best ``keep`` fraction; the rest are aborted inside vLLM.
     Checkpoints are token counts, or fractions of ``max_tokens`` (all in (0, 1)), which keep
-    their meaning whatever length a request asks for."""
+    their meaning whatever length a request asks for. Left out, checkpoints and keep are the
+    server's (``early_rejection_checkpoints``, ``early_rejection_keep``): ``{}`` asks for its
+    defaults. ``oversample`` starts more than N candidates, as many as fit in plain BoN_N's
+    token cost (N × max_tokens, counting every candidate to its checkpoint)."""
 
-    checkpoints: list[Annotated[int, Field(ge=1, le=2**31 - 1)] | Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
-        min_length=1, max_length=8
+    checkpoints: Checkpoints | None = Field(default=None, min_length=1, max_length=8)
+    keep: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="fraction of the running candidates kept at each checkpoint"
     )
-    keep: float = Field(gt=0.0, le=1.0, description="fraction of the running candidates kept at each checkpoint")
+    oversample: bool = Field(
+        default=False, description="start as many candidates as plain BoN_N's token cost allows (at least N)"
+    )
 
     @field_validator("checkpoints")
     @classmethod
-    def _increasing(cls, v: list[int | float]) -> list[int | float]:
-        if len({isinstance(x, float) for x in v}) > 1:
-            raise ValueError("give checkpoints all as token counts or all as fractions of max_tokens")
-        if any(b <= a for a, b in itertools.pairwise(v)):
-            raise ValueError("checkpoints must increase strictly")
-        return v
+    def _increasing(cls, v: list[int | float] | None) -> list[int | float] | None:
+        return None if v is None else check_checkpoints(v)
 
     def in_tokens(self, max_tokens: int) -> list[int]:
-        """The checkpoints as token counts: a fraction f is ⌈f · max_tokens⌉."""
-        return [x if isinstance(x, int) else max(1, math.ceil(x * max_tokens)) for x in self.checkpoints]
+        """The checkpoints as token counts (resolved ones: the server fills in its defaults)."""
+        assert self.checkpoints is not None, "the service resolves the server's default checkpoints"
+        return checkpoints_in_tokens(self.checkpoints, max_tokens)
 
 
 def _budget_value(v: Any) -> Any:
@@ -235,9 +256,12 @@ class CheckpointReport(BaseModel):
 
 class EarlyRejectionReport(BaseModel):
     checkpoints: list[CheckpointReport]
+    keep: float
+    candidates_started: int = Field(description="N, or more with oversample")
     generated_tokens: int
     plain_bon_tokens_bound: int = Field(
-        description="upper bound on what plain BoN_N would have generated: rejected candidates run to max_tokens"
+        description="upper bound on what plain best-of-N on the started candidates would have generated: "
+        "rejected candidates run to max_tokens"
     )
 
 

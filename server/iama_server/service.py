@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from iama.algorithms import budget_waves, select, selection_kl_bound
+from iama.algorithms import budget_waves, oversampled_budget, select, selection_kl_bound
 from iama.modelcard import ModelCard
 from iama.objective import Algorithm
 from iama.rewards import Prompt, RewardSet, WeightError, normalize_scores, weighted_sum
@@ -30,12 +30,14 @@ from iama_server.errors import APIError, ErrorCode
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle
 from iama_server.metrics import Metrics
 from iama_server.schemas import (
+    MAX_N,
     AlignRequest,
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
     EarlyRejection,
     SamplingFields,
+    checkpoints_in_tokens,
 )
 from iama_server.scoring import BatchedScorer
 from iama_server.settings import ServerSettings
@@ -56,6 +58,7 @@ class AlignmentCall:
     normalize: bool = True
     n_returned: int = 1  # OpenAI's n: how many of the N come back, the chosen one first
     early_rejection: EarlyRejection | None = None  # stop weak candidates at checkpoints
+    candidates_started: int | None = None  # early rejection: N, or more with oversample
     target_score: float | None = None  # budget "auto": stop sampling once a candidate reaches it
     echo: str | None = None  # completions' echo: the prompt's text, returned before the completion
 
@@ -221,17 +224,8 @@ class AlignmentService:
             target_score=body.target_score,
             **route_fields,
         )
-        er = call.early_rejection
-        if er is not None and any(isinstance(x, float) for x in er.checkpoints):
-            tokens = er.in_tokens(call.sampling.max_tokens)
-            if any(b <= a for a, b in itertools.pairwise(tokens)):
-                raise APIError(
-                    400,
-                    f"checkpoints {er.checkpoints} of max_tokens {call.sampling.max_tokens} are {tokens} tokens: "
-                    "they must still increase strictly",
-                    "early_rejection.checkpoints",
-                )
-            call = replace(call, early_rejection=er.model_copy(update={"checkpoints": tokens}))
+        if call.early_rejection is not None:
+            call = self._resolve_early_rejection(call, call.early_rejection)
         if call.sampling.temperature == 0 and call.budget > 1:
             raise APIError(
                 400,
@@ -240,6 +234,24 @@ class AlignmentService:
                 "temperature",
             )
         return call
+
+    def _resolve_early_rejection(self, call: AlignmentCall, er: EarlyRejection) -> AlignmentCall:
+        """The server's defaults for what the request left out, checkpoints in tokens, and the
+        number of candidates to start (N, or with ``oversample`` what N × max_tokens allows)."""
+        max_tokens = call.sampling.max_tokens
+        given = er.checkpoints if er.checkpoints is not None else self.settings.early_rejection_checkpoints
+        tokens = checkpoints_in_tokens(given, max_tokens)
+        if any(b <= a for a, b in itertools.pairwise(tokens)):
+            raise APIError(
+                400,
+                f"checkpoints {given} of max_tokens {max_tokens} are {tokens} tokens: "
+                "they must still increase strictly",
+                "early_rejection.checkpoints",
+            )
+        keep = er.keep if er.keep is not None else self.settings.early_rejection_keep
+        start = oversampled_budget(call.budget, tokens, keep, max_tokens, MAX_N) if er.oversample else call.budget
+        resolved = er.model_copy(update={"checkpoints": tokens, "keep": keep})
+        return replace(call, early_rejection=resolved, candidates_started=start)
 
     def default_weights(self) -> dict[str, float] | None:
         if self.settings.default_reward_weights:
@@ -445,10 +457,10 @@ class AlignmentService:
             self.engine,
             call.prompt_ids,
             call.sampling,
-            call.budget,
+            call.candidates_started or call.budget,
             call.engine_request_id(),
-            er.in_tokens(call.sampling.max_tokens),  # already tokens: fractions are resolved in _call
-            er.keep,
+            er.in_tokens(call.sampling.max_tokens),  # already tokens: resolved in _call
+            er.keep or 1.0,  # resolved in _call
             score if judges else None,
             sink if call.n_returned == 1 else None,
         )

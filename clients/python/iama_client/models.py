@@ -50,6 +50,8 @@ class CheckpointReport(_Model):
 
 class EarlyRejectionReport(_Model):
     checkpoints: list[CheckpointReport]
+    keep: float
+    candidates_started: int
     generated_tokens: int
     plain_bon_tokens_bound: int
 
@@ -218,12 +220,14 @@ MessagesLike = list[ChatMessage | dict[str, str]]
 
 
 @with_config(ConfigDict(extra="forbid"))
-class EarlyRejection(TypedDict):
+class EarlyRejection(TypedDict, total=False):
     """Stop the weakest running candidates at each checkpoint (tokens, or fractions of
-    ``max_tokens`` in (0, 1)), keeping the best ``keep``."""
+    ``max_tokens`` in (0, 1)), keeping the best ``keep``; both default to the server's.
+    ``oversample``: start as many candidates as plain BoN_N's token cost allows."""
 
     checkpoints: list[int | float]
     keep: float
+    oversample: bool
 
 
 @with_config(ConfigDict(extra="forbid"))
