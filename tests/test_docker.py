@@ -32,7 +32,8 @@ def test_dockerfile_structure(path):
     text = path.read_text()
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2  # multi-stage
     # the README's installer, nothing hand-rolled; the server profile keeps the trainer out
-    assert 'ARG IAMA_PROFILE=server\nRUN bash scripts/install.sh "$IAMA_PROFILE"' in text
+    assert "ARG IAMA_PROFILE=server\n" in text
+    assert 'RUN IAMA_EXTRAS="$IAMA_EXTRAS" bash scripts/install.sh "$IAMA_PROFILE"' in text
     assert re.search(r"^USER 1000", text, re.M)  # non-root
     # the health check follows the port the server is told to use
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD .*curl -fsS .*127\.0\.0\.1:\$\{IAMA_PORT:-8000\}/health", text, re.M)

@@ -372,3 +372,21 @@ async def test_rule_rewards_score_in_worker_processes_with_the_same_result():
     local = RewardSet(REWARDS).score([ALIGN["prompt"]] * len(texts), texts, ["sentiment", "short"])
     for name in ("sentiment", "short"):
         assert [c["scores"][name]["raw"] for c in d["candidates"]] == pytest.approx(local[name].tolist())
+
+
+async def test_metrics_serve_the_engines_own_beside_iamas_as_one_exposition():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with serve() as s:
+        s.engine.hold()  # generation waits: the request is in the engine while /metrics is read
+        body = {"prompt": "hi", "reward_weights": {"sentiment": 1}, "budget": 3, "max_tokens": 4}
+        pending = asyncio.create_task(s.client.post("/v1/align", json=body))
+        for _ in range(500):
+            text = (await s.client.get("/metrics")).text
+            if metric(text, 'vllm:num_requests_running{model_name="fake"}') == 1:  # one request, n = 3
+                break
+            await asyncio.sleep(0.01)
+        s.engine.release()
+        await pending
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "iama_in_flight" in families and families["vllm:num_requests_running"].samples[0].value == 1

@@ -240,8 +240,20 @@ def test_metrics_exposition(tiny_server):
         "iama_queue_depth",
         "iama_errors_total",
         "iama_generation_seconds_bucket",
+        # vLLM's own engine metrics, the names KEDA/HPA and LLM-aware gateways read
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prefix_cache_queries",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:num_preemptions",
     ):
-        assert name in text
+        assert name in text, name
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name for f in text_string_to_metric_families(text)}  # one valid exposition
+    assert "iama_queue_depth" in families and "vllm:num_requests_waiting" in families
     assert metric(httpx.get(f"{tiny_server.url}/metrics").text, 'iama_tokens_total{kind="completion"}') > 0
 
 

@@ -73,6 +73,19 @@ def serve(
     max_budget: Annotated[int | None, typer.Option(help="largest N a request may ask for")] = None,
     api_key: Annotated[list[str] | None, typer.Option(help="accepted API key (repeatable); or IAMA_API_KEYS")] = None,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="log level")] = LogLevel.info,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="serve on Ray Serve: replicas of the app behind its router")
+    ] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="with --ray: replicas (each an engine)")] = 1,
+    max_replicas: Annotated[
+        int | None, typer.Option(min=1, help="with --ray: autoscale between --replicas and this")
+    ] = None,
+    target_ongoing_requests: Annotated[
+        float, typer.Option(min=0.1, help="with --max-replicas: ongoing requests per replica to aim at")
+    ] = 8.0,
+    gpus_per_replica: Annotated[
+        float, typer.Option(min=0, help="with --ray: GPUs per replica (tensor_parallel_size of them)")
+    ] = 0.0,
 ) -> None:
     """Serve a model on vLLM with per-request reward weights, budget and algorithm."""
     import uvicorn
@@ -95,6 +108,16 @@ def serve(
     except ConfigError as exc:
         _exit(str(exc), 2)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ray:
+        overrides = {"model": model, "served_model_name": served_model_name, "max_budget": max_budget}
+        flags = {k: v for k, v in overrides.items() if v is not None} | ({"api_keys": api_key} if api_key else {})
+        file_values = {} if config is None else _read_config(config)
+        _serve_on_ray(
+            settings, {**file_values, **flags}, replicas, max_replicas, target_ongoing_requests, gpus_per_replica
+        )
+        return
+    if replicas != 1 or max_replicas is not None or gpus_per_replica:
+        _exit("--replicas, --max-replicas and --gpus-per-replica need --ray", 2)
     sock = _listen(settings.host, settings.port)
     _quiet_resource_tracker()
     try:
@@ -110,6 +133,57 @@ def serve(
     server.run(sockets=[sock])
     if lifecycle.exit_code:
         _exit(lifecycle.detail or "failed", lifecycle.exit_code)
+
+
+def _read_config(path: Path) -> dict:
+    from iama.configfile import read_yaml
+
+    return dict(read_yaml(path))
+
+
+def _serve_on_ray(
+    settings: object,
+    replica_settings: dict,
+    replicas: int,
+    max_replicas: int | None,
+    target: float,
+    gpus: float,
+) -> None:
+    """Start (or join, with RAY_ADDRESS) a Ray cluster and run the Serve app until interrupted.
+    Replicas read the same IAMA_* environment; ``replica_settings`` adds the file and flags."""
+    import time
+
+    import ray as ray_
+    from ray import serve as ray_serve
+
+    from iama_server.ray_app import build_app
+
+    host, port = settings.host, settings.port  # type: ignore[attr-defined]
+    args: dict = {"settings": replica_settings}
+    if max_replicas is not None:
+        if max_replicas < replicas:
+            _exit("--max-replicas must be >= --replicas", 2)
+        args["autoscaling_config"] = {
+            "min_replicas": replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": target,
+        }
+    else:
+        args["num_replicas"] = replicas
+    if gpus:
+        args["num_gpus"] = gpus
+    ray_.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    ray_serve.start(http_options={"host": host, "port": port})
+    ray_serve.run(build_app(args), name="iama", route_prefix="/", blocking=False)
+    log.info("iama on Ray Serve at http://%s:%d (%s)", host, port, args)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve.shutdown()
+        ray_.shutdown()
 
 
 def register(app: typer.Typer) -> None:

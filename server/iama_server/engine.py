@@ -174,6 +174,10 @@ class GenerationEngine(Protocol):
 
     def unfinished_requests(self) -> int: ...
 
+    def prometheus_exposition(self) -> bytes:
+        """The engine's own metrics in Prometheus' text format (empty when it keeps none)."""
+        ...
+
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
 
     def encode_text(self, text: str) -> list[int]: ...
@@ -233,6 +237,16 @@ class VLLMEngine:
     def unfinished_requests(self) -> int:
         """Requests vLLM still holds: an aborted request leaves this count at once."""
         return int(self._llm.get_num_unfinished_requests()) if self._llm is not None else 0
+
+    def prometheus_exposition(self) -> bytes:
+        """vLLM's own metrics (``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``,
+        prefix-cache hits, time to first token, inter-token latency, preemptions, …): its
+        ``PrometheusStatLogger`` records them into prometheus_client's global registry, the one
+        ``vllm serve`` exposes. Served beside iama's own, autoscalers (KEDA, HPA) and LLM-aware
+        gateways read the names they know without an adapter."""
+        from prometheus_client import REGISTRY, generate_latest
+
+        return generate_latest(REGISTRY) if self._llm is not None else b""
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

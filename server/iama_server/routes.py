@@ -140,7 +140,9 @@ async def metrics(request: Request) -> Response:
     state.metrics.engine_unfinished.set(state.engine.unfinished_requests())
     state.metrics.engine_kv_usage.set(state.engine.stats.kv_cache_usage)
     state.metrics.engine_generated.set(state.engine.stats.generated_tokens)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # iama's own, then vLLM's (vllm:*): both one text exposition, distinct names
+    body = generate_latest(state.metrics.registry) + state.engine.prometheus_exposition()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @v1.get("/models", response_model=ModelList)

@@ -122,13 +122,20 @@ class Snapshots(TrainerCallback):
         write_model_dir(model, self.tokenizer, snapshot_dir(self.root, state.global_step))
 
 
-def write_model_dir(model: Any, tokenizer: Any, final: Path, extra: Callable[[Path], object] | None = None) -> None:
+def write_model_dir(
+    model: Any,
+    tokenizer: Any,
+    final: Path,
+    extra: Callable[[Path], object] | None = None,
+    state_dict: dict[str, Any] | None = None,
+) -> None:
     """An HF model directory written whole or not at all: saved (plus ``extra``, e.g. the model
     card) into a temporary sibling, made readable to other users, then renamed into place.
-    Snapshots and the final model share it."""
+    Snapshots and the final model share it. ``state_dict``: the weights when the model's own
+    are not whole here (DeepSpeed ZeRO-3 partitions them; accelerate gathers them)."""
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if extra is not None:
         extra(tmp)

@@ -36,12 +36,24 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override a field: --set steps=10 --set objective.type=linear")
     ] = None,
+    accelerate_config: Annotated[
+        str | None,
+        typer.Option(
+            help="run under accelerate launch with this config: multi_gpu, zero2, zero3, fsdp2, cpu_ddp, "
+            "cpu_zero2, cpu_zero3, or a path"
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option(min=1, help="with --accelerate-config: processes (GPUs) on this machine")
+    ] = None,
 ) -> None:
     """Train an IAMA model (non-linear GRPO on TRL) and write an HF checkpoint + iama.json."""
     import importlib.util
 
     if importlib.util.find_spec("trl") is None:  # e.g. the server-only Docker image
         fail("train", "the trainer is not installed here: pip install 'iama[trainer]' (or the iama:*-train image)")
+    if num_processes is not None and accelerate_config is None:
+        fail("train", "--num-processes needs --accelerate-config", 2)
     from iama.configfile import ConfigError
     from iama.models import ModelNotFound
     from iama_trainer.config import load_config
@@ -54,12 +66,51 @@ def train(
         cfg = load_config(config, overrides)
     except ConfigError as exc:
         fail("train", str(exc), 2)
+    if cfg.rollout_func:
+        from iama_trainer.run import import_function
+
+        try:
+            import_function(cfg.rollout_func)
+        except ValueError as exc:
+            fail("train", str(exc), 2)
+    if accelerate_config is not None:  # checked here first, so that a mistake is one line, not one per process
+        _relaunch(accelerate_config, num_processes, config, resume, overwrite, output_dir, set_, cfg.lora.enabled)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         final = run_train(cfg, resume=resume, overwrite=overwrite)
     except (FileExistsError, ModelNotFound) as exc:
         fail("train", str(exc), 1)
     typer.echo(str(final))
+
+
+def _relaunch(
+    name: str,
+    num_processes: int | None,
+    config: str,
+    resume: bool,
+    overwrite: bool,
+    output_dir: str | None,
+    set_: list[str] | None,
+    lora: bool,
+) -> None:
+    """Replace this process by ``accelerate launch`` running the same command without the flag:
+    signals (a scheduler's SIGTERM) go to accelerate, which forwards them to its workers."""
+    import os
+
+    from iama_trainer.launch import launch_command, resolve_config, zero_stage
+
+    try:
+        path = resolve_config(name)
+    except ValueError as exc:
+        fail("train", str(exc), 2)
+    if lora and zero_stage(path) == 3:
+        fail("train", "lora under DeepSpeed ZeRO-3 is not supported (the final save); use zero2 or multi_gpu", 2)
+    args = [config, *(["--resume"] if resume else []), *(["--overwrite"] if overwrite else [])]
+    args += ["--output-dir", output_dir] if output_dir else []
+    args += [a for item in set_ or [] for a in ("--set", item)]
+    cmd = launch_command(path, args, num_processes)
+    typer.echo(" ".join(cmd), err=True)
+    os.execv(cmd[0], cmd)
 
 
 def merge_lora(

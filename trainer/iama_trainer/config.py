@@ -117,6 +117,20 @@ class TrainConfig(_Strict):
     bf16: Literal["auto"] | bool = "auto"
     rollouts: Literal["auto", "hf", "vllm"] = "auto"
     vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    vllm_mode: Literal["colocate", "server"] = Field(
+        default="colocate",
+        description="vLLM rollouts inside the training processes, or on a `trl vllm-serve` server on its own GPUs",
+    )
+    vllm_server_base_url: str | None = Field(
+        default=None, description="vllm_mode server: the server, e.g. http://gpu-node-0:8000"
+    )
+    vllm_server_timeout: float = Field(default=240.0, gt=0, description="vllm_mode server: seconds to wait for it")
+    rollout_func: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:function generating the completions instead of TRL (its rollout_func): "
+        "agents, environments, or fixed rollouts for reproducibility checks",
+    )
 
     snapshot_steps: int | None = Field(
         default=None,

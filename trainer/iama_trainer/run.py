@@ -52,11 +52,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
 
     from iama_trainer.data import build_dataset
     from iama_trainer.grpo import check_trl_hook
+    from iama_trainer.launch import uses_deepspeed
 
     check_trl_hook()
-    # Processes. On CPU, accelerate only forms a (gloo) process group when asked for cpu explicitly.
+    # Processes. On CPU, accelerate only forms a (gloo) process group when asked for cpu explicitly;
+    # under DeepSpeed it must be told gloo before anything else builds the state, or it counts one
+    # process (or drops DeepSpeed).
     cuda = torch.cuda.is_available()
-    state = PartialState(cpu=not cuda)
+    if not cuda and uses_deepspeed():
+        state = PartialState(backend="gloo")
+    else:
+        state = PartialState(cpu=not cuda)
     if state.is_main_process:
         prepare_output_dir(cfg, resume, overwrite)
     state.wait_for_everyone()
@@ -82,8 +88,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> Pa
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = cfg.output_dir / "model"
+    # Every process takes part: under ZeRO-3 gathering the partitioned weights is collective.
+    # (on the DeepSpeed engine, which holds the partitions: trainer.model_wrapped)
+    zero3 = _zero3(trainer) and not cfg.lora.enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if zero3 else None
     if trainer.accelerator.is_main_process:
-        _save_final(trainer, tokenizer, final, cfg, model_path, rewards)
+        _save_final(trainer, tokenizer, final, cfg, model_path, rewards, state_dict)
     trainer.accelerator.wait_for_everyone()
     return final
 
@@ -194,12 +204,25 @@ def grpo_args(cfg: TrainConfig, num_rewards: int, num_processes: int, bf16: bool
         use_cpu=not cuda,
         report_to=["tensorboard"] if cfg.tensorboard else [],
         use_vllm=use_vllm,
-        vllm_mode="colocate",
+        vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_server_base_url=cfg.vllm_server_base_url,
+        vllm_server_timeout=cfg.vllm_server_timeout,
         disable_tqdm=False,
         log_completions=False,
         shuffle_dataset=True,
     )
+
+
+def import_function(path: str) -> Any:
+    """``module:function`` → the function (a config's import path)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"rollout_func {path!r} cannot be imported: {exc}") from exc
 
 
 def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, rewards: RewardSet, args: Any) -> Any:
@@ -236,6 +259,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
         peft_config=peft_config,
         surrogate=SurrogateSpec(rewards, objective, cfg.objective.type, normalize=cfg.normalization.enabled),
         kl_controller=controller,
+        rollout_func=import_function(cfg.rollout_func) if cfg.rollout_func else None,
     )
     _point_tensorboard_at(trainer, cfg.output_dir / "tensorboard")
     trainer.add_callback(JsonlMetrics(cfg.output_dir / METRICS_FILE))
@@ -329,6 +353,11 @@ def final_kl(history: list[dict[str, Any]], window: int = KL_WINDOW) -> float | 
     return sum(kls) / len(kls) if kls else None
 
 
+def _zero3(trainer: Any) -> bool:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
 def _save_final(
     trainer: Any,
     tokenizer: Any,
@@ -336,6 +365,7 @@ def _save_final(
     cfg: TrainConfig,
     model_path: str,
     rewards: RewardSet,
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
     import trl
 
@@ -363,5 +393,5 @@ def _save_final(
             "base_model_path": model_path,
         },
     )
-    write_model_dir(model, tokenizer, final, lambda tmp: save_model_card(card, tmp))
+    write_model_dir(model, tokenizer, final, lambda tmp: save_model_card(card, tmp), state_dict)
     log.info("saved %s", final)
