@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from iama.bootstrap import clustered_mean_ci
+
 WEIGHTS = {"sentiment": 1.0, "relevance": 1.0}
 
 
@@ -81,17 +83,6 @@ async def serve_arm(client, jobs: list[tuple[int, int, str]], extra: dict, max_t
     return {"request": extra, "rows": ordered, "wall_s": wall, "requests_per_s": len(jobs) / wall}
 
 
-def cluster_ci(values: np.ndarray, groups: np.ndarray, draws: int = 4000) -> list[float]:
-    """95 % interval of the mean, resampling whole prompts (a prompt's requests are correlated)."""
-    rng = np.random.default_rng(0)
-    ids = np.unique(groups)
-    sums = np.array([values[groups == g].sum() for g in ids])
-    counts = np.array([(groups == g).sum() for g in ids])
-    pick = rng.integers(0, ids.size, (draws, ids.size))
-    means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
-    return [float(x) for x in np.percentile(means, [2.5, 97.5])]
-
-
 def summarize(result: dict) -> None:
     arms_ = result["arms"]
     ref16 = arms_.get("plain_N16")
@@ -102,7 +93,7 @@ def summarize(result: dict) -> None:
         t = np.array([r["tokens"] for r in rows], dtype=float)
         s = {
             "mean_weighted": float(w.mean()),
-            "ci95": cluster_ci(w, g),
+            "ci95": clustered_mean_ci(w, g),
             "mean_tokens": float(t.mean()),
             "mean_wall_s": statistics.mean(r["wall_s"] for r in rows),
             "requests_per_s": arm["requests_per_s"],
@@ -120,7 +111,7 @@ def summarize(result: dict) -> None:
             d = w - rw
             s[f"vs_{ref_name}"] = {
                 "mean_diff": float(d.mean()),
-                "ci95": cluster_ci(d, g),
+                "ci95": clustered_mean_ci(d, g),
                 "relative": float(d.mean() / abs(rw.mean())),
                 "token_ratio": float(t.sum() / rt.sum()),
                 # Wall time compares only between arms timed in the same run (same machine, same load).

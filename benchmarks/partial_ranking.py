@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from iama.algorithms import early_rejection_keep, oversampled_budget
+from iama.bootstrap import clustered_mean_ci
 
 WEIGHTS = {"sentiment": 1.0, "relevance": 1.0}
 FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
@@ -124,14 +125,6 @@ def replay(cands: list[dict], n0: int, checkpoints: list[int], keep: float) -> t
     return best, tokens
 
 
-def cluster_ci(per_prompt: np.ndarray, draws: int = 4000) -> list[float]:
-    """95 % interval of the mean over prompts, resampling prompts (the clusters)."""
-    rng = np.random.default_rng(0)
-    v = np.asarray(per_prompt, dtype=float)
-    means = v[rng.integers(0, v.size, (draws, v.size))].mean(axis=1)
-    return [float(x) for x in np.percentile(means, [2.5, 97.5])]
-
-
 def analyse(rows: list[dict], max_tokens: int, checkpoints: list[int], budgets: list[int]) -> dict:
     from scipy.stats import spearmanr
 
@@ -159,8 +152,10 @@ def analyse(rows: list[dict], max_tokens: int, checkpoints: list[int], budgets: 
         ranking[str(cp)] = {
             "fraction": cp / max_tokens,
             "spearman_mean": float(rho_a.mean()),
-            "spearman_ci95": cluster_ci(rho_a),
-            "best_survives": {k: {"mean": float(np.mean(v)), "ci95": cluster_ci(np.array(v))} for k, v in top.items()},
+            "spearman_ci95": clustered_mean_ci(rho_a),
+            "best_survives": {
+                k: {"mean": float(np.mean(v)), "ci95": clustered_mean_ci(np.array(v))} for k, v in top.items()
+            },
             "running_fraction": float((lengths > cp).mean()),
         }
     out["ranking"] = ranking
@@ -194,18 +189,18 @@ def analyse(rows: list[dict], max_tokens: int, checkpoints: list[int], budgets: 
         bs, bt = np.array(base["score"]), np.array(base["tokens"])
         arm["summary"] = {
             "mean_score": float(s.mean()),
-            "ci95": cluster_ci(s),
+            "ci95": clustered_mean_ci(s),
             "mean_tokens": float(t.mean()),
             "token_ratio_vs_plain": float(t.sum() / bt.sum()),
             "diff_vs_plain": float((s - bs).mean()),
-            "diff_ci95": cluster_ci(s - bs),
+            "diff_ci95": clustered_mean_ci(s - bs),
         }
         if ref16 is not None:  # the issue's yardstick, whatever N the arm has: paired by prompt
             rs, rt = np.array(ref16["score"]), np.array(ref16["tokens"])
             arm["summary"]["vs_plain_N16"] = {
                 "diff": float((s - rs).mean()),
                 "relative": float((s - rs).mean() / abs(rs.mean())),
-                "ci95": cluster_ci(s - rs),
+                "ci95": clustered_mean_ci(s - rs),
                 "token_ratio": float(t.sum() / rt.sum()),
             }
     if ref16 is not None:

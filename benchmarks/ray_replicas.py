@@ -67,38 +67,26 @@ async def sweep(url: str, per_client: int) -> list[dict]:
     return out
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 1800) -> None:
-    import httpx
+def run_setup(name: str, args: list[str], per_client: int, log_dir: Path) -> dict:
+    """Start one setup with the tests' launcher (waits for ``/health``, fails with the log's
+    tail if the server exits), load it, then stop the whole process group and Ray with it."""
+    from servers import IAMA, free_port, spawn_until_healthy
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(url)
-
-
-def run_setup(name: str, cmd: list[str], port: int, per_client: int, log_dir: Path) -> dict:
     env = {**os.environ, "IAMA_MAX_CONCURRENT_REQUESTS": "8", "VLLM_CPU_KVCACHE_SPACE": "2"}
-    log = (log_dir / f"{name}.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    port = free_port()
+    cmd = [IAMA, "serve", "--port", str(port), *args]
     t0 = time.perf_counter()
+    srv = spawn_until_healthy(cmd, port, log_dir / f"{name}.log", env, 1800)
+    started = time.perf_counter() - t0
     try:
-        wait_healthy(url, proc)
-        started = time.perf_counter() - t0
-        rows = asyncio.run(sweep(url, per_client))
+        rows = asyncio.run(sweep(srv.url, per_client))
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        # SIGINT to the group: Ray's driver and its replicas (their own processes) all get it.
+        os.killpg(srv.proc.pid, signal.SIGINT)
         try:
-            proc.wait(120)
+            srv.proc.wait(120)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(srv.proc.pid, signal.SIGKILL)
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
     return {"command": cmd, "start_s": started, "loads": rows}
 
@@ -144,18 +132,17 @@ def main() -> None:
         ratios(result)
         out.write_text(json.dumps(result, indent=1))
         return
-    iama = str(Path(sys.executable).with_name("iama"))
+    sys.path.insert(0, str(ROOT / "tests"))
     log_dir = ROOT / "runs" / "bench-ray"
     log_dir.mkdir(parents=True, exist_ok=True)
     setups = {
-        "iama_serve": [iama, "serve", "--port", "8101"],
-        "ray_1_replica": [iama, "serve", "--port", "8102", "--ray", "--replicas", "1"],
-        "ray_2_replicas": [iama, "serve", "--port", "8103", "--ray", "--replicas", "2"],
+        "iama_serve": [],
+        "ray_1_replica": ["--ray", "--replicas", "1"],
+        "ray_2_replicas": ["--ray", "--replicas", "2"],
     }
     result: dict = {"setups": {}}
-    for name, cmd in setups.items():
-        port = int(cmd[cmd.index("--port") + 1])
-        result["setups"][name] = run_setup(name, cmd, port, args.per_client, log_dir)
+    for name, args_ in setups.items():
+        result["setups"][name] = run_setup(name, args_, args.per_client, log_dir)
     ratios(result)
     result["config"] = {"body": BODY, "loads": LOADS, "per_client": args.per_client, "command": " ".join(sys.argv)}
     out = Path(args.out)

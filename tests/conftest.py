@@ -55,3 +55,33 @@ def tiny_server(tiny_llama, tiny_classifier, tmp_path_factory):
     srv = start_server(str(tiny_llama), d, env={"IAMA_API_KEYS": f"other-key,{API_KEY}", "IAMA_CONFIG_FILE": str(cfg)})
     yield srv
     srv.stop()
+
+
+_SHARES_TINY_SERVER: dict[str, bool] = {}
+
+
+def _shares_tiny_server(root: Path, test_file: str) -> bool:
+    """Whether a test module uses the session's ``tiny_server`` (read from its source: the
+    controller schedules before any worker has collected, so fixtures are not known yet)."""
+    if test_file not in _SHARES_TINY_SERVER:
+        path = root / test_file
+        _SHARES_TINY_SERVER[test_file] = path.is_file() and "tiny_server" in path.read_text()
+    return _SHARES_TINY_SERVER[test_file]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (``scripts/test.sh`` runs two workers) a module is one unit, so that
+    its module-scoped engine or training starts once and its tests keep their order; and every
+    module that uses the session's ``tiny_server`` joins one unit, so that one engine serves
+    them all. (xdist's own ``loadgroup`` marks do not reach pytest 9's node ids.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    root = Path(config.rootpath)
+
+    class ModuleScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            test_file = nodeid.split("::", 1)[0]
+            return "tiny_server" if _shares_tiny_server(root, test_file) else test_file
+
+    return ModuleScheduling(config, log)

@@ -240,17 +240,20 @@ async def test_a_sole_survivor_streams_as_it_is_generated():
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+
+        def streamed() -> tuple[list[dict], str]:
+            """The events sent so far, and the content their deltas carry (the role chunk has none)."""
+            events = [json.loads(e[6:]) for e in call.body().decode().split("\n\n") if e.startswith("data: {")]
+            return events, "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+
         call = raw_post(s.app, "/v1/chat/completions", body)
         await until(lambda: len(s.engine.aborted) == 3)  # three rejected, one left: it is the answer
-        await until(lambda: b"content" in call.body())
-        assert len(s.engine.running) == 1  # the survivor is still held at 2 tokens, unfinished
-        events = [json.loads(e[6:]) for e in call.body().decode().split("\n\n") if e.startswith("data: {")]
-        early = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
-        assert len(early.split()) == 2  # its first two tokens reached the client before it finished
+        # Its first two tokens reach the client while it is still held at 2 tokens, unfinished.
+        await until(lambda: len(streamed()[1].split()) == 2)
+        assert len(s.engine.running) == 1
         s.engine.limit_tokens(None)
         await call.task
-        events = [json.loads(e[6:]) for e in call.body().decode().split("\n\n") if e.startswith("data: {")]
-        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+        events, text = streamed()
         assert call.status() == 200 and call.body().endswith(b"data: [DONE]\n\n")
         assert events[-1]["usage"]["completion_tokens"] > 0
         assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"

@@ -57,7 +57,6 @@ def train(
     from iama.configfile import ConfigError
     from iama.models import ModelNotFound
     from iama_trainer.config import load_config
-    from iama_trainer.run import train as run_train
 
     overrides = parse_overrides("train", set_)
     if output_dir:
@@ -67,7 +66,7 @@ def train(
     except ConfigError as exc:
         fail("train", str(exc), 2)
     if cfg.rollout_func:
-        from iama_trainer.run import import_function
+        from iama_trainer.config import import_function
 
         try:
             import_function(cfg.rollout_func)
@@ -76,6 +75,10 @@ def train(
     if accelerate_config is not None:  # checked here first, so that a mistake is one line, not one per process
         _relaunch(accelerate_config, num_processes, config, resume, overwrite, output_dir, set_, cfg.lora.enabled)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The training stack (transformers, TRL, peft: ~5 s of imports) loads only once the config is
+    # known to be good, so that a config mistake is reported at once.
+    from iama_trainer.run import train as run_train
+
     try:
         final = run_train(cfg, resume=resume, overwrite=overwrite)
     except (FileExistsError, ModelNotFound) as exc:

@@ -216,3 +216,14 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
                 node = node.setdefault(key, {})
         else:
             raise ConfigError(f"--set {dotted}: {'.'.join([*parents, leaf][:depth])} is a value, not a section")
+
+
+def import_function(path: str) -> Any:
+    """``module:function`` → the function (a config's import path)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"rollout_func {path!r} cannot be imported: {exc}") from exc

@@ -25,7 +25,7 @@ from iama_trainer.callbacks import (
     latest_complete_checkpoint,
     write_model_dir,
 )
-from iama_trainer.config import TrainConfig
+from iama_trainer.config import TrainConfig, import_function
 
 log = logging.getLogger("iama.trainer")
 
@@ -212,17 +212,6 @@ def grpo_args(cfg: TrainConfig, num_rewards: int, num_processes: int, bf16: bool
         log_completions=False,
         shuffle_dataset=True,
     )
-
-
-def import_function(path: str) -> Any:
-    """``module:function`` → the function (a config's import path)."""
-    import importlib
-
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"rollout_func {path!r} cannot be imported: {exc}") from exc
 
 
 def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, rewards: RewardSet, args: Any) -> Any:
