@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The default-model cache lives in the repo (git-ignored) so repeated runs convert once.
 os.environ.setdefault("IAMA_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache" / "iama"))
+# Importing TRL sets VLLM_LOGGING_LEVEL=ERROR where it is unset (trl/_compat.py), so once any test
+# imported TRL, every process started later (our servers, vLLM's) logged none of vLLM's lines.
+# vLLM's own default, fixed for the session: what a process logs does not depend on test order.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
 
 
 @pytest.fixture(scope="session")
@@ -57,16 +62,11 @@ def tiny_server(tiny_llama, tiny_classifier, tmp_path_factory):
     srv.stop()
 
 
-_SHARES_TINY_SERVER: dict[str, bool] = {}
-
-
-def _shares_tiny_server(root: Path, test_file: str) -> bool:
+@functools.cache
+def _shares_tiny_server(path: Path) -> bool:
     """Whether a test module uses the session's ``tiny_server`` (read from its source: the
     controller schedules before any worker has collected, so fixtures are not known yet)."""
-    if test_file not in _SHARES_TINY_SERVER:
-        path = root / test_file
-        _SHARES_TINY_SERVER[test_file] = path.is_file() and "tiny_server" in path.read_text()
-    return _SHARES_TINY_SERVER[test_file]
+    return path.is_file() and "tiny_server" in path.read_text()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -82,6 +82,6 @@ def pytest_xdist_make_scheduler(config, log):
     class ModuleScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             test_file = nodeid.split("::", 1)[0]
-            return "tiny_server" if _shares_tiny_server(root, test_file) else test_file
+            return "tiny_server" if _shares_tiny_server(root / test_file) else test_file
 
     return ModuleScheduling(config, log)

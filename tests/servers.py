@@ -53,10 +53,6 @@ def start_server(
     port = free_port()
     log = log_dir / f"server-{port}.log"
     full_env = {**os.environ, **(env or {})}
-    if "VLLM_LOGGING_LEVEL" not in (env or {}):
-        # Importing TRL sets VLLM_LOGGING_LEVEL=ERROR in this process (trl/_compat.py), so a server
-        # started after any test imported TRL would log none of vLLM's lines: log as a user's does.
-        full_env.pop("VLLM_LOGGING_LEVEL", None)
     full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if kv_cache_gb is not None:
         full_env["VLLM_CPU_KVCACHE_SPACE"] = kv_cache_gb
