@@ -59,7 +59,9 @@ async def test_health_waits_for_reward_warm_up_so_the_first_request_pays_no_load
     GATE.clear()
     rewards = {**REWARDS, "gated": {"type": "test_gated"}}
     async with serve(wait_ready=False, rewards=rewards) as s:
-        await until(lambda: s.engine.started)  # the engine is up, the reward is still loading
+        # The engine is up and sentiment warm (it warms before gated), gated is still loading: wait
+        # for that state, not for the engine alone (on a loaded machine sentiment can still be loading).
+        await until(lambda: s.engine.started and "sentiment" in s.state.lifecycle.ready_rewards)
         r = await s.client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "starting"
         listing = {x["name"]: x["ready"] for x in (await s.client.get("/v1/rewards")).json()["data"]}
