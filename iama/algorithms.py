@@ -15,6 +15,7 @@ Soft BoN: ``T[pi](y) ∝ exp(r(y)/tau) * pi(y)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -104,6 +105,23 @@ def early_rejection_keep(partial_scores: ArrayLike, running: ArrayLike, keep: fl
     n_keep = max(1, math.ceil(keep * alive.size - 1e-9))
     ranked = sorted(alive, key=lambda i: (-scores[i] if np.isfinite(scores[i]) else np.inf, i))
     return sorted(int(i) for i in ranked[:n_keep])
+
+
+def check_checkpoints(checkpoints: Sequence[int | float]) -> list[int | float]:
+    """Early-rejection checkpoints of one kind (token counts, or fractions of ``max_tokens``),
+    strictly increasing: the rule the request field and the server's default share."""
+    v = list(checkpoints)
+    if len({isinstance(x, float) for x in v}) > 1:
+        raise ValueError("give checkpoints all as token counts or all as fractions of max_tokens")
+    if any(b <= a for a, b in itertools.pairwise(v)):
+        raise ValueError("checkpoints must increase strictly")
+    return v
+
+
+def checkpoints_in_tokens(checkpoints: Sequence[int | float], max_tokens: int) -> list[int]:
+    """Checkpoints as token counts: a fraction f is ``⌈f · max_tokens⌉`` (at least 1), so one
+    setting keeps its meaning at any length."""
+    return [x if isinstance(x, int) else max(1, math.ceil(x * max_tokens)) for x in checkpoints]
 
 
 def early_rejection_token_bound(n: int, checkpoints: Sequence[int], keep: float, max_tokens: int) -> int:

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama):
-    from iama_server.engine import VLLMEngine
     from iama_server.settings import ServerSettings
+    from iama_server.vllm_engine import VLLMEngine
 
     e = VLLMEngine(str(tiny_llama), ServerSettings(kv_cache_gb=1, enforce_eager=True))
     e.start()
@@ -27,17 +27,19 @@ async def test_rejected_candidates_free_their_requests_and_kv_cache(engine):
     """At the first checkpoint the 16 candidates hold 64 tokens of KV cache each; at the second
     (32 steps later, long after the aborts reached the engine core) only the kept quarter is
     left: vLLM's unfinished-request count and its KV-cache usage must both have dropped."""
-    from iama_server.candidates import early_rejection
+    from iama_server.calls import EarlyRejectionPlan
     from iama_server.engine import Sampling
+    from iama_server.searches import Scored, early_rejection
 
     seen: list[tuple[int, int, float]] = []  # (candidates scored, engine's unfinished requests, KV usage)
 
-    async def score(texts: list[str]) -> np.ndarray:
+    async def score(texts: list[str]) -> Scored:
         seen.append((len(texts), engine.unfinished_requests(), engine.stats.kv_cache_usage))
-        return np.arange(len(texts), dtype=float)  # any order will do: the lowest three quarters go
+        return Scored({}, np.arange(len(texts), dtype=float))  # any order will do: the lowest three quarters go
 
     sampling = Sampling(temperature=1.0, top_p=1.0, max_tokens=400, seed=11, stop=None)
-    run = await early_rejection(engine, engine.encode_text("go " * 8), sampling, 16, "er-kv", [64, 96], 0.25, score)
+    plan = EarlyRejectionPlan(checkpoints=(64, 96), keep=0.25, candidates=16)
+    run = await early_rejection(engine, engine.encode_text("go " * 8), sampling, plan, "er-kv", score)
 
     assert len(seen) == 2, f"a checkpoint was not reached: {seen}"
     (scored1, held1, kv1), (scored2, held2, kv2) = seen
@@ -48,5 +50,5 @@ async def test_rejected_candidates_free_their_requests_and_kv_cache(engine):
     assert 0 < kv2 < 0.75 * kv1, seen
     first = run.checkpoints[0]
     assert len(first.rejected) == scored1 - math.ceil(scored1 / 4) and first.tokens == 64
-    assert set(run.rejected_at) == {i for cp in run.checkpoints for i in cp.rejected}
+    assert set(run.rejected) == {i for cp in run.checkpoints for i in cp.rejected}
     assert engine.unfinished_requests() == 0

@@ -101,7 +101,7 @@ async def test_rewards_see_the_last_user_turn_of_a_conversation():
             {"role": "assistant", "content": "an answer"},
             {"role": "user", "content": "the real question"},
         ]
-        call = s.state.service.align_call(AlignRequest(messages=msgs, reward_weights={"sentiment": 1.0}), "rid")
+        call = s.state.calls.align(AlignRequest(messages=msgs, reward_weights={"sentiment": 1.0}), "rid")
     from iama.rewards import reward_prompt
 
     assert call.prompt == msgs and reward_prompt(call.prompt) == "the real question"

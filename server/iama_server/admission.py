@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mutab
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from prometheus_client import Gauge
+
 from iama_server.errors import APIError, ClientGone, ErrorCode
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -44,6 +46,13 @@ class Admission:
         self.tokens_in_use = 0  # the cost of the running requests
         self._turns: deque[object] = deque()  # waiting requests, first come first served
         self._changed = asyncio.Condition()
+
+    def export(self, queue_depth: Gauge, in_flight: Gauge, tokens_in_use: Gauge) -> None:
+        """Report the queue, the running requests and the tokens they hold through these gauges,
+        read live at every scrape."""
+        queue_depth.set_function(lambda: self.waiting)
+        in_flight.set_function(lambda: self.active)
+        tokens_in_use.set_function(lambda: self.tokens_in_use)
 
     def _my_turn(self, ticket: object, cost: int) -> bool:
         return (

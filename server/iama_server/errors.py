@@ -1,8 +1,11 @@
 """Every failure leaves as an OpenAI-style JSON error naming the offending field; never a trace.
 
 Code below the routes raises :class:`APIError` (or lets pydantic reject the body);
-:func:`install_error_handlers` is the only place that turns failures into responses. ``code``
-is a closed set (:class:`ErrorCode`), which the client SDK mirrors, so both spell each one alike.
+:func:`install_error_handlers` turns failures into responses, and :func:`error_body` is the one
+place that builds an error's JSON, for a response, a stream's error event and the Ray ingress
+alike. One rule per status: its ``type`` (:func:`error_type`) and, unless the raiser names one,
+its ``code``. ``code`` is a closed set (:class:`ErrorCode`), which the client SDK mirrors, so
+both spell each one alike.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ import json
 import logging
 import re
 from enum import StrEnum
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from iama_server.schemas import ErrorResponse
+from iama_server.schemas.errors import ErrorBody, ErrorResponse
 
 log = logging.getLogger("iama.server")
 
@@ -66,6 +70,14 @@ def error_type(status: int) -> str:
     return _TYPES.get(status, "api_error")
 
 
+def error_body(status: int, message: str, param: str | None = None, code: ErrorCode | None = None) -> dict[str, Any]:
+    """``{"error": {message, type, param, code}}``: the type is the status's, the code the one
+    given or the status's usual one."""
+    code = code or _DEFAULT_CODES.get(status, ErrorCode.INTERNAL_ERROR)
+    body = ErrorBody(message=message, type=error_type(status), param=param, code=str(code))
+    return ErrorResponse(error=body).model_dump()
+
+
 class APIError(Exception):
     def __init__(
         self,
@@ -79,10 +91,11 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
 
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, self.param, self.code)
+
     def response(self) -> JSONResponse:
-        code = self.code or _DEFAULT_CODES.get(self.status, ErrorCode.INTERNAL_ERROR)
-        body = ErrorResponse.make(self.message, error_type(self.status), self.param, str(code))
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class ClientGone(Exception):

@@ -34,6 +34,9 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.config import RequestRouterConfig
 
+from iama_server.errors import APIError, error_body
+from iama_server.rendering import sse
+
 log = logging.getLogger("iama.ray")
 
 PREFIX_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
@@ -203,15 +206,13 @@ class Ingress:
                 async for chunk in gen:
                     yield chunk
             except REPLICA_LOST:
-                error = {"error": {"message": "the replica serving this stream died", "type": "server_error"}}
-                yield f"data: {json.dumps(error)}\n\n".encode()
+                yield sse(error_body(503, "the replica serving this stream died"))
 
         return StreamingResponse(body(), status_code=status, headers=kept)
 
 
 def _unavailable() -> Response:
-    body = {"error": {"message": "no replica could serve the request; retry", "type": "server_error"}}
-    return Response(json.dumps(body), status_code=503, media_type="application/json", headers={"Retry-After": "1"})
+    return APIError(503, "no replica could serve the request; retry", headers={"Retry-After": "1"}).response()
 
 
 def build_app(args: dict[str, Any] | None = None) -> Any:

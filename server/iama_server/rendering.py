@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import time
 from typing import Any
 
 from iama.modelcard import ModelCard
 from iama.rewards import RewardSet, available_rewards
 from iama_server.engine import Generation, Logprobs, TokenLogprob
+from iama_server.outcome import Outcome
 from iama_server.schemas import (
     AlignmentInfo,
     AlignResponse,
@@ -23,9 +24,12 @@ from iama_server.schemas import (
     RewardScore,
     Timings,
     Usage,
-    now,
 )
-from iama_server.service import Outcome
+
+
+def now() -> int:
+    """``created``: seconds since the epoch, as OpenAI's objects carry it."""
+    return int(time.time())
 
 
 def usage(outcome: Outcome) -> Usage:
@@ -37,14 +41,15 @@ def usage(outcome: Outcome) -> Usage:
 def scores_of(outcome: Outcome, i: int) -> dict[str, RewardScore]:
     """Candidate i's scores; for one stopped by early rejection, only those of the rewards that
     judged its partial text (a length reward's score of half a text means nothing)."""
-    names = outcome.search.partial_rewards if i in outcome.search.rejected_at else list(outcome.raw)
+    names = outcome.search.partial_rewards if i in outcome.search.rejected else list(outcome.raw)
     return {k: RewardScore(raw=float(outcome.raw[k][i]), normalized=float(outcome.normalized[k][i])) for k in names}
 
 
 def weighted_of(outcome: Outcome, i: int) -> float:
     """The score that decided: the partial score at rejection for a stopped candidate."""
     assert outcome.weighted is not None
-    return outcome.search.partial_scores.get(i, float(outcome.weighted[i]))
+    rejection = outcome.search.rejected.get(i)
+    return rejection.score if rejection is not None else float(outcome.weighted[i])
 
 
 def early_rejection_report(outcome: Outcome) -> EarlyRejectionReport | None:
@@ -58,10 +63,10 @@ def early_rejection_report(outcome: Outcome) -> EarlyRejectionReport | None:
             CheckpointReport(tokens=c.tokens, rewards=search.partial_rewards, kept=c.kept, rejected=c.rejected)
             for c in search.checkpoints
         ],
-        keep=(outcome.call.early_rejection.keep if outcome.call.early_rejection else None) or 1.0,
+        keep=outcome.call.early_rejection.keep if outcome.call.early_rejection else 1.0,
         candidates_started=len(outcome.generation.candidates),
         generated_tokens=generated,
-        plain_bon_tokens_bound=generated + sum(max_tokens - t for t in search.rejected_at.values()),
+        plain_bon_tokens_bound=generated + sum(max_tokens - r.tokens for r in search.rejected.values()),
     )
 
 
@@ -81,7 +86,7 @@ def align_response(outcome: Outcome, *, model: str, return_candidates: bool, tot
                 chosen=j == i,
                 finish_reason=c.finish_reason,
                 completion_tokens=c.token_count,
-                rejected_at=outcome.search.rejected_at.get(j),
+                rejected_at=r.tokens if (r := outcome.search.rejected.get(j)) is not None else None,
             )
             for j, c in enumerate(cands)
         ]
@@ -245,11 +250,9 @@ def usage_chunk(base: dict[str, Any], u: Usage) -> dict[str, Any]:
 def stream_chunks(
     outcome: Outcome, *, chat: bool, model: str, response_id: str, created: int, include_usage: bool
 ) -> list[dict[str, Any]]:
-    """OpenAI chunk objects for the already-selected completion, a word at a time.
-
-    Selection needs all N candidates, so an aligned stream starts after generation and scoring
-    (plain generation streams tokens as they come: ``routes._stream_plain``).
-    """
+    """OpenAI chunk objects for the already-selected completion, a word at a time (a token at a
+    time with log-probs). ``streaming.py`` sends them once selection is done, and after a sole
+    survivor's streamed text only their finish and usage chunks."""
     c = outcome.generation.candidates[outcome.chosen[0]]
     base = chunk_base(chat=chat, model=model, response_id=response_id, created=created)
     chunks = [stream_chunk(base, chat=True, text="", role=True)] if chat else []
@@ -277,14 +280,7 @@ def sse(chunk: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def sse_events(chunks: list[dict[str, Any]]) -> Iterator[bytes]:
-    """Server-sent events as OpenAI's clients read them, ending with ``[DONE]``."""
-    for ch in chunks:
-        yield sse(ch)
-    yield SSE_DONE
+SSE_DONE = b"data: [DONE]\n\n"  # the last event of every stream, as OpenAI's clients expect
 
 
 def rewards_listing(

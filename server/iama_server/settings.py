@@ -13,10 +13,11 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from iama.algorithms import check_checkpoints
 from iama.configfile import ConfigError, describe_errors, read_yaml
 from iama.dtypes import Dtype
 from iama.rewards.reward_set import RewardSpec
-from iama_server.schemas import Checkpoints, check_checkpoints
+from iama_server.schemas import Checkpoints
 
 
 class ServerSettings(BaseSettings):

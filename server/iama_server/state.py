@@ -15,12 +15,14 @@ from iama.modelcard import ModelCard, load_model_card
 from iama.models import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_NAME, resolve_model
 from iama.rewards import DEFAULT_REWARDS, RewardSet, RewardSpec, bind_tokenizer
 from iama_server.admission import Admission
-from iama_server.engine import GenerationEngine, VLLMEngine
+from iama_server.calls import CallBuilder
+from iama_server.engine import GenerationEngine
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle, one_line
 from iama_server.metrics import Metrics
 from iama_server.scoring import BatchedScorer
 from iama_server.service import AlignmentService
 from iama_server.settings import ServerSettings
+from iama_server.vllm_engine import VLLMEngine
 
 log = logging.getLogger("iama.server")
 
@@ -52,16 +54,17 @@ class ServerState:
             self._count_batch,
             processes=settings.score_processes,
         )
-        self.service = AlignmentService(
-            self.engine,
-            self.rewards,
-            self.scorer,
-            settings,
-            self.metrics,
-            self.card,
-            (self.model_name, settings.model),
-            self.lifecycle,
+        self.calls = CallBuilder(
+            self.engine, self.rewards, settings, self.card, (self.model_name, settings.model), self.lifecycle
         )
+        self.service = AlignmentService(
+            self.engine, self.rewards, self.scorer, self.admission, settings, self.metrics, self.lifecycle
+        )
+        self.admission.export(self.metrics.queue_depth, self.metrics.in_flight, self.metrics.tokens_in_use)
+        engine = self.engine  # what vLLM's scheduler reports, read at every scrape
+        self.metrics.engine_unfinished.set_function(engine.unfinished_requests)
+        self.metrics.engine_kv_usage.set_function(lambda: engine.stats.kv_cache_usage)
+        self.metrics.engine_generated.set_function(lambda: engine.stats.generated_tokens)
         self.api_keys = [k.get_secret_value() for k in settings.api_keys]
 
     def _count_batch(self, size: int) -> None:

@@ -1,11 +1,10 @@
-"""Generating the N candidates one vLLM request each, to stop weak ones early or stop sampling
-once one is good enough.
+"""Searches: generating the N candidates one vLLM request each, to stop weak ones early or to
+stop sampling once one is good enough.
 
 Plain best-of-N sends one request with ``n = N``; vLLM seeds its i-th child ``seed + i`` (the
 seed being already the request's hashed base, ``iama/seeds.py``). Here candidate i is its own
-request seeded ``seed + i``, so with the same seed these candidates are
-exactly plain BoN's (``test_early_rejection_off_equals_plain_bon``), only some are stopped, or
-never started:
+request seeded ``seed + i``, so with the same seed these candidates are exactly plain BoN's
+(``test_early_rejection_off_equals_plain_bon``), only some are stopped, or never started:
 
 * **early rejection** (speculative rejection, Sun et al. 2024): at each checkpoint (tokens
   generated) the running candidates' partial texts are scored and the weakest are cancelled,
@@ -13,42 +12,35 @@ never started:
 * **adaptive budget**: candidates are sampled in waves (2, 4, 8, …) until one reaches the
   target score.
 
-Scoring is the caller's (a coroutine from texts to weighted scores); this module only decides
-which candidates run.
+Scoring is the caller's (a coroutine from texts to :class:`Scored`); a search decides which
+candidates run and returns what it measured: every candidate, each checkpoint's decision, each
+rejected candidate's partial scores, or every wave's scores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from iama.algorithms import early_rejection_keep
+from iama_server.calls import EarlyRejectionPlan
 from iama_server.engine import Generation, GenerationEngine, GenerationResult, Logprobs, Sampling, TokenLogprob
 
-ScoreTexts = Callable[[list[str]], Awaitable[np.ndarray]]  # texts -> (len,) weighted scores
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores of a list of texts, in its order."""
+
+    raw: dict[str, np.ndarray]  # reward -> (texts,) raw scores
+    weighted: np.ndarray  # (texts,) weighted normalised score
+
+
+ScoreTexts = Callable[[list[str]], Awaitable[Scored]]
 Sink = Callable[[str], None]  # receives the sole survivor's text, piece by piece
-
-
-@dataclass
-class _Candidate:
-    index: int
-    text: str = ""
-    tokens: int = 0
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    rejected_at: int | None = None
-    partial_score: float = math.nan
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    prompt_logprobs: Logprobs | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.finish_reason is None and self.rejected_at is None
 
 
 @dataclass(frozen=True)
@@ -58,12 +50,42 @@ class Checkpoint:
     rejected: list[int]
 
 
-@dataclass
+@dataclass(frozen=True)
+class Rejection:
+    """A candidate stopped at a checkpoint, with the partial scores that decided."""
+
+    tokens: int  # generated when it was stopped
+    score: float  # its weighted partial score
+    raw: dict[str, float]  # the judging rewards' raw scores of its partial text
+
+
+@dataclass(frozen=True)
 class EarlyRejectionRun:
     result: GenerationResult  # every candidate; a rejected one with its partial text
-    rejected_at: dict[int, int]  # candidate -> tokens it had when stopped
-    partial_scores: dict[int, float]  # candidate -> its score when stopped
-    checkpoints: list[Checkpoint] = field(default_factory=list)
+    checkpoints: list[Checkpoint]
+    rejected: dict[int, Rejection]  # candidate -> why and when it stopped
+
+
+@dataclass(frozen=True)
+class AdaptiveRun:
+    result: GenerationResult  # the candidates sampled, in order
+    scores: Scored  # every one of them, from the waves that scored them
+
+
+@dataclass
+class _Candidate:
+    index: int
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    rejected: Rejection | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: Logprobs | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.finish_reason is None and self.rejected is None
 
 
 def seeded(sampling: Sampling, i: int) -> Sampling:
@@ -81,21 +103,19 @@ async def early_rejection(
     engine: GenerationEngine,
     prompt_ids: list[int],
     sampling: Sampling,
-    n: int,
+    plan: EarlyRejectionPlan,
     request_id: str,
-    checkpoints: list[int],
-    keep: float,
     score: ScoreTexts | None,
     sink: Sink | None = None,
 ) -> EarlyRejectionRun:
-    """Generate N candidates, pruning to the best ``keep`` fraction of the running ones at every
-    checkpoint. ``score`` is None when none of the request's rewards can judge partial text:
-    then nothing is pruned (and the caller says so).
+    """Start ``plan.candidates`` candidates, pruning to the best ``plan.keep`` fraction of the
+    running ones at every checkpoint. ``score`` is None when none of the request's rewards can
+    judge partial text: then nothing is pruned (and the caller says so).
 
     ``sink``: once a checkpoint leaves a single candidate that can still be chosen and it is
     still running, that candidate *is* the answer; its text so far, then every new piece, goes
     to ``sink`` as vLLM produces it (a stream's first token no longer waits for the end)."""
-    cands = [_Candidate(i) for i in range(n)]
+    cands = [_Candidate(i) for i in range(plan.candidates)]
     progress = asyncio.Condition()
     failure: list[BaseException] = []
     streaming: list[_Candidate] = []  # the sole survivor, once there is one
@@ -126,9 +146,9 @@ async def early_rejection(
         return bool(failure) or all(c.tokens >= cp for c in cands if c.running)
 
     tasks = {c.index: asyncio.create_task(consume(c)) for c in cands}
-    run = EarlyRejectionRun(GenerationResult(0, []), {}, {})
+    checkpoints: list[Checkpoint] = []
     try:
-        for cp in checkpoints if score is not None else []:
+        for cp in plan.checkpoints if score is not None else ():
             async with progress:
                 await progress.wait_for(functools.partial(reached, cp))
             if failure:
@@ -137,40 +157,36 @@ async def early_rejection(
             if len(running) <= 1:
                 break
             assert score is not None
-            scores = await score([c.text for c in running])
-            kept = set(early_rejection_keep(scores, [True] * len(running), keep))
-            stopped = [c for j, c in enumerate(running) if j not in kept]
-            for j, c in enumerate(running):
-                c.partial_score = float(scores[j])
-            for c in stopped:
-                c.rejected_at = c.tokens
+            scored = await score([c.text for c in running])
+            kept = set(early_rejection_keep(scored.weighted, [True] * len(running), plan.keep))
+            stopped = [(j, c) for j, c in enumerate(running) if j not in kept]
+            for j, c in stopped:
+                raw = {name: float(values[j]) for name, values in scored.raw.items()}
+                c.rejected = Rejection(c.tokens, float(scored.weighted[j]), raw)
                 tasks[c.index].cancel()  # aborts the request inside vLLM
-            await asyncio.gather(*(tasks[c.index] for c in stopped), return_exceptions=True)
-            run.checkpoints.append(Checkpoint(cp, [running[j].index for j in sorted(kept)], [c.index for c in stopped]))
-            alive = [c for c in cands if c.rejected_at is None]
+            await asyncio.gather(*(tasks[c.index] for _, c in stopped), return_exceptions=True)
+            checkpoints.append(Checkpoint(cp, [running[j].index for j in sorted(kept)], [c.index for _, c in stopped]))
+            alive = [c for c in cands if c.rejected is None]
             if sink is not None and len(alive) == 1 and alive[0].running:
                 streaming.append(alive[0])  # no await between this and reading its text: nothing lost
                 if alive[0].text:
                     sink(alive[0].text)
-        await asyncio.gather(*(t for i, t in tasks.items() if cands[i].rejected_at is None))
+        await asyncio.gather(*(t for i, t in tasks.items() if cands[i].rejected is None))
         if failure:
             raise failure[0]
     finally:
         for t in tasks.values():
             t.cancel()  # on a timeout or a disconnect: every candidate stops with the request
     prompt_tokens = max((c.prompt_tokens for c in cands), default=0) or len(prompt_ids)
-    finish = {c.index: c.finish_reason if c.rejected_at is None else "rejected" for c in cands}
-    gens = [Generation(c.text, c.tokens, finish[c.index], _logprobs(sampling, c)) for c in cands]
-    run.result = GenerationResult(prompt_tokens, gens, cands[0].prompt_logprobs)
-    run.rejected_at = {c.index: c.rejected_at for c in cands if c.rejected_at is not None}
-    run.partial_scores = {c.index: c.partial_score for c in cands if c.rejected_at is not None}
-    return run
-
-
-@dataclass
-class AdaptiveRun:
-    result: GenerationResult
-    scores: np.ndarray  # (spent,) weighted score of every candidate sampled
+    gens = [
+        Generation(c.text, c.tokens, c.finish_reason if c.rejected is None else "rejected", _logprobs(sampling, c))
+        for c in cands
+    ]
+    return EarlyRejectionRun(
+        GenerationResult(prompt_tokens, gens, cands[0].prompt_logprobs),
+        checkpoints,
+        {c.index: c.rejected for c in cands if c.rejected is not None},
+    )
 
 
 async def adaptive_budget(
@@ -185,7 +201,7 @@ async def adaptive_budget(
     """Sample candidates ``0 … waves[k]−1`` wave by wave (each one request, seeded as in plain
     BoN) until some candidate's score reaches ``target`` or the last wave is done."""
     gens: list[Generation] = []
-    scores = np.zeros(0)
+    scored: list[Scored] = []  # one per wave, in order
     prompt_tokens = len(prompt_ids)
     prompt_logprobs = None
     for total in waves:
@@ -198,7 +214,13 @@ async def adaptive_budget(
             prompt_logprobs = results[0].prompt_logprobs
         batch = [r.candidates[0] for r in results]
         gens += batch
-        scores = np.concatenate([scores, await score([g.text for g in batch])])
-        if scores.size and np.nanmax(scores) >= target:
+        scored.append(await score([g.text for g in batch]))
+        weighted = np.concatenate([s.weighted for s in scored])
+        if weighted.size and np.nanmax(weighted) >= target:
             break
-    return AdaptiveRun(GenerationResult(prompt_tokens, gens, prompt_logprobs), scores)
+    names = scored[0].raw if scored else {}
+    every = Scored(
+        {n: np.concatenate([s.raw[n] for s in scored]) for n in names},
+        np.concatenate([s.weighted for s in scored]) if scored else np.zeros(0),
+    )
+    return AdaptiveRun(GenerationResult(prompt_tokens, gens, prompt_logprobs), every)

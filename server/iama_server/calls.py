@@ -1,0 +1,349 @@
+"""A request body becomes an :class:`AlignmentCall`: the one validated form of a request,
+whatever endpoint it came from. Every 4xx about a body is raised here, before admission, so
+nothing below has to check a request again.
+
+``/v1/align`` gives one call; the OpenAI routes one per prompt. A call carries what execution
+needs and nothing it must recompute: the encoded prompt, the sampling, the validated weights,
+the resolved early-rejection plan (checkpoints in tokens, keep, candidates to start), its
+:attr:`AlignmentCall.mode` and its :attr:`AlignmentCall.cost` for admission.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from iama.algorithms import checkpoints_in_tokens, oversampled_budget
+from iama.modelcard import ModelCard
+from iama.objective import Algorithm
+from iama.rewards import Prompt, RewardSet, WeightError
+from iama.seeds import candidate_base_seed
+from iama_server.admission import request_cost
+from iama_server.engine import GenerationEngine, Sampling, StructuredOutput
+from iama_server.errors import APIError, ErrorCode
+from iama_server.lifecycle import Lifecycle
+from iama_server.schemas import (
+    MAX_N,
+    AlignRequest,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EarlyRejection,
+    SamplingFields,
+)
+from iama_server.settings import ServerSettings
+
+Mode = Literal["sample", "bon", "early_rejection", "adaptive"]
+
+
+@dataclass(frozen=True)
+class EarlyRejectionPlan:
+    """Early rejection resolved against the server's defaults and the request's ``max_tokens``."""
+
+    checkpoints: tuple[int, ...]  # tokens generated, strictly increasing
+    keep: float  # fraction of the running candidates kept at each checkpoint
+    candidates: int  # how many start: N, or more with oversample
+
+
+@dataclass(frozen=True)
+class AlignmentCall:
+    """A validated request, whatever endpoint it came from."""
+
+    prompt_ids: list[int]
+    prompt: Prompt  # what rewards score against: the conversation, or the raw prompt text
+    weights: dict[str, float] | None  # validated; None: plain generation, nothing scored
+    budget: int  # N candidates sampled (with budget "auto": the most the search may sample)
+    algorithm: Algorithm
+    tau: float
+    sampling: Sampling
+    request_id: str  # the client's X-Request-Id, or one made up for it
+    normalize: bool = True
+    n_returned: int = 1  # OpenAI's n: how many of the N come back, the chosen one first
+    early_rejection: EarlyRejectionPlan | None = None  # stop weak candidates at checkpoints
+    target_score: float | None = None  # budget "auto": stop sampling once a candidate reaches it
+    echo: str | None = None  # completions' echo: the prompt's text, returned before the completion
+
+    @property
+    def mode(self) -> Mode:
+        """How the candidates are generated: ``sample`` (nothing to score: plain generation of
+        the N), ``bon`` (one engine request with n = N, then selection), or one of the
+        searches (``searches.py``)."""
+        if self.weights is None:
+            return "sample"
+        if self.early_rejection is not None:
+            return "early_rejection"
+        if self.target_score is not None:
+            return "adaptive"
+        return "bon"
+
+    @property
+    def cost(self) -> int:
+        """What the call can hold of the engine at most (``admission.request_cost``)."""
+        return request_cost(len(self.prompt_ids), self.budget, self.sampling.max_tokens)
+
+    def engine_request_id(self) -> str:
+        """Unique inside vLLM even when a client reuses its X-Request-Id concurrently."""
+        return f"{self.request_id}-{uuid.uuid4().hex[:8]}"
+
+
+def total_cost(calls: list[AlignmentCall]) -> int:
+    """What the calls of one HTTP request hold of the engine at most, all prompts together."""
+    return sum(c.cost for c in calls)
+
+
+class CallBuilder:
+    """Request bodies → :class:`AlignmentCall` s, raising :class:`APIError` for every problem
+    with a body: a model not served, the server not ready, weights, budgets, lengths, greedy
+    best-of-N, early-rejection checkpoints that collide, a cost over the whole capacity."""
+
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        rewards: RewardSet,
+        settings: ServerSettings,
+        card: ModelCard | None,
+        model_names: tuple[str, ...],
+        lifecycle: Lifecycle,
+    ) -> None:
+        self.engine, self.rewards, self.settings, self.card = engine, rewards, settings, card
+        self.model_names = model_names  # the served name first; any of them may be asked for
+        self.lifecycle = lifecycle
+
+    def align(self, body: AlignRequest, request_id: str) -> AlignmentCall:
+        """``/v1/align``: weights are required (or the server's default), budget defaults."""
+        self._check_ready_and_model(body.model)
+        ids, text = self._encode(body.prompt, body.messages, raw=body.raw_prompt)
+        call = self._call(
+            body,
+            ids,
+            text,
+            request_id,
+            weights=self._weights(body.reward_weights, required=True),
+            budget=self._requested_budget(body.budget, "budget", body.max_budget),
+            algorithm=body.algorithm,
+            normalize=body.normalize,
+        )
+        self._check_cost([call], "max_budget" if body.budget == "auto" else "budget")
+        return call
+
+    def openai(self, body: CompletionRequest | ChatCompletionRequest, request_id: str) -> list[AlignmentCall]:
+        """OpenAI routes, one call per prompt: aligned when ``best_of`` or ``reward_weights`` is
+        given, plain generation of ``n`` samples otherwise."""
+        self._check_ready_and_model(body.model)
+        if isinstance(body, ChatCompletionRequest):
+            encoded = [self._encode(None, body.messages, raw=False)]
+            logprobs = (body.top_logprobs or 0) if body.logprobs else None
+            prompt_logprobs, echo = None, False
+        else:
+            encoded = [
+                self._encode_ids(prompt) if isinstance(prompt, list) else self._encode(prompt, None, raw=True)
+                for prompt in body.prompts
+            ]
+            logprobs, echo = body.logprobs, body.echo
+            prompt_logprobs = logprobs if echo else None
+        aligned = body.best_of is not None or body.reward_weights is not None
+        if body.best_of is not None:
+            budget = self._requested_budget(body.best_of, "best_of", body.max_budget)
+        else:
+            budget = self._budget(body.n, "n")
+        searching = body.best_of == "auto" or body.early_rejection is not None
+        weights = self._weights(body.reward_weights, required=budget > body.n or searching) if aligned else None
+        calls = [
+            self._call(
+                body,
+                ids,
+                text,
+                request_id,
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
+                weights=weights,
+                budget=budget,
+                algorithm=body.alignment,
+                n_returned=body.n,
+                echo=text if echo and isinstance(text, str) else None,
+            )
+            for ids, text in encoded
+        ]
+        budget_field = "n" if body.best_of is None else ("max_budget" if body.best_of == "auto" else "best_of")
+        self._check_cost(calls, budget_field)
+        return calls
+
+    def default_weights(self) -> dict[str, float] | None:
+        if self.settings.default_reward_weights:
+            return dict(self.settings.default_reward_weights)
+        if self.card and self.card.objective and self.card.objective.tasks:
+            return dict(self.card.objective.tasks[0].weights) or None
+        return None
+
+    # ------------------------------------------------------------------ the fields
+    def _call(
+        self,
+        body: AlignRequest | CompletionRequest | ChatCompletionRequest,
+        ids: list[int],
+        text: Prompt,
+        request_id: str,
+        logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
+        **route_fields: Any,
+    ) -> AlignmentCall:
+        """The fields every route fills the same way; the route gives weights, budget, algorithm
+        (and the OpenAI routes the log-probs asked for)."""
+        sampling = self._sampling(body, len(ids), logprobs, prompt_logprobs)
+        budget: int = route_fields["budget"]
+        er = body.early_rejection
+        plan = None if er is None else self._early_rejection_plan(er, budget, sampling.max_tokens)
+        if sampling.temperature == 0 and budget > 1:
+            raise APIError(
+                400,
+                f"temperature 0 (greedy) makes all {budget} candidates the same text; "
+                "sample with temperature > 0, or ask for one candidate",
+                "temperature",
+            )
+        return AlignmentCall(
+            prompt_ids=ids,
+            prompt=text,
+            tau=body.alignment_temperature or self.settings.default_alignment_temperature,
+            sampling=sampling,
+            request_id=request_id,
+            early_rejection=plan,
+            target_score=body.target_score,
+            **route_fields,
+        )
+
+    def _early_rejection_plan(self, er: EarlyRejection, budget: int, max_tokens: int) -> EarlyRejectionPlan:
+        """The server's defaults for what the request left out, checkpoints in tokens, and the
+        number of candidates to start (N, or with ``oversample`` what N × max_tokens allows)."""
+        given = er.checkpoints if er.checkpoints is not None else self.settings.early_rejection_checkpoints
+        tokens = checkpoints_in_tokens(given, max_tokens)
+        if any(b <= a for a, b in itertools.pairwise(tokens)):
+            raise APIError(
+                400,
+                f"checkpoints {given} of max_tokens {max_tokens} are {tokens} tokens: "
+                "they must still increase strictly",
+                "early_rejection.checkpoints",
+            )
+        keep = er.keep if er.keep is not None else self.settings.early_rejection_keep
+        start = oversampled_budget(budget, tokens, keep, max_tokens, MAX_N) if er.oversample else budget
+        return EarlyRejectionPlan(tuple(tokens), keep, start)
+
+    def _check_cost(self, calls: list[AlignmentCall], budget_field: str) -> None:
+        """A request that could never run (it costs more than the whole capacity) is a 400 now,
+        not a wait that never ends."""
+        cost, capacity = total_cost(calls), self.settings.effective_token_capacity
+        if cost > capacity:
+            c = calls[0]
+            raise APIError(
+                400,
+                f"this request needs {cost} tokens of capacity ({len(calls)} prompt(s) × (prompt tokens + "
+                f"{c.budget} candidates × max_tokens {c.sampling.max_tokens})); the server's capacity is "
+                f"{capacity}: lower {budget_field}, max_tokens or the number of prompts",
+                budget_field,
+            )
+
+    def _check_ready_and_model(self, model: str | None) -> None:
+        if model is not None and model not in self.model_names:
+            raise APIError(
+                404,
+                f"model {model!r} is not served here; use {self.model_names[0]!r}",
+                "model",
+                ErrorCode.MODEL_NOT_FOUND,
+            )
+        if not self.lifecycle.ready:  # starting (no tokenizer yet, rewards cold) or failed
+            message = f"server is {self.lifecycle.phase.value}" + (
+                f": {self.lifecycle.detail}" if self.lifecycle.detail else ""
+            )
+            raise APIError(503, message, code=ErrorCode.NOT_READY, headers={"Retry-After": "5"})
+
+    def _weights(self, weights: dict[str, float] | None, required: bool) -> dict[str, float] | None:
+        if weights is None:
+            weights = self.default_weights()
+            if weights is None:
+                if required:
+                    raise APIError(400, "reward_weights is required (this server has no default)", "reward_weights")
+                return None
+        try:
+            return self.rewards.validate_weights(weights)
+        except WeightError as exc:
+            raise APIError(400, str(exc), exc.field, ErrorCode.INVALID_REWARD_WEIGHTS) from None
+
+    def _requested_budget(self, budget: int | Literal["auto"] | None, param: str, max_budget: int | None) -> int:
+        """N: the request's, or with "auto" the most the search may spend."""
+        if budget == "auto":
+            return self._budget(max_budget or self.settings.max_budget, "max_budget")
+        return self._budget(budget, param)
+
+    def _budget(self, budget: int | None, param: str) -> int:
+        b = self.settings.default_budget if budget is None else budget
+        if not 1 <= b <= self.settings.max_budget:
+            raise APIError(400, f"{param} must be between 1 and {self.settings.max_budget}, got {b}", param)
+        return b
+
+    def _sampling(
+        self, fields: SamplingFields, prompt_len: int, logprobs: int | None = None, prompt_logprobs: int | None = None
+    ) -> Sampling:
+        mt = self.settings.default_max_tokens if fields.max_tokens is None else fields.max_tokens
+        if mt > self.settings.max_tokens:
+            raise APIError(400, f"max_tokens must be <= {self.settings.max_tokens}, got {mt}", "max_tokens")
+        room = self.engine.max_model_len - prompt_len
+        if room < 1:
+            raise APIError(400, "prompt leaves no room for a completion in the model's context", "prompt")
+        stop = [fields.stop] if isinstance(fields.stop, str) else fields.stop
+        structured = None
+        fmt = fields.response_format
+        if fmt is not None and fmt.type != "text":
+            structured = StructuredOutput(fmt.json_schema.schema_ if fmt.json_schema is not None else None)
+        return Sampling(
+            fields.temperature,
+            fields.top_p,
+            min(mt, room),
+            None if fields.seed is None else candidate_base_seed(fields.seed),  # iama/seeds.py: why
+            stop,
+            fields.presence_penalty,
+            fields.frequency_penalty,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            structured=structured,
+            ignore_eos=fields.ignore_eos,
+        )
+
+    # ------------------------------------------------------------------ the prompt
+    def _encode_ids(self, ids: list[int]) -> tuple[list[int], Prompt]:
+        """A prompt given as token ids (evaluation harnesses send these): checked against the
+        vocabulary; rewards see its decoded text."""
+        vocab = self.engine.vocab_size
+        bad = next((t for t in ids if t >= vocab), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is outside the model's vocabulary (size {vocab})", "prompt")
+        self._check_prompt_length(len(ids), "prompt")
+        return list(ids), self.engine.decode(ids)
+
+    def _check_prompt_length(self, n: int, param: str) -> None:
+        if n > self.settings.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"{param} is {n} tokens; the limit is {self.settings.max_prompt_tokens}",
+                param,
+                ErrorCode.PROMPT_TOO_LONG,
+            )
+
+    def _encode(self, prompt: str | None, messages: list[ChatMessage] | None, raw: bool) -> tuple[list[int], Prompt]:
+        """Token ids, and the prompt as rewards see it (the conversation, or the prompt)."""
+        text: Prompt
+        if messages is not None:
+            if not self.engine.has_chat_template():
+                raise APIError(400, "this model has no chat template; send 'prompt'", "messages")
+            msgs = [{"role": m.role, "content": m.content} for m in messages]
+            ids, text, param = self.engine.encode_chat(msgs), msgs, "messages"
+        else:
+            assert prompt is not None  # the schemas require exactly one of prompt / messages
+            if not prompt:
+                raise APIError(400, "prompt must not be empty", "prompt")
+            if raw or not self.engine.has_chat_template():
+                ids = self.engine.encode_text(prompt)
+            else:
+                ids = self.engine.encode_chat([{"role": "user", "content": prompt}])
+            text, param = prompt, "prompt"
+        self._check_prompt_length(len(ids), param)
+        return ids, text

@@ -1,0 +1,73 @@
+"""Request and response models, one module per surface: ``common`` (fields and reports both
+surfaces share, info bodies), ``align`` (``/v1/align``), ``openai`` (the OpenAI-compatible
+endpoints) and ``errors`` (the error body). Declarative only; the names are re-exported here."""
+
+from iama_server.schemas.align import AlignRequest, AlignResponse, Candidate, Timings
+from iama_server.schemas.common import (
+    MAX_LOGPROBS,
+    MAX_MESSAGES,
+    MAX_N,
+    MAX_PROMPTS,
+    MAX_REWARD_WEIGHTS,
+    MAX_SEED,
+    ChatMessage,
+    CheckpointReport,
+    Checkpoints,
+    EarlyRejection,
+    EarlyRejectionReport,
+    Health,
+    JSONSchemaFormat,
+    ResponseFormat,
+    RewardInfo,
+    RewardScore,
+    RewardsList,
+    SamplingFields,
+    Usage,
+)
+from iama_server.schemas.errors import ErrorBody, ErrorResponse
+from iama_server.schemas.openai import (
+    UNSUPPORTED,
+    AlignmentInfo,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+    StreamOptions,
+)
+
+__all__ = [
+    "MAX_LOGPROBS",
+    "MAX_MESSAGES",
+    "MAX_N",
+    "MAX_PROMPTS",
+    "MAX_REWARD_WEIGHTS",
+    "MAX_SEED",
+    "UNSUPPORTED",
+    "AlignRequest",
+    "AlignResponse",
+    "AlignmentInfo",
+    "Candidate",
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChatMessage",
+    "CheckpointReport",
+    "Checkpoints",
+    "CompletionRequest",
+    "CompletionResponse",
+    "EarlyRejection",
+    "EarlyRejectionReport",
+    "ErrorBody",
+    "ErrorResponse",
+    "Health",
+    "JSONSchemaFormat",
+    "ModelList",
+    "ResponseFormat",
+    "RewardInfo",
+    "RewardScore",
+    "RewardsList",
+    "SamplingFields",
+    "StreamOptions",
+    "Timings",
+    "Usage",
+]

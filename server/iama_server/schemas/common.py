@@ -1,0 +1,280 @@
+"""What both API surfaces share: request fields (sampling, response format, early rejection,
+the adaptive budget, reward weights), the scores and reports both return, and the info bodies
+(``/health``, ``/v1/rewards``).
+
+Declarative only, as vLLM's ``protocol.py``: fields, bounds and validators. Every number has a
+range (a seed of 2^80 or a NaN temperature is a 400 naming the field, never an engine error),
+every list a length (OpenAI's 4 stop sequences, 256 messages, 64 reward weights). Where a rule
+spans fields, the field's description says it, so the OpenAPI document states what the server
+enforces. The client SDK mirrors these; keep field names stable.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from iama.algorithms import check_checkpoints
+from iama.seeds import MAX_SEED  # what vLLM serialises and numpy/torch generators accept
+
+MAX_N = 256  # the largest budget any server setting allows (ServerSettings.max_budget)
+MAX_MESSAGES = 256
+MAX_REWARD_WEIGHTS = 64
+MAX_PROMPTS = 16
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs, and OpenAI's top_logprobs limit
+
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+JSONSchema = dict[str, Any]
+
+
+def present(field: str, schema: JSONSchema) -> JSONSchema:
+    """JSON Schema: ``field`` is given and matches ``schema``."""
+    return {"properties": {field: schema}, "required": [field]}
+
+
+def absent(*fields: str) -> JSONSchema:
+    """JSON Schema: none of ``fields`` is given a value (left out, or null)."""
+    return {"properties": {f: {"type": "null"} for f in fields}}
+
+
+def when(condition: JSONSchema, then: JSONSchema, otherwise: JSONSchema | None = None) -> JSONSchema:
+    rule = {"if": condition, "then": then}
+    return rule if otherwise is None else {**rule, "else": otherwise}
+
+
+def _cross_field_schema(schema: JSONSchema, model: type[BaseModel]) -> None:
+    """Every class's ``cross_field_rules`` along the MRO, stated in the model's JSON Schema
+    (``allOf``) beside the validators that enforce them, so the OpenAPI document says what the
+    server refuses."""
+    rules = [r for cls in reversed(model.__mro__) for r in vars(cls).get("cross_field_rules", ())]
+    if rules:
+        schema.setdefault("allOf", []).extend(rules)
+
+
+def budget_rules(name: str) -> tuple[JSONSchema, ...]:
+    """``name: "auto"`` needs ``target_score`` and excludes ``early_rejection``; without it,
+    ``target_score`` and ``max_budget`` are refused (:meth:`AdaptiveBudget._check_budget_fields`)."""
+    auto = present(name, {"const": "auto"})
+    return (
+        when(auto, {"allOf": [present("target_score", {"type": "number"}), absent("early_rejection")]}),
+        {"anyOf": [auto, absent("target_score", "max_budget")]},
+    )
+
+
+class StrictRequest(BaseModel):
+    """A request body part: unknown fields, NaN/inf and type coercion are refused. Rules across
+    fields go in ``cross_field_rules`` (JSON Schema) beside the validator that enforces each."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, json_schema_extra=_cross_field_schema)
+    cross_field_rules: ClassVar[tuple[JSONSchema, ...]] = ()
+
+
+class ChatMessage(BaseModel):
+    """A chat turn; ``content`` may be a string or OpenAI's list of text parts (joined)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        texts = []
+        for part in v:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise PydanticCustomError(
+                    "unsupported_parameter",
+                    "content parts of type {kind!r} are not supported; send text",
+                    {"kind": kind},
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+
+
+class JSONSchemaFormat(StrictRequest):
+    """OpenAI's ``response_format.json_schema``: the schema every candidate must follow."""
+
+    name: str = Field(default="response", min_length=1, max_length=64)
+    description: str | None = Field(default=None, max_length=4096)
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictRequest):
+    """``text`` (unconstrained), ``json_object`` (any JSON object) or ``json_schema``: decoded
+    under vLLM's structured outputs, so every one of the N candidates is valid and best-of-N
+    chooses among valid answers."""
+
+    cross_field_rules = (
+        when(
+            present("type", {"const": "json_schema"}), present("json_schema", {"type": "object"}), absent("json_schema")
+        ),
+    )
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = Field(
+        default=None, description="required with type 'json_schema', and only then"
+    )
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            if self.json_schema is None:
+                raise PydanticCustomError("value_error", "json_schema is required with type 'json_schema'")
+            raise PydanticCustomError("value_error", "json_schema only applies with type 'json_schema'")
+        return self
+
+
+class SamplingFields(StrictRequest):
+    """Sampling of the N candidates (vLLM); ``max_tokens`` is also checked against settings."""
+
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    stop: StopString | list[StopString] | None = Field(default=None, max_length=4)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    response_format: ResponseFormat | None = None
+    ignore_eos: bool = Field(
+        default=False, description="vLLM's extension: generate max_tokens whatever the model's end token (load tests)"
+    )
+
+
+Checkpoints = list[Annotated[int, Field(ge=1, le=2**31 - 1)] | Annotated[float, Field(gt=0.0, lt=1.0)]]
+
+
+class EarlyRejection(StrictRequest):
+    """Stop the weakest candidates early (speculative rejection): at each checkpoint (tokens
+    generated), score the running candidates' partial texts with the request's rewards that can
+    judge partial text, and keep the best ``keep`` fraction; the rest are aborted inside vLLM.
+    Checkpoints are token counts, or fractions of ``max_tokens`` (all in (0, 1)), which keep
+    their meaning whatever length a request asks for. Left out, checkpoints and keep are the
+    server's (``early_rejection_checkpoints``, ``early_rejection_keep``): ``{}`` asks for its
+    defaults. ``oversample`` starts more than N candidates, as many as fit in plain BoN_N's
+    token cost (N × max_tokens, counting every candidate to its checkpoint)."""
+
+    checkpoints: Checkpoints | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="all token counts or all fractions of max_tokens, strictly increasing",
+    )
+    keep: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="fraction of the running candidates kept at each checkpoint"
+    )
+    oversample: bool = Field(
+        default=False, description="start as many candidates as plain BoN_N's token cost allows (at least N)"
+    )
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _increasing(cls, v: list[int | float] | None) -> list[int | float] | None:
+        return None if v is None else check_checkpoints(v)
+
+
+def _budget_value(v: Any) -> Any:
+    """An integer budget or 'auto', with one message for anything else (not one per union member)."""
+    if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    raise PydanticCustomError("value_error", "must be a whole number from 1 to {max} or 'auto'", {"max": MAX_N})
+
+
+Budget = Annotated[Annotated[int, Field(ge=1, le=MAX_N)] | Literal["auto"] | None, BeforeValidator(_budget_value)]
+
+
+class AdaptiveBudget(StrictRequest):
+    """``budget: "auto"``: sample in waves (2, 4, 8, … up to ``max_budget``) and stop as soon as a
+    candidate's weighted score reaches ``target_score``."""
+
+    target_score: float | None = Field(
+        default=None, ge=-1e6, le=1e6, description="for budget 'auto' (required with it, refused without)"
+    )
+    max_budget: int | None = Field(default=None, ge=1, le=MAX_N, description="for budget 'auto' (refused without it)")
+    early_rejection: EarlyRejection | None = Field(default=None, description="not with budget 'auto'")
+
+    def _check_budget_fields(self, budget: object, name: str) -> None:
+        auto = budget == "auto"
+        if auto and self.target_score is None:
+            raise PydanticCustomError("value_error", "target_score is required with {name}: 'auto'", {"name": name})
+        if not auto and (self.target_score is not None or self.max_budget is not None):
+            field = "target_score" if self.target_score is not None else "max_budget"
+            raise PydanticCustomError(
+                "value_error", "{field} only applies with {name}: 'auto'", {"field": field, "name": name}
+            )
+        if auto and self.early_rejection is not None:
+            raise PydanticCustomError(
+                "value_error", "early_rejection and {name}: 'auto' cannot be combined", {"name": name}
+            )
+
+
+RewardWeights = Annotated[
+    dict[Annotated[str, StringConstraints(max_length=128)], float], Field(max_length=MAX_REWARD_WEIGHTS)
+]
+
+
+class RewardScore(BaseModel):
+    raw: float
+    normalized: float
+
+
+class CheckpointReport(BaseModel):
+    tokens: int
+    rewards: list[str] = Field(description="the rewards that scored the partial texts (those that can)")
+    kept: list[int]
+    rejected: list[int]
+
+
+class EarlyRejectionReport(BaseModel):
+    checkpoints: list[CheckpointReport]
+    keep: float
+    candidates_started: int = Field(description="N, or more with oversample")
+    generated_tokens: int
+    plain_bon_tokens_bound: int = Field(
+        description="upper bound on what plain best-of-N on the started candidates would have generated: "
+        "rejected candidates run to max_tokens"
+    )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RewardInfo(BaseModel):
+    name: str
+    type: str
+    description: str
+    parameters: dict[str, Any]
+    normalization: dict[str, Any] | None
+    ready: bool = Field(description="loaded and run once at start-up")
+
+
+class MetaAlignment(BaseModel):
+    tasks: list[dict[str, Any]]
+    aggregation: dict[str, Any] | None
+    objective_type: str | None
+    base_model: str | None
+
+
+class RewardsList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RewardInfo]
+    default_reward_weights: dict[str, float] | None
+    meta_aligned_for: MetaAlignment
+    limits: dict[str, int]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting", "failed"]
+    model: str | None = None
+    detail: str | None = None

@@ -1,0 +1,187 @@
+"""Streamed answers of the OpenAI routes (``stream: true``): server-sent events of OpenAI chunks,
+one generator per mode and one admission and error policy for all.
+
+* **plain** (nothing to score, one sample): tokens as vLLM produces them (:func:`_plain`);
+* **searched** (early rejection, no log-probs or echo): once a checkpoint leaves one candidate
+  that can be chosen, its tokens stream as vLLM produces them; if several survive to the end,
+  the chosen one is sent after selection (:func:`_searched`);
+* **selected** (everything else): selection needs all N candidates, so the call runs to the
+  end first (:meth:`AlignmentService.complete`: a failure is still a JSON error with its
+  status), then the chosen completion is sent as chunks (:func:`_selected`).
+
+The policy (:func:`_admitted`): admission is decided before the response starts (a 429 cannot
+follow a 200) and the slot is held until the stream ends. After the 200 an error can only be an
+OpenAI error event, built by ``errors.py`` like the JSON error of the same status: the request
+timeout, or the engine refusing the request (known only once it takes it). A client that goes
+away cancels the stream (Starlette), which aborts the generation in vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from iama_server.calls import AlignmentCall
+from iama_server.errors import APIError, ErrorCode
+from iama_server.outcome import Outcome
+from iama_server.rendering import (
+    SSE_DONE,
+    chunk_base,
+    now,
+    piece_logprobs,
+    sse,
+    stream_chunk,
+    stream_chunks,
+    usage,
+    usage_chunk,
+)
+from iama_server.schemas import ChatCompletionRequest, CompletionRequest, Usage
+from iama_server.service import AlignmentService, Receive
+
+SSE_HEADERS = {"Cache-Control": "no-cache"}
+Events = AsyncGenerator[dict[str, Any], None]  # OpenAI chunk objects
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How the chunks look: the route's object names, the served model, the usage asked for."""
+
+    chat: bool
+    model: str
+    include_usage: bool = False
+    continuous_usage: bool = False  # vLLM's continuous_usage_stats: the usage so far on every chunk
+
+    @classmethod
+    def of(cls, body: CompletionRequest | ChatCompletionRequest, model: str) -> StreamFormat:
+        options = body.stream_options
+        return cls(
+            chat=isinstance(body, ChatCompletionRequest),
+            model=model,
+            include_usage=options is not None and options.include_usage,
+            continuous_usage=options is not None and options.continuous_usage_stats,
+        )
+
+
+async def stream_response(
+    service: AlignmentService, calls: list[AlignmentCall], fmt: StreamFormat, receive: Receive
+) -> StreamingResponse:
+    """The stream of the call's mode (streams carry one prompt: the schemas refuse more)."""
+    (call,) = calls
+    if call.mode == "sample" and call.budget == 1:
+        return await _admitted(service, call, _plain(service, call, fmt))
+    if call.mode == "early_rejection" and call.sampling.logprobs is None and call.echo is None:
+        return await _admitted(service, call, _searched(service, call, fmt))
+    (outcome,) = await service.complete(calls, receive)
+    return StreamingResponse(_sse(_selected(outcome, fmt)), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _admitted(service: AlignmentService, call: AlignmentCall, events: Events) -> StreamingResponse:
+    """Every live stream's admission and error policy (the module docstring)."""
+    slot = AsyncExitStack()
+    await slot.enter_async_context(service.admitted([call]))
+
+    async def guarded() -> AsyncIterator[bytes]:
+        try:
+            async with contextlib.aclosing(events), asyncio.timeout(service.settings.request_timeout_s):
+                async for chunk in events:
+                    yield sse(chunk)
+            yield SSE_DONE
+        except TimeoutError:
+            service.cancelled("timeout", call.request_id, stream=True)
+            yield sse(APIError(504, "request exceeded the server's timeout", code=ErrorCode.TIMEOUT).body())
+            yield SSE_DONE
+        except APIError as exc:
+            yield sse(exc.body())
+            yield SSE_DONE
+        except asyncio.CancelledError:
+            service.cancelled("disconnect", call.request_id, stream=True)
+            raise
+        finally:
+            await slot.aclose()
+
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _sse(events: Events) -> AsyncIterator[bytes]:
+    async for chunk in events:
+        yield sse(chunk)
+    yield SSE_DONE
+
+
+async def _plain(service: AlignmentService, call: AlignmentCall, fmt: StreamFormat) -> Events:
+    """Plain generation streamed token by token, as vLLM produces it."""
+    base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=now())
+    if fmt.chat:
+        yield stream_chunk(base, chat=True, text="", role=True)
+    at = 0  # characters streamed so far: completions' text_offset
+    asked = call.sampling.logprobs is not None
+    async for delta in service.stream(call):
+        if call.echo is not None and at == 0:
+            prompt = delta.prompt_logprobs
+            lps = None if prompt is None else piece_logprobs(prompt, chat=False)
+            yield stream_chunk(base, chat=False, text=call.echo, logprobs=lps)
+            at = len(call.echo)
+        if delta.text or (asked and delta.logprobs):
+            lps = piece_logprobs(delta.logprobs, chat=fmt.chat, offset=at) if asked else None
+            chunk = stream_chunk(base, chat=fmt.chat, text=delta.text, logprobs=lps)
+            if fmt.continuous_usage:
+                p, n = len(call.prompt_ids), delta.tokens
+                chunk["usage"] = Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n).model_dump()
+            yield chunk
+            at += len(delta.text)
+        if delta.finish_reason is not None:
+            yield stream_chunk(base, chat=fmt.chat, text=None if fmt.chat else "", finish=delta.finish_reason)
+            if fmt.include_usage:
+                p, n = delta.prompt_tokens, delta.tokens
+                yield usage_chunk(base, Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n))
+
+
+async def _searched(service: AlignmentService, call: AlignmentCall, fmt: StreamFormat) -> Events:
+    """Early rejection, the sole survivor's text streamed as it is generated."""
+    base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=now())
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.ensure_future(service.run(call, sink=pieces.put_nowait))
+    try:
+        if fmt.chat:
+            yield stream_chunk(base, chat=True, text="", role=True)
+        streamed = False
+        while not task.done() or not pieces.empty():
+            getter = asyncio.ensure_future(pieces.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            yield stream_chunk(base, chat=fmt.chat, text=getter.result())
+            streamed = True
+        chunks = stream_chunks(
+            task.result(), chat=fmt.chat, model=fmt.model, response_id=call.request_id,
+            created=base["created"], include_usage=fmt.include_usage,
+        )  # fmt: skip
+        if fmt.chat:
+            chunks = chunks[1:]  # the role chunk went first
+        if streamed:  # the text went already: only the finish (and usage) chunks are left
+            chunks = [ch for ch in chunks if "usage" in ch or ch["choices"][0]["finish_reason"] is not None]
+        for chunk in chunks:
+            yield chunk
+    finally:
+        task.cancel()  # a disconnect or timeout stops every candidate in vLLM
+
+
+async def _selected(outcome: Outcome, fmt: StreamFormat) -> Events:
+    """The already-selected completion, as chunks."""
+    call = outcome.call
+    chunks = stream_chunks(
+        outcome, chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=now(),
+        include_usage=fmt.include_usage,
+    )  # fmt: skip
+    if fmt.continuous_usage:  # every token was generated before the first chunk: the usage is final throughout
+        final = usage(outcome).model_dump()
+        chunks = [c if "usage" in c else {**c, "usage": final} for c in chunks]
+    for chunk in chunks:
+        yield chunk
