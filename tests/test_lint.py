@@ -1,4 +1,6 @@
-"""House style as checks: ruff (lint + format) and mypy over the packages (STYLE.md §9)."""
+"""House style as checks: ruff (lint + format), mypy over the packages (STYLE.md §9), the
+architecture's import contracts (import-linter, contracts in pyproject.toml) and dead code
+(vulture, with a reviewed allow-list: tests/dead_code_allowlist.py)."""
 
 from __future__ import annotations
 
@@ -23,4 +25,18 @@ def test_ruff_lint_and_format():
 
 def test_mypy_type_checks_the_packages():
     out = run(str(BIN / "mypy"))  # files and settings: [tool.mypy] in pyproject.toml
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_import_contracts_hold():
+    """Layers and cycles (function-local imports counted): docs/layout.md says what each means."""
+    out = run(str(BIN / "lint-imports"), "--no-cache")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_no_dead_code_outside_the_reviewed_allow_list():
+    """Names only a framework calls (validators, routes, callbacks, wire fields) are listed, each
+    group with its reason, in the allow-list; anything else vulture finds unused is dead."""
+    packages = ["iama", "server/iama_server", "trainer/iama_trainer", "trainer/iama_eval", "clients/python/iama_client"]
+    out = run(str(BIN / "vulture"), *packages, "tests/dead_code_allowlist.py", "--min-confidence", "60")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

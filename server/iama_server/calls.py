@@ -10,6 +10,7 @@ the resolved early-rejection plan (checkpoints in tokens, keep, candidates to st
 
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
 from dataclasses import dataclass
@@ -78,9 +79,10 @@ class AlignmentCall:
             return "adaptive"
         return "bon"
 
-    @property
+    @functools.cached_property
     def cost(self) -> int:
-        """What the call can hold of the engine at most (``admission.request_cost``)."""
+        """What the call can hold of the engine at most (``admission.request_cost``): computed
+        once, when the builder checks it against the capacity, then read by admission."""
         return request_cost(len(self.prompt_ids), self.budget, self.sampling.max_tokens)
 
     def engine_request_id(self) -> str:
