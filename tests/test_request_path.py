@@ -18,6 +18,8 @@ from iama.seeds import candidate_base_seed
 from iama_server.errors import ErrorCode
 from iama_server.schemas import AlignRequest
 
+pytestmark = pytest.mark.inprocess
+
 ALIGN = {"prompt": "How was your day?", "reward_weights": {"sentiment": 1.0}, "budget": 4, "max_tokens": 32}
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import API_KEY
 from exposition import metric
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.engine
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 

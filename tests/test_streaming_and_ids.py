@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from exposition import metric
 from in_process import raw_post, serve, until
+
+pytestmark = pytest.mark.inprocess
 
 ALIGN = {"prompt": "Hi", "reward_weights": {"sentiment": 1}, "budget": 2, "max_tokens": 8}
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "stream": True}
