@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
@@ -62,26 +61,71 @@ def tiny_server(tiny_llama, tiny_classifier, tmp_path_factory):
     srv.stop()
 
 
-@functools.cache
-def _shares_tiny_server(path: Path) -> bool:
-    """Whether a test module uses the session's ``tiny_server`` (read from its source: the
-    controller schedules before any worker has collected, so fixtures are not known yet)."""
-    return path.is_file() and "tiny_server" in path.read_text()
+# The modules that use the session's ``tiny_server``. Under pytest-xdist they run as one unit on
+# one worker, so that one engine serves them all (the scheduler below sees only node ids, before
+# any worker has collected). This list is checked against the tests' fixtures: a test of a module
+# that uses the server and is missing here, or of a listed module that does not, fails.
+TINY_SERVER_MODULES = frozenset(
+    {
+        "test_client.py",
+        "test_openai_compat_vllm.py",
+        "test_playground.py",
+        "test_server.py",
+        "test_tensor_parallel.py",
+    }
+)
+
+# The tiers (pyproject's markers): ``inprocess`` alone, or what a test needs beyond this process,
+# ``engine`` and/or ``tools``. Every test names its tier; none is inferred.
+TIERS = ("inprocess", "engine", "tools")
+
+_MISPLACED = pytest.StashKey[str]()
+
+
+def _tier_problem(item: pytest.Item) -> str | None:
+    tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+    if not tiers:
+        return "no tier marker: mark it (or its module) inprocess, engine or tools"
+    if "inprocess" in tiers and len(tiers) > 1:
+        return f"inprocess and {sorted(tiers - {'inprocess'})}: the fast tier needs neither"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m / -k deselect, on every worker's whole collection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check each test's tier and the tiny-server grouping. A mistake fails the tests concerned
+    (at setup, naming it): an error raised here would be lost in an xdist worker's crash."""
+    uses = {item: "tiny_server" in getattr(item, "fixturenames", ()) for item in items}
+    using = {item.path.name for item, used in uses.items() if used}
+    whole_modules = not any("::" in arg for arg in config.args)  # else a module's test may not be collected
+    for item in items:
+        problems = [why] if (why := _tier_problem(item)) else []
+        module = item.path.name
+        if uses[item] and module not in TINY_SERVER_MODULES:
+            problems.append(f"uses tiny_server, but {module} is not in conftest.TINY_SERVER_MODULES")
+        if whole_modules and module in TINY_SERVER_MODULES and module not in using:
+            problems.append(f"{module} is in conftest.TINY_SERVER_MODULES, but none of its tests uses tiny_server")
+        if problems:
+            item.stash[_MISPLACED] = "; ".join(problems)
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture starts an engine
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _MISPLACED in item.stash:
+        pytest.fail(f"{item.nodeid}: {item.stash[_MISPLACED]}", pytrace=False)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (``scripts/test.sh`` runs two workers) a module is one unit, so that
-    its module-scoped engine or training starts once and its tests keep their order; and every
-    module that uses the session's ``tiny_server`` joins one unit, so that one engine serves
-    them all. (xdist's own ``loadgroup`` marks do not reach pytest 9's node ids.)"""
+    its module-scoped engine or training starts once and its tests keep their order; and the
+    modules in ``TINY_SERVER_MODULES`` join one unit, so that one engine serves them all.
+    (xdist's own ``loadgroup`` marks do not reach pytest 9's node ids.)"""
     from xdist.scheduler import LoadFileScheduling
-
-    root = Path(config.rootpath)
 
     class ModuleScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             test_file = nodeid.split("::", 1)[0]
-            return "tiny_server" if _shares_tiny_server(root / test_file) else test_file
+            return "tiny_server" if Path(test_file).name in TINY_SERVER_MODULES else test_file
 
     return ModuleScheduling(config, log)

@@ -7,7 +7,8 @@ admission, batched scoring with real rewards, selection, rendering, error handle
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -67,22 +68,42 @@ async def serve(
         headers = {"Authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://iama", headers=headers) as client:
             if wait_ready:
-                for _ in range(500):
-                    if (await client.get("/health")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.01)
-                else:
-                    raise AssertionError("the fake engine never became ready")
+                await until(lambda: healthy(client), "GET /health to answer 200 (the app ready)")
             yield InProcess(app, engine, client)
 
 
-async def until(predicate: Callable[[], bool], ceiling_s: float = 60.0) -> None:
-    """Yield to the app until ``predicate`` holds; the ceiling only catches a hang."""
-    for _ in range(int(ceiling_s / 0.005)):
-        if predicate():
+async def healthy(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/health")).status_code == 200
+
+
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], what: str | None = None, ceiling_s: float = 60.0
+) -> None:
+    """Yield to the app until ``predicate`` (sync or async) holds.
+
+    The only wait the tests use: a bare ``while not …: await asyncio.sleep`` hangs where this
+    fails. The ceiling only catches a hang (a minute: the predicate is about the app's own
+    progress, which a loaded two-core machine slows but never stops); the failure names what was
+    awaited (``what``, or the predicate's source line).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ceiling_s
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
             return
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached within {ceiling_s:g} s: {what or _source(predicate)}")
         await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
+
+
+def _source(predicate: Callable[..., object]) -> str:
+    try:
+        return inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return repr(predicate)
 
 
 @dataclass

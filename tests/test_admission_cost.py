@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from exposition import metric
 from in_process import serve, until
+
+pytestmark = pytest.mark.inprocess
 
 # "Hi" is one token for the fake engine's tokenizer, wrapped in the chat template: 3 tokens
 BODY = {"prompt": "Hi", "reward_weights": {"sentiment": 1}, "budget": 4, "max_tokens": 10, "raw_prompt": True}

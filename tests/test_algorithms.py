@@ -23,6 +23,8 @@ from iama.algorithms import (
     soft_bon_value,
 )
 
+pytestmark = pytest.mark.inprocess
+
 
 def brute_bon(r, p, n):
     """Law of the max of n i.i.d. draws, ties split evenly by index-independent mass."""

@@ -7,6 +7,8 @@ import pytest
 
 from iama.bootstrap import clustered_mean_ci
 
+pytestmark = pytest.mark.inprocess
+
 
 def test_a_constant_has_a_zero_width_interval():
     assert clustered_mean_ci([2.5] * 7, [0, 0, 1, 1, 2, 2, 2]) == pytest.approx([2.5, 2.5])

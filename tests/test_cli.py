@@ -23,6 +23,7 @@ def one_line_error(out: subprocess.CompletedProcess[str], code: int) -> str:
     return out.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.inprocess
 def test_help_version_and_rewards():
     out = run("--help")
     assert out.returncode == 0 and "prepare-model" in out.stdout
@@ -31,6 +32,8 @@ def test_help_version_and_rewards():
     assert "sentiment" in rewards and "length" in rewards
 
 
+@pytest.mark.engine  # on a cold cache this converts the default model (minutes)
+@pytest.mark.timeout(3600)
 def test_prepare_model_prints_the_cached_path():
     out = run("prepare-model")
     assert out.returncode == 0, out.stderr
@@ -38,6 +41,7 @@ def test_prepare_model_prints_the_cached_path():
     assert (path / "config.json").is_file()
 
 
+@pytest.mark.inprocess
 def test_usage_errors_are_one_line():
     line = one_line_error(run("serve", "--log-level", "verbose"), 2)
     assert line == (
@@ -50,6 +54,7 @@ def test_usage_errors_are_one_line():
     )
 
 
+@pytest.mark.inprocess
 def test_train_config_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rewards: {a: length\nobjective: x\n")
@@ -64,13 +69,14 @@ def test_train_config_errors_are_one_line(tmp_path):
     assert "unknown reward" in one_line_error(run("train", str(bad)), 2)
 
 
-@pytest.mark.slow
+@pytest.mark.engine
 def test_train_with_a_missing_model_is_one_line(tmp_path):
     out = run("train", "length", "--set", f"model={tmp_path}/no-model", "--output-dir", str(tmp_path / "run"))
     expected = f"iama train: model '{tmp_path}/no-model' does not exist (not a local directory, and not a hub id)"
     assert one_line_error(out, 1) == expected
 
 
+@pytest.mark.inprocess
 def test_train_refuses_an_existing_output_dir(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "something").write_text("x")
@@ -78,6 +84,7 @@ def test_train_refuses_an_existing_output_dir(tmp_path):
     assert "--resume" in line and "--overwrite" in line
 
 
+@pytest.mark.inprocess
 def test_eval_errors_are_one_line(tmp_path, tiny_llama):
     line = one_line_error(run("eval", "--model", f"plain={tiny_llama}", "--output-dir", str(tmp_path)), 1)
     assert line == "iama eval: no rewards to evaluate with: no model has an iama.json; set `rewards:` in the config"

@@ -20,6 +20,8 @@ from iama_client import (
     ServiceUnavailableError,
 )
 
+pytestmark = pytest.mark.inprocess
+
 OK = {
     "id": "align-1",
     "created": 0,

@@ -6,6 +6,8 @@ import pytest
 
 from iama.configfile import ConfigError, read_yaml
 
+pytestmark = pytest.mark.inprocess
+
 
 def test_read_yaml_errors_name_the_file_and_the_place(tmp_path):
     f = tmp_path / "c.yaml"

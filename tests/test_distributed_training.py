@@ -69,7 +69,8 @@ def single(tmp_path_factory, tiny_llama) -> dict:
     return weights(tmp / "one")
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("name", ["cpu_ddp", "cpu_zero2", "cpu_zero3"])
 def test_two_processes_end_with_one_process_weights(tmp_path, tiny_llama, single, name):
     import torch
@@ -88,6 +89,7 @@ def test_two_processes_end_with_one_process_weights(tmp_path, tiny_llama, single
         torch.testing.assert_close(got[k].float(), single[k].float(), rtol=0, atol=2e-5, msg=k)
 
 
+@pytest.mark.inprocess
 def test_accelerate_config_mistakes_are_one_line(tmp_path, tiny_llama):
     cfg = config(tmp_path, tiny_llama, "bad")
     out = train(cfg, "--accelerate-config", "zero9")

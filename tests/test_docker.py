@@ -21,12 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = [ROOT / "docker" / "Dockerfile.cpu", ROOT / "docker" / "Dockerfile.gpu"]
 
 
+@pytest.mark.tools
 def test_hadolint_passes():
     hadolint = Path(sys.executable).with_name("hadolint")
     out = subprocess.run([str(hadolint), *map(str, DOCKERFILES)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.inprocess
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_structure(path):
     text = path.read_text()
@@ -43,6 +45,7 @@ def test_dockerfile_structure(path):
         assert (ROOT / copied).exists(), copied
 
 
+@pytest.mark.inprocess
 def test_the_gpu_runtime_can_compile_triton_kernels():
     runtime = DOCKERFILES[1].read_text().split("\nFROM ")[-1]
     assert re.search(r"apt-get install .*\bgcc\b.*\blibc6-dev\b", runtime)
@@ -52,6 +55,7 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
 
 
+@pytest.mark.inprocess
 def test_compose_profiles_never_start_two_servers_on_one_port():
     services = compose()["services"]
     profiles = {p for svc in services.values() for p in svc.get("profiles", [])}
@@ -62,6 +66,7 @@ def test_compose_profiles_never_start_two_servers_on_one_port():
         assert len(ports) == len(set(ports)), (profile, active)
 
 
+@pytest.mark.inprocess
 def test_compose_services_share_volumes_have_init_builds_and_gpus():
     doc = compose()
     services = doc["services"]
@@ -81,6 +86,7 @@ def test_compose_services_share_volumes_have_init_builds_and_gpus():
     assert ".venv" in ignored and "*.safetensors" in ignored
 
 
+@pytest.mark.inprocess
 def test_the_gpu_extra_pins_the_vllm_range_trl_supports():
     import tomllib
 
@@ -88,7 +94,9 @@ def test_the_gpu_extra_pins_the_vllm_range_trl_supports():
     assert gpu == ["vllm>=0.22,<0.32"]  # TRL 1.16: "supports vLLM versions from 0.22.0 to 0.31.0"
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.tools
+@pytest.mark.timeout(3600)
 def test_image_install_and_entry_steps_in_a_fresh_venv(tmp_path):
     venv = tmp_path / "venv"
     # PIP_COMPILE=0: no bytecode for this throwaway venv (pip's default compiles ~24k files, a

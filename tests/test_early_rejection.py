@@ -14,6 +14,8 @@ from in_process import serve, until
 
 from iama.seeds import candidate_seed
 
+pytestmark = pytest.mark.inprocess
+
 ALIGN = {"prompt": "How was your day?", "budget": 8, "max_tokens": 16, "seed": 0, "return_candidates": True}
 ER = {"checkpoints": [2], "keep": 0.5}
 

@@ -17,6 +17,7 @@ from iama.rewards import RewardSet
 IAMA = str(Path(sys.executable).with_name("iama"))
 
 
+@pytest.mark.inprocess
 def test_config_validation():
     from iama_eval.config import load_eval_config
 
@@ -28,6 +29,7 @@ def test_config_validation():
     assert cfg.samples == 16 and cfg.budgets == [1, 2, 4, 8, 16]
 
 
+@pytest.mark.inprocess
 def test_weight_grid_and_selection_expectations():
     from iama_eval.evaluate import evaluate_model, summarize, weight_grid
 
@@ -48,6 +50,7 @@ def test_weight_grid_and_selection_expectations():
     assert s["hypervolume"]["m"]["bon"]["4"] > s["hypervolume"]["m2"]["bon"]["4"]
 
 
+@pytest.mark.inprocess
 def test_mirror_rewards_are_flagged_as_a_degenerate_trade_off():
     from iama_eval.evaluate import trade_off_warnings
 
@@ -91,6 +94,7 @@ def _config(tmp_path, models, engine, **extra):
     return path
 
 
+@pytest.mark.inprocess
 def test_eval_end_to_end_with_hf_engine_and_cache(tmp_path, tiny_llama, second_tiny, monkeypatch):
     from iama_eval import generate as gen_mod
     from iama_eval.config import load_eval_config
@@ -130,7 +134,8 @@ def test_eval_end_to_end_with_hf_engine_and_cache(tmp_path, tiny_llama, second_t
         run_eval(load_eval_config(str(path)))
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_eval_cli_with_vllm(tmp_path, tiny_llama):
     path = _config(tmp_path, {"tiny": str(tiny_llama)}, "vllm", algorithms=["bon"])
     out = subprocess.run(
@@ -147,6 +152,7 @@ def test_eval_cli_with_vllm(tmp_path, tiny_llama):
     assert len(gens["completions"]) == 3 and all(len(g) == 4 for g in gens["completions"])
 
 
+@pytest.mark.inprocess
 def test_eval_warms_its_rewards_before_sampling(tmp_path, tiny_llama, monkeypatch):
     from iama.rewards import RewardLoadError
     from iama_eval import generate as gen_mod

@@ -13,6 +13,8 @@ from in_process import serve
 from iama.seeds import candidate_base_seed
 from iama_server.schemas import MAX_SEED
 
+pytestmark = pytest.mark.inprocess
+
 ALIGN = {"prompt": "Hi", "reward_weights": {"sentiment": 1}, "budget": 2, "max_tokens": 4}
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 COMPLETION = {"prompt": "Hi", "max_tokens": 4}

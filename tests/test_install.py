@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import torch_source  # noqa: E402
 
+pytestmark = pytest.mark.inprocess
+
 TAG = torch_source.python_tag()
 WHEEL = f"torch-{torch_source.TORCH_VERSION}+cpu-{TAG}-{TAG}-manylinux_2_28_x86_64.whl"
 

@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 from fake_engine import FakeEngine
 from in_process import REWARDS, serve, until
 
 from iama.rewards import register
+
+pytestmark = pytest.mark.inprocess
 
 GATE = threading.Event()
 

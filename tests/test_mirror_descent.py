@@ -12,6 +12,8 @@ from iama.algorithms import bon_value
 from iama.objective import Aggregation, Task
 from iama.variations import objective_first_variation
 
+pytestmark = pytest.mark.inprocess
+
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_mirror_descent_reaches_closed_form_optimum(n):

@@ -20,6 +20,7 @@ from iama.sampling import generated_tokens
 IAMA = str(Path(sys.executable).with_name("iama"))
 
 
+@pytest.mark.inprocess
 @pytest.mark.parametrize(
     ("text", "value"),
     [
@@ -36,6 +37,7 @@ def test_first_number_reads_the_first_number_written_in_digits(text, value):
     assert first_number(text) == value
 
 
+@pytest.mark.inprocess
 def test_number_reward_is_a_bounded_quadratic_with_a_floor_for_no_number():
     r = create_reward("number", target=10, scale=100, floor=-1.0)
     got = r.score(["p"] * 5, ["10", "60", "I say 110", "nothing", "99999"])
@@ -46,12 +48,14 @@ def test_number_reward_is_a_bounded_quadratic_with_a_floor_for_no_number():
         create_reward("number", floor=0.5)
 
 
+@pytest.mark.inprocess
 def test_generated_tokens_drops_only_a_final_eos():
     assert generated_tokens([5, 6, 2], {2}) == 2
     assert generated_tokens([5, 6, 7], {2}) == 3  # truncated at the cap: every token counts
     assert generated_tokens([], {2}) == 0
 
 
+@pytest.mark.inprocess
 def test_token_length_rewards_count_generated_ids_not_a_retokenisation(tiny_llama):
     """Decoded text re-tokenised can count more tokens than were generated (a 64-token
     completion scored as 65); the trainer hands TRL's completion_ids to the rewards instead."""
@@ -73,6 +77,7 @@ def test_token_length_rewards_count_generated_ids_not_a_retokenisation(tiny_llam
     assert got == [-float((len(ids) + 5) ** 2)]  # the EOS that ended it is not a token of the answer
 
 
+@pytest.mark.inprocess
 def test_a_nearly_constant_reward_is_flagged_before_z_scoring_inflates_it():
     at_cap = np.r_[np.full(92, -0.06), np.linspace(-0.5, -0.1, 8)]  # 92 % of samples at the cap
     msg = degenerate_warning("long", at_cap, normalized=True)
@@ -81,6 +86,7 @@ def test_a_nearly_constant_reward_is_flagged_before_z_scoring_inflates_it():
     assert degenerate_warning("flat", np.zeros(50), normalized=True) is None  # std 1: not inflated
 
 
+@pytest.mark.inprocess
 def test_training_records_the_degenerate_reward_warning(tmp_path, monkeypatch):
     """run.json keeps what calibration found, so a run on an inflated reward says so."""
     from iama_trainer import calibration, run
@@ -111,6 +117,7 @@ def test_training_records_the_degenerate_reward_warning(tmp_path, monkeypatch):
     assert len(saved["reward_warnings"]) == 1 and "'long': 90%" in saved["reward_warnings"][0]
 
 
+@pytest.mark.inprocess
 def test_resume_without_a_complete_checkpoint_drops_the_aborted_attempts_metrics(tmp_path):
     from iama_trainer.run import METRICS_FILE, resume_point
 
@@ -121,6 +128,7 @@ def test_resume_without_a_complete_checkpoint_drops_the_aborted_attempts_metrics
     assert metrics.read_text() == ""  # steps 1 and 2 are trained again and logged again
 
 
+@pytest.mark.inprocess
 def test_shipped_number_prompts_have_a_disjoint_held_out_split():
     from iama_trainer.config import PromptsConfig
     from iama_trainer.data import load_prompts
@@ -133,6 +141,7 @@ def test_shipped_number_prompts_have_a_disjoint_held_out_split():
         load_prompts(PromptsConfig(source="builtin:nope"))
 
 
+@pytest.mark.inprocess
 def test_sequence_logprobs_equal_the_samplers_own_token_scores(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -176,6 +185,7 @@ def number_config(tmp_path: Path, tiny_llama: Path) -> Path:
     return path
 
 
+@pytest.mark.inprocess
 def test_iama_probe_measures_the_base_and_predicts_the_optima(tmp_path, tiny_llama):
     cfg = number_config(tmp_path, tiny_llama)
     out = subprocess.run(
@@ -202,7 +212,8 @@ def test_iama_probe_measures_the_base_and_predicts_the_optima(tmp_path, tiny_lla
     assert bad.returncode == 2 and bad.stderr.strip() == "iama probe: --kl must be > 0"
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_llama):
     cfg = number_config(tmp_path, tiny_llama)
     sweep = {
@@ -262,6 +273,7 @@ def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_ll
     assert again.returncode == 0 and "training " not in again.stderr and "evaluating " not in again.stderr
 
 
+@pytest.mark.inprocess
 def test_the_model_cards_kl_averages_the_last_logged_steps_not_one_noisy_step():
     from iama_trainer.run import final_kl
 

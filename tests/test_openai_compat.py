@@ -16,6 +16,8 @@ from in_process import API_KEY, serve, until
 
 from iama_server.engine import InvalidEngineInput
 
+pytestmark = pytest.mark.inprocess
+
 CHAT = [{"role": "user", "content": "Hi there"}]
 ALIGNED = {"best_of": 4, "reward_weights": {"sentiment": 1}}
 

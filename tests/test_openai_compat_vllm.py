@@ -14,7 +14,7 @@ import pytest
 from conftest import API_KEY
 from exposition import metric
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.engine
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
@@ -211,6 +211,7 @@ def _generations(results: dict) -> list[str]:
     return [s["filtered_resps"][0] for s in results["samples"]["iama_gen"]]
 
 
+@pytest.mark.tools
 def test_lm_eval_against_the_server_matches_its_hf_backend(tiny_server, model_name, tiny_llama, tmp_path, monkeypatch):
     """lm-eval's ``local-completions`` (token-id and text prompts) against the live server:
     its log-likelihood task gives the same per-choice log-likelihoods and accuracy as lm-eval's

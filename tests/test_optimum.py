@@ -7,6 +7,8 @@ from iama.objective import Aggregation, Task
 from iama.optimum import Marginal, beta_for_kl, iama_optimum, kl_divergence, linear_optimum, task_values
 from iama.variations import objective_first_variation
 
+pytestmark = pytest.mark.inprocess
+
 K = 100
 EDGES = np.arange(K + 1) / K
 Y = (EDGES[:-1] + EDGES[1:]) / 2

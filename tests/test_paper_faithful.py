@@ -18,6 +18,7 @@ from iama.rewards import RewardSet, RewardStats
 from iama.sampling import SamplingSettings
 
 
+@pytest.mark.inprocess
 def test_the_paper_length_preset_is_the_papers_exact_length_experiment():
     from iama_trainer.config import load_config
     from iama_trainer.run import grpo_args
@@ -34,6 +35,7 @@ def test_the_paper_length_preset_is_the_papers_exact_length_experiment():
         load_config("paper")  # renamed: it never had the paper's numbers
 
 
+@pytest.mark.inprocess
 def test_the_adaptive_kl_length_preset_uses_the_papers_recipe_and_it_reaches_trl():
     from iama_trainer.config import load_config
     from iama_trainer.run import grpo_args
@@ -51,6 +53,7 @@ def test_the_adaptive_kl_length_preset_uses_the_papers_recipe_and_it_reaches_trl
     assert length.scale_rewards == "none" and length.loss_type == "dapo"
 
 
+@pytest.mark.inprocess
 def test_training_on_raw_rewards_ignores_the_recorded_statistics():
     from iama_trainer.surrogate import SurrogateSpec, task_rewards
 
@@ -61,6 +64,7 @@ def test_training_on_raw_rewards_ignores_the_recorded_statistics():
     assert task_rewards(raw, SurrogateSpec(rewards, objective)).tolist() == [[2 * (0.5 - 10) / 5, 2 * (0.25 - 10) / 5]]
 
 
+@pytest.mark.inprocess
 def test_the_papers_kl_controller_rule():
     from iama_trainer.kl_control import AdaptiveKLController
 
@@ -77,6 +81,7 @@ def test_the_papers_kl_controller_rule():
     assert bounded.update(1.0) == 0.0505
 
 
+@pytest.mark.inprocess
 def test_scaling_by_the_group_std_makes_the_bon_variation_nearly_rank_only():
     """A best sample 0.001 or 1.0 above the next gets +1.50 or +2.46 under group scaling (the
     issue saw +1.65 vs +2.47 on its group): nearly rank-only. Unscaled, the advantage follows
@@ -95,6 +100,7 @@ def test_scaling_by_the_group_std_makes_the_bon_variation_nearly_rank_only():
     assert raw[1] / raw[0] > 10  # the gap shows in the unscaled advantage
 
 
+@pytest.mark.inprocess
 @pytest.mark.parametrize("scale", ["none", "group", "batch"])
 def test_expected_advantages_follow_trls_own_code(scale):
     """``expected_advantages`` is what TRL 1.16's sum_then_normalize path computes (copied here
@@ -112,6 +118,7 @@ def test_expected_advantages_follow_trls_own_code(scale):
     assert expected_advantages(r.numpy(), 8, scale) == pytest.approx(adv.numpy(), abs=1e-6)
 
 
+@pytest.mark.inprocess
 def test_the_advantage_guard_stops_training_when_trl_forms_advantages_differently():
     from iama_trainer.grpo import IAMAGRPOTrainer
     from iama_trainer.surrogate import expected_advantages
@@ -132,6 +139,7 @@ def test_the_advantage_guard_stops_training_when_trl_forms_advantages_differentl
         IAMAGRPOTrainer._verify_advantages(trainer, scaled)
 
 
+@pytest.mark.inprocess
 def test_every_sampler_draws_from_the_training_distribution(tiny_llama, monkeypatch):
     """transformers' generate defaults to top_k=50; TRL and vLLM use none. Calibration and HF
     evaluation must say so explicitly."""
@@ -156,6 +164,7 @@ def test_every_sampler_draws_from_the_training_distribution(tiny_llama, monkeypa
     assert vllm["top_k"] == 0 and vllm["min_p"] == 0.0
 
 
+@pytest.mark.inprocess
 def test_hh_and_messages_prompts_keep_every_turn(tmp_path):
     from iama.rewards.conversation import flatten, hh_prompt, messages_prompt
     from iama_trainer.config import PromptsConfig
@@ -180,6 +189,7 @@ def test_hh_and_messages_prompts_keep_every_turn(tmp_path):
         load_prompts(PromptsConfig(source=str(data), field="messages", format="hh"))
 
 
+@pytest.mark.inprocess
 def test_a_chat_reward_model_scores_the_whole_conversation_through_its_template(tiny_classifier):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -252,7 +262,8 @@ def sweep_config(tmp_path: Path, tiny_llama: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_iama_sweep_runs_end_to_end_and_resumes(tmp_path, tiny_llama):
     import subprocess
     import sys

@@ -20,6 +20,7 @@ ARTIFACTS = Path(
 )
 
 
+@pytest.mark.inprocess
 async def test_the_page_is_behind_the_api_key():
     async with serve() as s:
         anonymous = httpx.AsyncClient(transport=s.client._transport, base_url="http://iama")
@@ -41,11 +42,13 @@ async def test_the_page_is_behind_the_api_key():
         await anonymous.aclose()
 
 
+@pytest.mark.inprocess
 async def test_the_page_can_be_turned_off():
     async with serve(playground=False) as s:
         assert (await s.client.get("/playground")).status_code == 404
 
 
+@pytest.mark.inprocess
 async def test_the_page_loads_nothing_from_elsewhere():
     async with serve() as s:
         html = (await s.client.get("/playground")).text
@@ -54,7 +57,8 @@ async def test_the_page_loads_nothing_from_elsewhere():
             assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.tools
 def test_playground_in_headless_chromium(tiny_server):
     if CHROMIUM is None:
         pytest.skip(

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.tools
+
 pytest.importorskip("ray.serve")
 
 TESTS = Path(__file__).resolve().parent
@@ -171,7 +173,7 @@ def test_the_prefix_router_reads_every_forwarded_request():
         assert router._extract_text_from_request(SimpleNamespace(args=(req,))) == text != ""
 
 
-@pytest.mark.slow
+@pytest.mark.engine
 def test_two_vllm_replicas_serve_the_tiny_llama(ray_cluster, tiny_llama):
     from ray import serve
 

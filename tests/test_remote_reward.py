@@ -15,7 +15,7 @@ from in_process import serve
 from iama.rewards import create_reward
 from iama.rewards.remote import RemoteRewardError
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.engine
 TEXTS = ["I love this wonderful day", "awful and sad", "the quick brown fox", "ok", "Best of N sampling picks"]
 
 

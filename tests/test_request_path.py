@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from exposition import metric
 from fake_engine import CANDIDATES, FakeEngine
-from in_process import API_KEY, REWARDS, raw_post, serve
+from in_process import API_KEY, REWARDS, healthy, raw_post, serve, until
 
 from iama.rewards import RewardSet, weighted_score
 from iama.seeds import candidate_base_seed
 from iama_server.errors import ErrorCode
 from iama_server.schemas import AlignRequest
+
+pytestmark = pytest.mark.inprocess
 
 ALIGN = {"prompt": "How was your day?", "reward_weights": {"sentiment": 1.0}, "budget": 4, "max_tokens": 32}
 
@@ -39,10 +41,7 @@ async def test_health_is_503_until_the_engine_is_up_then_ok():
         assert r.status_code == 503 and r.json()["error"]["code"] == ErrorCode.NOT_READY
         assert r.headers["retry-after"] == "5"
         gate.set()
-        for _ in range(500):
-            if (await s.client.get("/health")).status_code == 200:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: healthy(s.client), "GET /health to answer 200 once the engine is up")
         assert (await s.client.get("/health")).json() == {"status": "ok", "model": "fake"}
 
 
@@ -184,8 +183,7 @@ async def test_overload_is_refused_at_once_with_429_and_admitted_requests_all_fi
     async with serve(max_concurrent_requests=2, max_queued_requests=3, retry_after_s=7) as s:
         s.engine.hold()
         tasks = [asyncio.create_task(s.client.post("/v1/align", json=ALIGN)) for _ in range(5)]
-        while s.state.admission.active + s.state.admission.waiting < 5:
-            await asyncio.sleep(0.005)
+        await until(lambda: s.state.admission.active + s.state.admission.waiting == 5, "all five admitted")
         refused = [await s.client.post("/v1/align", json=ALIGN) for _ in range(3)]
         assert [r.status_code for r in refused] == [429] * 3
         assert refused[0].headers["retry-after"] == "7"
@@ -221,8 +219,7 @@ async def test_a_client_that_disconnects_has_its_generation_aborted():
     async with serve() as s:
         s.engine.hold()
         call = raw_post(s.app, "/v1/align", ALIGN)
-        while not s.engine.running:
-            await asyncio.sleep(0.005)
+        await until(lambda: bool(s.engine.running), "the request generating in the engine")
         call.gone.set()
         await call.task
         assert call.status() == 499
@@ -320,14 +317,18 @@ async def test_rewards_listing_and_metrics():
     assert metric(text, "iama_score_batches_total") == 1
 
 
+# Batching by construction, not by racing a window: the scorer's batch loop keeps a batch open
+# until it holds ``score_batch_size`` completions (here exactly what the requests bring, four
+# each) or its window ends (two minutes: only a hang gets there), so the requests are scored
+# together however slowly they reach it. Without batching they are scored one batch each.
+SHARED_WINDOW_MS = 120_000
+
+
 async def test_concurrent_requests_share_scoring_batches():
-    async with serve(max_concurrent_requests=8, max_queued_requests=0, score_batch_wait_ms=50) as s:
-        s.engine.hold()
-        tasks = [asyncio.create_task(s.client.post("/v1/align", json=ALIGN)) for _ in range(8)]
-        while len(s.engine.running) < 8:
-            await asyncio.sleep(0.005)
-        s.engine.release()  # all eight reach the scorer together
-        rs = await asyncio.gather(*tasks)
+    async with serve(
+        max_concurrent_requests=8, max_queued_requests=0, score_batch_size=32, score_batch_wait_ms=SHARED_WINDOW_MS
+    ) as s:
+        rs = await asyncio.gather(*(s.client.post("/v1/align", json=ALIGN) for _ in range(8)))
         text = (await s.client.get("/metrics")).text
     assert [r.status_code for r in rs] == [200] * 8
     assert metric(text, "iama_scored_completions_total") == 32
@@ -335,7 +336,9 @@ async def test_concurrent_requests_share_scoring_batches():
 
 
 async def test_a_batch_scores_each_reward_only_on_the_requests_that_asked_for_it():
-    async with serve(max_concurrent_requests=8, max_queued_requests=0, score_batch_wait_ms=50) as s:
+    async with serve(
+        max_concurrent_requests=8, max_queued_requests=0, score_batch_size=8, score_batch_wait_ms=SHARED_WINDOW_MS
+    ) as s:
         rewards = s.state.scorer.rewards
         calls: list[tuple[tuple[str, ...], int]] = []
         real = rewards.score
@@ -345,13 +348,9 @@ async def test_a_batch_scores_each_reward_only_on_the_requests_that_asked_for_it
             return real(prompts, completions, names, **kw)
 
         rewards.score = recording
-        s.engine.hold()
         bodies = [{**ALIGN, "reward_weights": {"sentiment": 1}}, {**ALIGN, "reward_weights": {"short": 1}}]
-        tasks = [asyncio.create_task(s.client.post("/v1/align", json=b)) for b in bodies]
-        while len(s.engine.running) < 2:
-            await asyncio.sleep(0.005)
-        s.engine.release()  # both reach the scorer together
-        assert [r.status_code for r in await asyncio.gather(*tasks)] == [200, 200]
+        rs = await asyncio.gather(*(s.client.post("/v1/align", json=b) for b in bodies))  # one batch of 8
+        assert [r.status_code for r in rs] == [200, 200]
         text = (await s.client.get("/metrics")).text
     assert metric(text, "iama_score_batches_total") == 1
     assert sorted(calls) == [(("sentiment",), 4), (("short",), 4)]  # not 8 each
@@ -381,11 +380,13 @@ async def test_metrics_serve_the_engines_own_beside_iamas_as_one_exposition():
         s.engine.hold()  # generation waits: the request is in the engine while /metrics is read
         body = {"prompt": "hi", "reward_weights": {"sentiment": 1}, "budget": 3, "max_tokens": 4}
         pending = asyncio.create_task(s.client.post("/v1/align", json=body))
-        for _ in range(500):
+
+        async def one_running() -> bool:
             text = (await s.client.get("/metrics")).text
-            if metric(text, 'vllm:num_requests_running{model_name="fake"}') == 1:  # one request, n = 3
-                break
-            await asyncio.sleep(0.01)
+            return metric(text, 'vllm:num_requests_running{model_name="fake"}') == 1  # one request, n = 3
+
+        await until(one_running, "the engine's gauge to show the one request running")
+        text = (await s.client.get("/metrics")).text
         s.engine.release()
         await pending
     families = {f.name: f for f in text_string_to_metric_families(text)}

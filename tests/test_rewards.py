@@ -23,6 +23,8 @@ from iama.rewards import (
     weighted_sum,
 )
 
+pytestmark = pytest.mark.inprocess
+
 PROMPTS = ["How was your day?"] * 3
 
 

@@ -8,6 +8,7 @@ do not depend on the machine.
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from fake_engine import FakeEngine
 from hypothesis import HealthCheck, Phase, settings
@@ -23,6 +24,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from iama_server.app import create_app
+
+pytestmark = pytest.mark.inprocess
 
 APP = create_app(server_settings(request_timeout_s=30), engine=FakeEngine())
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)

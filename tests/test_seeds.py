@@ -12,6 +12,8 @@ from in_process import serve
 
 from iama.seeds import MAX_CANDIDATES, MAX_SEED, candidate_base_seed, candidate_seed
 
+pytestmark = pytest.mark.inprocess
+
 N = 256  # the largest budget
 
 

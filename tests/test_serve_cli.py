@@ -21,6 +21,7 @@ def last_line(out: subprocess.CompletedProcess[str]) -> str:
     return out.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.inprocess
 def test_a_taken_port_fails_at_once():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -32,6 +33,7 @@ def test_a_taken_port_fails_at_once():
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.inprocess
 def test_bad_settings_name_the_variable_or_file(tmp_path):
     out = serve(env={"IAMA_MAX_BUDGET": "0"})
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -42,7 +44,7 @@ def test_bad_settings_name_the_variable_or_file(tmp_path):
     assert out.returncode == 2 and last_line(out).startswith(f"iama serve: {cfg}: not valid YAML at line 2")
 
 
-@pytest.mark.slow
+@pytest.mark.engine
 def test_a_model_that_cannot_be_served_exits_non_zero_with_one_line(tmp_path):
     out = serve("--model", str(tmp_path / "no-such-model"), "--port", str(free_port()))
     assert out.returncode == 1, out.stderr[-2000:]

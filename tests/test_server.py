@@ -11,7 +11,7 @@ import pytest
 from conftest import API_KEY
 from exposition import metric
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.engine
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
@@ -192,7 +192,7 @@ def test_sse_wire_format(tiny_server):
     assert lines[-1] == "data: [DONE]"
 
 
-async def test_concurrent_requests_are_all_served_and_scoring_is_batched(tiny_server):
+async def test_concurrent_requests_are_all_served_and_each_scored_once(tiny_server):
     async with httpx.AsyncClient(base_url=tiny_server.url, headers=AUTH, timeout=1800) as c:
 
         async def one(i):
@@ -204,11 +204,17 @@ async def test_concurrent_requests_are_all_served_and_scoring_is_batched(tiny_se
             }
             return await c.post("/v1/align", json=body)
 
-        before = metric((await c.get("/metrics")).text, "iama_score_batches_total")
+        before = (await c.get("/metrics")).text
         rs = await asyncio.gather(*(one(i) for i in range(8)))  # 2 run, 6 queue: all admitted
-        after = metric((await c.get("/metrics")).text, "iama_score_batches_total")
+        after = (await c.get("/metrics")).text
     assert [r.status_code for r in rs] == [200] * 8
-    assert 1 <= after - before <= 8
+    scored = metric(after, "iama_scored_completions_total") - metric(before, "iama_scored_completions_total")
+    batches = metric(after, "iama_score_batches_total") - metric(before, "iama_score_batches_total")
+    # Every candidate is scored, in at most one batch per request. Whether two requests share a
+    # batch here depends on timing (two run at a time, the default 2 ms window), so this test
+    # does not claim batching: test_request_path.py shows it in-process, by construction.
+    assert scored == 8 * 4
+    assert 1 <= batches <= 8
     assert len({r.json()["id"] for r in rs}) == 8
 
 

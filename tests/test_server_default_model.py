@@ -18,7 +18,7 @@ from exposition import metric
 
 from iama.dtypes import choose_dtype
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(3600)]
 
 COUNT = {"prompt": "Count from 1 to 500, one number per line.", "reward_weights": {"length": 1}}
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from exposition import metric
-from in_process import raw_post, serve
+from in_process import raw_post, serve, until
+
+pytestmark = pytest.mark.inprocess
 
 ALIGN = {"prompt": "Hi", "reward_weights": {"sentiment": 1}, "budget": 2, "max_tokens": 8}
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "stream": True}
@@ -32,9 +35,14 @@ async def test_plain_streaming_sends_tokens_before_the_generation_ends():
     async with serve() as s:
         s.engine.hold()  # the fake engine produces its first word, then waits
         call = raw_post(s.app, "/v1/chat/completions", {**CHAT, "stream_options": {"include_usage": True}})
-        while b'"content": "I"' not in call.body():
-            assert not call.task.done(), call.sent
-            await asyncio.sleep(0.005)
+
+        def first_word_sent() -> bool:
+            if b'"content": "I"' in call.body():
+                return True
+            assert not call.task.done(), call.sent  # the call ended without streaming its first word
+            return False
+
+        await until(first_word_sent, "the first word streamed while the generation is held")
         assert call.status() == 200 and b"[DONE]" not in call.body()  # mid-generation
         s.engine.release()
         await call.task
@@ -51,8 +59,7 @@ async def test_a_client_leaving_a_stream_aborts_its_generation():
     async with serve() as s:
         s.engine.hold()
         call = raw_post(s.app, "/v1/completions", {"prompt": "Hi", "max_tokens": 8, "stream": True})
-        while b'"text": "I"' not in call.body():
-            await asyncio.sleep(0.005)
+        await until(lambda: b'"text": "I"' in call.body(), "the first word streamed")
         call.gone.set()
         await asyncio.wait_for(call.task, 60)
         assert len(s.engine.aborted) == 1 and not s.engine.running and s.state.admission.active == 0
@@ -74,8 +81,7 @@ async def test_a_stream_is_refused_with_429_before_it_starts_when_full():
     async with serve(max_concurrent_requests=1, max_queued_requests=0) as s:
         s.engine.hold()
         first = raw_post(s.app, "/v1/completions", {"prompt": "Hi", "max_tokens": 8, "stream": True})
-        while not s.engine.running:
-            await asyncio.sleep(0.005)
+        await until(lambda: bool(s.engine.running), "the first stream generating in the engine")
         r = await s.client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 8, "stream": True})
         assert r.status_code == 429 and r.json()["error"]["code"] == "overloaded"
         s.engine.release()

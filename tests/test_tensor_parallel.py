@@ -11,6 +11,8 @@ import httpx
 import pytest
 from conftest import API_KEY
 
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(3600)]
+
 PROMPTS = ["The capital of France is", "Once upon a time", "1, 2, 3, 4,", "Dear friend, I write to"]
 
 
@@ -32,7 +34,6 @@ def tp2(tiny_llama, tmp_path_factory):
     srv.stop()
 
 
-@pytest.mark.slow
 def test_tensor_parallel_2_gives_the_greedy_output_of_one_worker(tiny_server, tp2):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     for prompt in PROMPTS:
@@ -49,7 +50,6 @@ def test_tensor_parallel_2_gives_the_greedy_output_of_one_worker(tiny_server, tp
     assert "world_size=2" in log and "Worker_TP1" in log, log[-2000:]
 
 
-@pytest.mark.slow
 def test_a_killed_engine_core_turns_health_503_and_the_process_exits_non_zero(tp2):
     import signal
     import time

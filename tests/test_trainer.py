@@ -22,12 +22,14 @@ IAMA = str(Path(sys.executable).with_name("iama"))
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 
 
+@pytest.mark.inprocess
 def test_trl_hook_point_is_where_we_expect():
     from iama_trainer.grpo import check_trl_hook
 
     check_trl_hook()  # pinned trl==1.16.0: GRPOTrainer._calculate_rewards(self, inputs, prompts, ...)
 
 
+@pytest.mark.inprocess
 def test_a_moved_hook_fails_loudly(monkeypatch):
     from trl import GRPOTrainer
 
@@ -41,6 +43,7 @@ def test_a_moved_hook_fails_loudly(monkeypatch):
         check_trl_hook()
 
 
+@pytest.mark.inprocess
 def test_nonlinear_and_linear_objectives_give_different_advantages():
     from iama_trainer.surrogate import SurrogateSpec, compute_surrogate
 
@@ -68,6 +71,7 @@ def test_nonlinear_and_linear_objectives_give_different_advantages():
         compute_surrogate(raw[:12], SurrogateSpec(rewards, objective, "iama"), 8)
 
 
+@pytest.mark.inprocess
 def test_full_finetuning_keeps_fp32_master_weights_under_bf16():
     import torch
 
@@ -82,6 +86,7 @@ def test_full_finetuning_keeps_fp32_master_weights_under_bf16():
     assert not torch.equal(w + 1e-5, w)
 
 
+@pytest.mark.inprocess
 def test_presets_and_config_errors(tmp_path):
     from iama_trainer.config import load_config
 
@@ -165,7 +170,8 @@ def trained(tmp_path_factory, tiny_llama):
     return tmp, cfg, tmp / "run"
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_training_writes_checkpoint_card_metrics_and_tensorboard(trained, tiny_llama):
     _, _, run = trained
     from transformers import AutoModelForCausalLM
@@ -206,7 +212,8 @@ def test_training_writes_checkpoint_card_metrics_and_tensorboard(trained, tiny_l
     assert json.loads((run / "run.json").read_text())["reward_stats"]["short"]["count"] == 8
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_what_a_run_writes_is_readable_by_another_user(trained):
     import stat
 
@@ -226,7 +233,8 @@ def test_what_a_run_writes_is_readable_by_another_user(trained):
         assert stat.S_IMODE(d.stat().st_mode) == 0o755, d
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_resume_after_a_torn_checkpoint_continues_exactly(trained):
     tmp, cfg, run = trained
     torn = tmp / "torn"
@@ -251,7 +259,8 @@ def test_resume_after_a_torn_checkpoint_continues_exactly(trained):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_killed_run_resumes_to_completion(tmp_path, tiny_llama):
     cfg = tiny_config(tmp_path, tiny_llama, "killed", steps=40, save_steps=2, normalization={"enabled": False})
     run = tmp_path / "killed"
@@ -271,7 +280,8 @@ def test_killed_run_resumes_to_completion(tmp_path, tiny_llama):
     assert steps == sorted(set(steps))  # rows logged after the resumed checkpoint were not kept twice
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_two_processes_keep_groups_whole(tmp_path, tiny_llama):
     cfg = tiny_config(tmp_path, tiny_llama, "ddp", steps=2, kl_control={"type": "fixed"})
     cmd = [
@@ -299,7 +309,8 @@ def test_two_processes_keep_groups_whole(tmp_path, tiny_llama):
     assert rows[-1]["iama/advantages_verified"] == 1.0  # each process's slice of TRL's advantages
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_linear_baseline_and_lora(tmp_path, tiny_llama):
     cfg = tiny_config(
         tmp_path,
@@ -323,6 +334,7 @@ def test_linear_baseline_and_lora(tmp_path, tiny_llama):
     assert load_model_card(model_dir).objective_type == "linear"
 
 
+@pytest.mark.inprocess
 def test_cli_rejects_bad_config_and_existing_output(tmp_path, tiny_llama):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rewards: {a: length}\nobjective: {tasks: [{weights: {b: 1}}]}\n")
@@ -335,7 +347,8 @@ def test_cli_rejects_bad_config_and_existing_output(tmp_path, tiny_llama):
     assert out.returncode == 1 and "--resume" in out.stderr  # valid arguments that cannot be carried out
 
 
-@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
 def test_an_unmerged_lora_run_is_refused_by_serve_and_merged_by_merge_lora(tmp_path, tiny_llama):
     import stat
 

@@ -15,6 +15,8 @@ from iama.variations import (
     task_value,
 )
 
+pytestmark = pytest.mark.inprocess
+
 EPS = 1e-6
 
 
