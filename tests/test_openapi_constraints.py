@@ -11,6 +11,8 @@ from in_process import settings
 
 from iama_server.app import create_app
 
+pytestmark = pytest.mark.inprocess
+
 SPEC = create_app(settings(), engine=FakeEngine()).openapi()
 
 
