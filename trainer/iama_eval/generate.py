@@ -19,8 +19,9 @@ from typing import Any
 from iama.dtypes import Dtype, choose_dtype, torch_dtype
 from iama.files import atomic_write_json
 from iama.sampling import SamplingSettings, generated_tokens
+from iama.vllm_settings import vllm_engine_kwargs
 from iama_eval.config import GenerationSpec
-from iama_trainer.sampling import Sampled, eos_token_ids
+from iama_trainer.sampling import Sampled, eos_token_ids, hf_sample, render_prompt
 
 log = logging.getLogger("iama.eval")
 
@@ -100,9 +101,6 @@ def sample_vllm(
 
     from vllm import LLM, SamplingParams
 
-    from iama.vllm_settings import vllm_engine_kwargs
-    from iama_trainer.sampling import render_prompt
-
     llm = LLM(model=model_path, seed=seed, **vllm_engine_kwargs())
     try:
         tok = llm.get_tokenizer()
@@ -146,8 +144,6 @@ def sample_hf(
 ) -> Sampled:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from iama_trainer.sampling import hf_sample
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)

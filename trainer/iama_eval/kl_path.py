@@ -27,8 +27,6 @@ figures (:mod:`iama_eval.path_plots`).
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -43,19 +41,19 @@ from iama_eval.distributions import from_json_values, json_values
 from iama_eval.matched_kl import MethodPath, bootstrap_path, matched_rows, method_paths, path_rows
 from iama_eval.path_plots import plot_bon, plot_histograms, plot_path
 from iama_eval.prediction import predict, shared_scalar
+from iama_eval.raw_files import PATH_SCORES, read_path_scores, write_path_scores
 from iama_eval.samples import scoring_setup
 from iama_eval.sequence_kl import load_for_scoring, sequence_logprobs
+from iama_eval.tables import write_path_csv
 from iama_trainer.config import TrainConfig, load_config
 
 log = logging.getLogger("iama.sweep")
-
-PATH_SCORES = "path_scores.json"
 
 
 def evaluate_path(cfg: SweepConfig, runs: dict[str, TrainConfig], base_path: str) -> Path:
     """Sample, score and measure the KL of the base and every snapshot (and final model) of
     every run; append each point to ``path_scores.json`` as it finishes (so it resumes)."""
-    from iama_trainer.callbacks import SNAPSHOTS, list_snapshots  # imports transformers
+    from iama_trainer.callbacks import SNAPSHOTS, list_snapshots  # heavy: imports transformers
 
     ev = cfg.eval
     out = cfg.output_dir
@@ -66,9 +64,7 @@ def evaluate_path(cfg: SweepConfig, runs: dict[str, TrainConfig], base_path: str
     scalar_name = shared_scalar(rewards, task_names)
     scalar_fn = rewards.scalar_rewards()[task_names[0]] if scalar_name else None
 
-    path_file = out / PATH_SCORES
-    saved = json.loads(path_file.read_text()) if path_file.is_file() else {}  # resume
-    points: dict[str, Any] = saved.get("points", {})
+    points: dict[str, Any] = read_path_scores(out).get("points", {})  # resume
     base: tuple[Any, Any] | None = None  # loaded on the first point that needs it (a resume may need none)
     todo: list[tuple[str, str, int | None, int, str]] = [("base", "base", None, 0, base_path)]
     for label, run_cfg in runs.items():
@@ -113,18 +109,16 @@ def evaluate_path(cfg: SweepConfig, runs: dict[str, TrainConfig], base_path: str
             "log_ratio": ratio.tolist(),
             "completions": gen.completions,
         }
-        atomic_write_json(
-            path_file,
-            {"prompts": [str(p) for p in prompts], "scalar": scalar_name, "points": points},
-            indent=None,
-        )
-    return path_file
+        write_path_scores(out, [str(p) for p in prompts], scalar_name, points)
+    return out / PATH_SCORES
 
 
 def report_path(cfg: SweepConfig) -> dict[str, Any]:
     """Tables and figures of the KL path from ``path_scores.json`` alone."""
     out = cfg.output_dir
-    data = json.loads((out / PATH_SCORES).read_text())
+    data = read_path_scores(out)
+    if not data:
+        raise FileNotFoundError(f"{out / PATH_SCORES}: nothing to report (run the sweep first)")
     base_cfg = load_config(cfg.base, dict(cfg.set))
     tasks = list(base_cfg.objective.tasks)
     budgets = list(cfg.eval.budgets)
@@ -155,7 +149,7 @@ def report_path(cfg: SweepConfig) -> dict[str, Any]:
     hist = plot_histograms(data, paths, summary, out / "histograms.png")
     if hist is not None:
         summary["figures"].append(str(hist))
-    _write_csv(summary, out / "kl_path.csv")
+    write_path_csv(summary, out / "kl_path.csv")
     atomic_write_json(out / "kl_path.json", summary)
     return summary
 
@@ -169,17 +163,3 @@ def _prediction(base_cfg: TrainConfig, data: dict[str, Any], paths: dict[str, Me
     reached = [float(a.kl[:, -1].mean()) for a in paths.values()]
     kls = sorted({round(k, 4) for k in reached if k > 0} | {0.05, 0.1, 0.2, 0.5, 1.0})
     return predict(base_cfg, rewards, x, kls, [1, 2, 4, 8, 16])
-
-
-def _write_csv(summary: dict[str, Any], path: Path) -> None:
-    cols = [k for k in summary["path"][0] if k not in ("method", "step", "kl", "kl_per_seed")]
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["method", "step", "kl_mean", "kl_lo", "kl_hi", *[f"{c}_{s}" for c in cols for s in ("mean", "lo", "hi")]]
-        )
-        for r in summary["path"]:
-            cells = [r["method"], r["step"], r["kl"]["mean"], *r["kl"]["ci95"]]
-            for c in cols:
-                cells += [r[c]["mean"], *r[c]["ci95"]]
-            w.writerow(cells)

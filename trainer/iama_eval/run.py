@@ -8,7 +8,6 @@ the figures from :mod:`iama_eval.plots`. What is left here is which rewards to e
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -23,6 +22,7 @@ from iama_eval.config import EvalConfig
 from iama_eval.evaluate import Row, evaluate_model, summarize, trade_off_warnings, weight_grid
 from iama_eval.plots import length_histogram, pareto_plot
 from iama_eval.samples import scoring_setup
+from iama_eval.tables import write_eval_csv
 
 log = logging.getLogger("iama.eval")
 
@@ -75,7 +75,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             label, raw, lengths[label], rewards, weights_list, cfg.budgets, cfg.algorithms, cfg.tau, cfg.seed
         )
 
-    _write_csv(rows, names, out / "results.csv")
+    write_eval_csv(rows, names, out / "results.csv")
     summary = summarize(rows, names, cfg.baseline, cfg.candidate)
     summary["config"] = json.loads(cfg.model_dump_json())
     summary["engine"] = engine
@@ -96,33 +96,3 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s", out)
     return summary
-
-
-def _write_csv(rows: list[Row], names: list[str], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "model",
-                "algorithm",
-                "budget",
-                "weights",
-                *[f"{n}_raw" for n in names],
-                *[f"{n}_normalized" for n in names],
-                "weighted",
-                "mean_tokens",
-            ]
-        )
-        for r in rows:
-            w.writerow(
-                [
-                    r.model,
-                    r.algorithm,
-                    r.budget,
-                    json.dumps(r.weights),
-                    *[r.raw[n] for n in names],
-                    *[r.normalized[n] for n in names],
-                    r.weighted,
-                    r.mean_tokens,
-                ]
-            )

@@ -19,7 +19,6 @@ with ``eval.snapshots`` the whole KL path instead (:mod:`iama_eval.kl_path`).
 
 from __future__ import annotations
 
-import csv
 import gc
 import json
 import logging
@@ -36,7 +35,9 @@ from iama.objective import Aggregation, Task, aggregation_value
 from iama_eval.config import SweepConfig, run_configs, run_label
 from iama_eval.kl_path import evaluate_path, report_path
 from iama_eval.plots import plot_fronts
+from iama_eval.raw_files import read_scores, write_scores
 from iama_eval.samples import scoring_setup
+from iama_eval.tables import write_sweep_csv
 from iama_eval.values import per_prompt_task_values
 from iama_trainer.config import TrainConfig, load_config
 
@@ -44,7 +45,7 @@ log = logging.getLogger("iama.sweep")
 
 
 def train_all(cfg: SweepConfig, runs: dict[str, TrainConfig]) -> dict[str, Path]:
-    from iama_trainer.run import train
+    from iama_trainer.run import train  # heavy: imports torch and TRL
 
     models = {}
     for label, run_cfg in runs.items():
@@ -89,7 +90,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         scores[label] = {k: v.tolist() for k, v in raw.items()}
         card = load_model_card(path) if label != "base" else None
         kls[label] = card.kl if card else None
-    (out / "scores.json").write_text(json.dumps({"prompts": [str(p) for p in prompts], "scores": scores, "kl": kls}))
+    write_scores(out, [str(p) for p in prompts], scores, kls)
     return report(cfg)
 
 
@@ -99,7 +100,7 @@ def report(cfg: SweepConfig) -> dict[str, Any]:
     out = cfg.output_dir
     if cfg.eval.snapshots:
         return report_path(cfg)
-    saved = json.loads((out / "scores.json").read_text())
+    saved = read_scores(out)
     base_cfg = load_config(cfg.base, dict(cfg.set))
     tasks = list(base_cfg.objective.tasks)
     ev = cfg.eval
@@ -108,7 +109,7 @@ def report(cfg: SweepConfig) -> dict[str, Any]:
         for label, raw in saved["scores"].items()
     }
     summary = summarize(cfg, tasks, base_cfg.objective.aggregation, values, saved.get("kl", {}))
-    _write_csv(summary, out / "results.csv")
+    write_sweep_csv(summary, out / "results.csv")
     summary["figures"] = plot_fronts(summary, tasks, cfg.eval.budgets, out)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -150,18 +151,3 @@ def summarize(
         "config": json.loads(cfg.model_dump_json()),
         "rows": rows,
     }
-
-
-def _write_csv(summary: dict[str, Any], path: Path) -> None:
-    names = summary["tasks"]
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        header = ["model", "weights", "budget"]
-        for n in [*names, "g"]:
-            header += [f"{n}_mean", f"{n}_ci_lo", f"{n}_ci_hi"]
-        w.writerow([*header, "kl_per_seed"])
-        for row in summary["rows"]:
-            cells = [row["model"], json.dumps(row["weights"]), row["budget"]]
-            for n in [*names, "g"]:
-                cells += [row[n]["mean"], *row[n]["ci95"]]
-            w.writerow([*cells, json.dumps(row["kl"])])
