@@ -11,11 +11,10 @@ from iama.rewards.base import (
     RewardFunction,
     ScalarReward,
     UnknownRewardError,
-    available_rewards,
-    create_reward,
     register,
     register_prefix,
 )
+from iama.rewards.catalog import available_rewards, create_reward
 from iama.rewards.conversation import Prompt, as_conversation, completion_text, reward_prompt
 from iama.rewards.normalization import RewardStats, fit_stats, normalize
 from iama.rewards.reward_set import DEFAULT_REWARDS, RewardLoadError, RewardSet, RewardSpec, bind_tokenizer

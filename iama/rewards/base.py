@@ -1,9 +1,14 @@
-"""The reward-function interface and the registry of named rewards.
+"""The reward-function interface and the registry that reward modules register into.
 
 A reward scores a *batch* of (prompt, completion) pairs at once: neural rewards are only
 efficient batched, and the server batches across concurrent requests. A reward is created from
 a spec string (``"length"``, ``"hf:/path/to/rm"``) plus keyword parameters, so the trainer
 config, the model card and the server all name rewards the same way.
+
+This module is the bottom of ``iama.rewards``: the concrete rewards (``rules``, ``number``,
+``neural``, ``remote``) import :func:`register` from here, and the lookup by spec, which needs
+them all registered, lives above them in :mod:`iama.rewards.catalog`. Nothing here imports a
+concrete reward.
 """
 
 from __future__ import annotations
@@ -52,8 +57,8 @@ class ScalarReward(Protocol):
 
 RewardFactory = Callable[..., RewardFunction]
 
-_REGISTRY: dict[str, tuple[RewardFactory, str]] = {}
-_PREFIX_REGISTRY: dict[str, RewardFactory] = {}
+REGISTRY: dict[str, tuple[RewardFactory, str]] = {}  # name -> (factory, one-line description)
+PREFIX_REGISTRY: dict[str, RewardFactory] = {}  # prefix of ``prefix:<target>`` specs -> factory
 
 
 class UnknownRewardError(KeyError):
@@ -67,9 +72,9 @@ def register(name: str, description: str) -> Callable[[RewardFactory], RewardFac
     """Register a factory under ``name``; the factory's kwargs are the reward's parameters."""
 
     def deco(factory: RewardFactory) -> RewardFactory:
-        if name in _REGISTRY:
+        if name in REGISTRY:
             raise ValueError(f"reward {name!r} registered twice")
-        _REGISTRY[name] = (factory, description)
+        REGISTRY[name] = (factory, description)
         return factory
 
     return deco
@@ -79,35 +84,10 @@ def register_prefix(prefix: str) -> Callable[[RewardFactory], RewardFactory]:
     """Register a factory for specs ``prefix:<target>`` (e.g. ``hf:<path-or-hub-id>``)."""
 
     def deco(factory: RewardFactory) -> RewardFactory:
-        _PREFIX_REGISTRY[prefix] = factory
+        PREFIX_REGISTRY[prefix] = factory
         return factory
 
     return deco
-
-
-def available_rewards() -> dict[str, str]:
-    """Registered plain names with their one-line descriptions."""
-    _ensure_builtins()
-    return {k: d for k, (_, d) in sorted(_REGISTRY.items())}
-
-
-def create_reward(spec: str, **params: Any) -> RewardFunction:
-    """Instantiate a reward from its spec; unknown names and bad parameters raise clear errors."""
-    _ensure_builtins()
-    if ":" in spec:
-        prefix, target = spec.split(":", 1)
-        if prefix in _PREFIX_REGISTRY:
-            if not target:
-                raise ValueError(f"reward spec {spec!r} needs a target after '{prefix}:'")
-            return _PREFIX_REGISTRY[prefix](target, **params)
-    if spec not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) + ", " + ", ".join(f"{p}:<...>" for p in sorted(_PREFIX_REGISTRY))
-        raise UnknownRewardError(f"unknown reward {spec!r}; known: {known}")
-    factory, _ = _REGISTRY[spec]
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ValueError(f"bad parameters for reward {spec!r}: {exc}") from exc
 
 
 def check_scores(scores: Any, n: int, name: str) -> FloatArray:
@@ -118,8 +98,3 @@ def check_scores(scores: Any, n: int, name: str) -> FloatArray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"reward {name!r} returned non-finite scores")
     return arr
-
-
-def _ensure_builtins() -> None:
-    # Import for the side effect of registration; cheap after the first call.
-    from iama.rewards import neural, number, remote, rules  # noqa: F401

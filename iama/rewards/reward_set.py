@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from iama._arrays import FloatArray
 from iama.rewards.aggregation import validate_weights, weighted_score
-from iama.rewards.base import RewardFunction, ScalarReward, check_scores, create_reward
+from iama.rewards.base import RewardFunction, ScalarReward, check_scores
+from iama.rewards.catalog import create_reward
 from iama.rewards.conversation import Prompt, as_conversation, reward_prompt
 from iama.rewards.normalization import RewardStats
 

@@ -1,4 +1,9 @@
-"""``iama eval``: measure rewards under BoN / soft BoN across models, weights and budgets."""
+"""``iama eval``, ``iama sweep``, ``iama probe``: flags in, one command module called, JSON out.
+
+The top of the evaluation layers. Each command imports its module inside the function, as
+``iama/cli.py`` does, so that ``iama --help`` does not load numpy, pydantic configs or the
+trainer: a matter of start-up time, not of import order (nothing below imports this module).
+"""
 
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def eval_cmd(
 
 
 def sweep_cmd(
-    config: Annotated[str, typer.Argument(help="YAML sweep config (see iama_eval.sweep.SweepConfig)")],
+    config: Annotated[str, typer.Argument(help="YAML sweep config (see iama_eval.config.SweepConfig)")],
     report_only: Annotated[
         bool, typer.Option("--report", help="only recompute tables and figures from OUTPUT/scores.json")
     ] = False,
@@ -77,7 +82,8 @@ def sweep_cmd(
     from iama.configfile import ConfigError
     from iama.models import ModelNotFound
     from iama.rewards import RewardLoadError
-    from iama_eval.sweep import load_sweep_config, report, run_configs, run_sweep, train_all
+    from iama_eval.config import load_sweep_config, run_configs
+    from iama_eval.sweep import report, run_sweep, train_all
 
     try:
         cfg = load_sweep_config(config)

@@ -1,17 +1,35 @@
-"""Evaluation config (YAML or CLI flags), validated before any model is loaded."""
+"""The configs of ``iama eval`` and ``iama sweep`` (YAML or CLI flags), validated before any model loads.
+
+:class:`EvalConfig` and :class:`SweepConfig` are what the commands read; both hand the sampler
+the same :class:`GenerationSpec` (what changes the samples besides model, prompts and M), and
+a sweep expands into one training config per run (:func:`run_configs`). The configs live
+below every command so that each command, and the sampler, can be typed with them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from iama.configfile import read_yaml, validate_config
-from iama.objective import Algorithm
+from iama.dtypes import Dtype
+from iama.objective import Algorithm, ObjectiveType
 from iama.rewards.reward_set import RewardSpec
 from iama.sampling import SamplingSettings
-from iama_trainer.config import PromptsConfig
+from iama_trainer.config import PromptsConfig, TrainConfig, load_config
+
+
+class GenerationSpec(BaseModel):
+    """How completions are sampled, beyond the model, the prompts and M: part of the cache key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens: int = Field(ge=1)
+    sampling: SamplingSettings
+    seed: int
+    dtype: Dtype = Field(default="auto", description="HF sampling dtype (vLLM picks its own)")
 
 
 class EvalConfig(BaseModel):
@@ -55,9 +73,97 @@ class EvalConfig(BaseModel):
     def samples(self) -> int:
         return self.samples_per_prompt or max(self.budgets)
 
+    @property
+    def generation(self) -> GenerationSpec:
+        return GenerationSpec(max_tokens=self.max_tokens, sampling=self.sampling, seed=self.seed)
+
 
 def load_eval_config(path: str | None, **overrides: object) -> EvalConfig:
     """The YAML file (if any) with the non-``None`` CLI ``overrides`` on top, validated."""
     raw = read_yaml(path) if path else {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return validate_config(EvalConfig, raw, f"invalid eval config {path}" if path else "invalid eval config")
+
+
+class SweepEval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: PromptsConfig = PromptsConfig(limit=16)
+    samples_per_prompt: int = Field(default=16, ge=1)
+    budgets: list[int] = [1, 4, 8, 16]
+    max_tokens: int = Field(default=64, ge=1)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    engine: str = Field(default="auto", pattern="^(auto|vllm|hf)$")
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="HF sampling dtype; float32 samples a CPU-trained policy exactly, which a "
+        "sequence KL measured on the samples needs",
+    )
+    steps: list[int] | None = Field(
+        default=None, description="with snapshots: evaluate only the snapshots of these steps (default: all)"
+    )
+    kl_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="with snapshots: measure the KL on the first this many samples of each prompt "
+        "(each costs two forward passes; default: all)",
+    )
+    snapshots: bool = Field(
+        default=False,
+        description="evaluate every weight snapshot of every run (set snapshot_steps) with its "
+        "sequence KL to the base, for comparisons at matched KL (iama_eval.kl_path)",
+    )
+
+    @property
+    def generation(self) -> GenerationSpec:
+        return GenerationSpec(max_tokens=self.max_tokens, sampling=self.sampling, seed=self.seed, dtype=self.dtype)
+
+
+class SweepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(description="training config: a preset name or a YAML path")
+    output_dir: Path = Path("runs/sweep")
+    weights: list[list[float]] = Field(description="aggregation weights over the base config's tasks, one per point")
+    objective_types: list[ObjectiveType] = ["iama", "linear"]
+    seeds: list[int] = [0, 1, 2]
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides for every run (dotted keys)")
+    eval: SweepEval = SweepEval()
+    bootstrap: int = Field(default=1000, ge=10)
+    include_base: bool = Field(default=True, description="evaluate the untrained base model too")
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepConfig:
+        if not self.weights or not self.seeds or not self.objective_types:
+            raise ValueError("weights, seeds and objective_types must not be empty")
+        if max(self.eval.budgets) > self.eval.samples_per_prompt:
+            raise ValueError("eval.samples_per_prompt must be >= the largest budget")
+        return self
+
+
+def load_sweep_config(path: str) -> SweepConfig:
+    return validate_config(SweepConfig, read_yaml(path), f"invalid sweep config {path}")
+
+
+def run_label(objective_type: str, weights: list[float], seed: int) -> str:
+    return f"{objective_type}_w{'-'.join(f'{w:g}' for w in weights)}_s{seed}"
+
+
+def run_configs(cfg: SweepConfig) -> dict[str, TrainConfig]:
+    """One training config per (objective type, weights, seed), seed by seed: a sweep cut short
+    has every method at its first seeds rather than one method at all of them."""
+    out: dict[str, TrainConfig] = {}
+    for seed in cfg.seeds:
+        for weights in cfg.weights:
+            for objective_type in cfg.objective_types:
+                label = run_label(objective_type, weights, seed)
+                overrides = {
+                    **cfg.set,
+                    "output_dir": str(cfg.output_dir / "runs" / label),
+                    "objective.type": objective_type,
+                    "objective.aggregation.weights": list(weights),
+                    "seed": seed,
+                }
+                out[label] = load_config(cfg.base, overrides)
+    return out

@@ -1,8 +1,9 @@
-"""Scores → per (model, algorithm, N, weights) mean rewards, fronts, hypervolume, compute saving.
+"""Scores → per (model, algorithm, N, weights) mean rewards, fronts, hypervolume, compute saving (pure).
 
-Selection uses the server's own rules on the weighted normalised score; the expectation over
-which N of the M samples a request would have drawn is exact for BoN
-(:func:`iama.algorithms.bon_selection_weights`) and Monte Carlo for soft BoN.
+Raw scores (prompts, M) per reward of each model go in; the rows and summary of ``iama eval``
+come out. Selection uses the server's own rules on the weighted normalised score, through
+:func:`iama_eval.values.selection_probs`: the expectation over which N of the M samples a
+request would have drawn is exact for BoN and Monte Carlo for soft BoN.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from iama.algorithms import bon_selection_weights, soft_bon_subset_weights
 from iama.objective import Algorithm
 from iama.pareto import compute_saving, hypervolume_2d
-from iama.rewards import Prompt, RewardSet, normalize_scores, weighted_sum
+from iama.rewards import RewardSet, normalize_scores, weighted_sum
+from iama_eval.values import selection_probs
 
 
 @dataclass
@@ -38,21 +39,6 @@ def weight_grid(names: list[str], points: int) -> list[dict[str, float]]:
     return [{a: round(1 - k / (points - 1), 6), b: round(k / (points - 1), 6)} for k in range(points)]
 
 
-def score_generations(
-    rewards: RewardSet,
-    prompts: list[Prompt],
-    completions: list[list[str]],
-    token_lengths: list[list[int]] | None = None,
-) -> dict[str, np.ndarray]:
-    """Raw scores, shape (prompts, M) per reward; prompts as the model saw them (conversations);
-    token-length rewards count the generated tokens (``token_lengths``) when given."""
-    flat_p = [p for p, g in zip(prompts, completions, strict=True) for _ in g]
-    flat_c = [c for g in completions for c in g]
-    counts = None if token_lengths is None else [n for g in token_lengths for n in g]
-    m = len(completions[0])
-    return {k: v.reshape(len(prompts), m) for k, v in rewards.score(flat_p, flat_c, token_counts=counts).items()}
-
-
 def evaluate_model(
     label: str,
     raw: dict[str, np.ndarray],
@@ -71,14 +57,7 @@ def evaluate_model(
         score = weighted_sum(norm, w)  # (prompts, M): the server's weighted normalised score
         for alg in algorithms:
             for n in budgets:
-                sel = np.stack(
-                    [
-                        bon_selection_weights(s, n)
-                        if alg == "bon"
-                        else soft_bon_subset_weights(s, n, tau, rng=seed + i)
-                        for i, s in enumerate(score)
-                    ]
-                )  # (prompts, M): P(sample chosen)
+                sel = selection_probs(score, alg, n, tau, seed)  # (prompts, M): P(sample chosen)
                 rows.append(
                     Row(
                         model=label,

@@ -1,7 +1,10 @@
 """Sampling M completions per prompt from each model, cached on disk so evaluation resumes.
 
-The cache key covers everything that changes the samples (model, prompts, M, sampling params,
-seed, engine); a finished model's generations are never recomputed.
+A model path, the prompts, M and a :class:`~iama_eval.config.GenerationSpec` go in;
+:class:`Generations` (texts, token lengths, token ids per prompt) come out, from vLLM or HF
+``generate``. The cache key covers everything that changes the samples (model weights,
+prompts, M, sampling params, seed, engine, dtype); a finished model's generations are never
+recomputed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import Any
 from iama.dtypes import Dtype, choose_dtype, torch_dtype
 from iama.files import atomic_write_json
 from iama.sampling import SamplingSettings, generated_tokens
-from iama_trainer.sampling import Sampled, eos_token_ids
+from iama.vllm_settings import vllm_engine_kwargs
+from iama_eval.config import GenerationSpec
+from iama_trainer.sampling import Sampled, eos_token_ids, hf_sample, render_prompt
 
 log = logging.getLogger("iama.eval")
 
@@ -96,9 +101,6 @@ def sample_vllm(
 
     from vllm import LLM, SamplingParams
 
-    from iama.vllm_settings import vllm_engine_kwargs
-    from iama_trainer.sampling import render_prompt
-
     llm = LLM(model=model_path, seed=seed, **vllm_engine_kwargs())
     try:
         tok = llm.get_tokenizer()
@@ -143,8 +145,6 @@ def sample_hf(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from iama_trainer.sampling import hf_sample
-
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_path)
     choice = choose_dtype(dtype)  # auto: bf16 on a GPU or a CPU with native bf16, else fp32
@@ -156,17 +156,25 @@ def sample_hf(
 
 
 def generate(
-    model_path: str, prompts_text: list[str], prompts_trl: list[Any], m: int, cfg: Any, engine: str, cache: Path
+    model_path: str,
+    prompts_text: list[str],
+    prompts_trl: list[Any],
+    m: int,
+    spec: GenerationSpec,
+    engine: str,
+    cache: Path,
 ) -> Generations:
-    dtype: Dtype = getattr(cfg, "dtype", "auto")  # a sweep's KL path samples the policy in its training dtype
-    key = cache_key(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed, engine, dtype)
+    """M samples per prompt of ``model_path`` (``prompts_trl``: what the chat template gets),
+    from ``cache`` when its key matches, else sampled and written there."""
+    key = cache_key(model_path, prompts_trl, m, spec.max_tokens, spec.sampling, spec.seed, engine, spec.dtype)
     hit = load_cached(cache, key)
     if hit is not None:
         return hit
     if engine == "vllm":
-        texts, lens, ids = sample_vllm(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed)
+        texts, lens, ids = sample_vllm(model_path, prompts_trl, m, spec.max_tokens, spec.sampling, spec.seed)
     else:
-        texts, lens, ids = sample_hf(model_path, prompts_trl, m, cfg.max_tokens, cfg.sampling, cfg.seed, dtype)
+        # a sweep's KL path samples the policy in its training dtype
+        texts, lens, ids = sample_hf(model_path, prompts_trl, m, spec.max_tokens, spec.sampling, spec.seed, spec.dtype)
     gen = Generations(prompts_text, texts, lens, ids)
     save_cached(cache, key, gen)
     return gen

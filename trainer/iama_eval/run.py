@@ -1,8 +1,13 @@
-"""Orchestration of ``iama eval``: generate (cached) → score → table, plots, summary."""
+"""``iama eval``: models → generate (cached) → score → table, plots, summary.
+
+A command on top of the evaluation layers: the setup and sampling come from
+:mod:`iama_eval.samples`, the per-(model, weights, N) values from :mod:`iama_eval.evaluate`,
+the figures from :mod:`iama_eval.plots`. What is left here is which rewards to evaluate with
+(config or model card) and where each output goes.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -12,12 +17,12 @@ import numpy as np
 
 from iama.modelcard import load_model_card
 from iama.models import resolve_model
-from iama.rewards import RewardSet, bind_tokenizer, reward_prompt
+from iama.rewards import RewardSpec, reward_prompt
 from iama_eval.config import EvalConfig
-from iama_eval.evaluate import Row, evaluate_model, score_generations, summarize, trade_off_warnings, weight_grid
-from iama_eval.generate import generate
+from iama_eval.evaluate import Row, evaluate_model, summarize, trade_off_warnings, weight_grid
 from iama_eval.plots import length_histogram, pareto_plot
-from iama_trainer.data import load_prompts, to_trl_prompt
+from iama_eval.samples import scoring_setup
+from iama_eval.tables import write_eval_csv
 
 log = logging.getLogger("iama.eval")
 
@@ -26,7 +31,7 @@ class NoRewards(ValueError):
     """Neither the config nor any model card says which rewards to evaluate."""
 
 
-def _reward_set(cfg: EvalConfig, paths: dict[str, str]) -> RewardSet:
+def _reward_specs(cfg: EvalConfig, paths: dict[str, str]) -> dict[str, RewardSpec]:
     """Explicit rewards, else the rewards (with normalisation) of ``rewards_from`` / the first
     model that has a card: every model is scored with the *same* statistics."""
     order = [cfg.rewards_from] if cfg.rewards_from else list(paths)
@@ -42,16 +47,7 @@ def _reward_set(cfg: EvalConfig, paths: dict[str, str]) -> RewardSet:
         specs = dict(card.rewards)
     else:
         raise NoRewards("no rewards to evaluate with: no model has an iama.json; set `rewards:` in the config")
-    return RewardSet(bind_tokenizer(specs, next(iter(paths.values()))))
-
-
-def resolve_engine(engine: str) -> str:
-    """``auto``: vLLM where it is installed, else HF ``generate``."""
-    if engine != "auto":
-        return engine
-    import importlib.util
-
-    return "vllm" if importlib.util.find_spec("vllm") else "hf"
+    return specs
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
@@ -59,32 +55,27 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    engine = resolve_engine(cfg.engine)
     paths = {label: resolve_model(m) for label, m in cfg.models.items()}
-    rewards = _reward_set(cfg, paths)
-    # A broken reward fails here, naming itself, not after minutes of sampling.
-    for name, seconds in rewards.warm_up().items():
-        log.info("reward %s ready (warm-up %.2f s)", name, seconds)
+    # every model is scored by the same rewards, bound to the first model's tokenizer
+    setup = scoring_setup(cfg.prompts, _reward_specs(cfg, paths), next(iter(paths.values())), cfg.engine)
+    engine, rewards = setup.engine, setup.rewards
     names = rewards.names
     weights_list = cfg.weights or weight_grid(names, cfg.grid)
-    prompts = load_prompts(cfg.prompts)
-    trl_prompts = [to_trl_prompt(p, cfg.prompts) for p in prompts]
-    texts = [reward_prompt(p) for p in prompts]  # for the cached generations' record
+    texts = [reward_prompt(p) for p in setup.prompts]  # for the cached generations' record
 
     rows: list[Row] = []
     lengths: dict[str, np.ndarray] = {}
     raw_by_model: dict[str, dict[str, np.ndarray]] = {}
     for label in tqdm(list(paths), desc="models"):
-        gen = generate(
-            paths[label], texts, trl_prompts, cfg.samples, cfg, engine, out / "generations" / f"{label}.json"
-        )
-        raw = raw_by_model[label] = score_generations(rewards, trl_prompts, gen.completions, gen.token_lengths)
+        cache = out / "generations" / f"{label}.json"
+        gen, raw = setup.sample_and_score(paths[label], texts, cfg.samples, cfg.generation, cache)
+        raw_by_model[label] = raw
         lengths[label] = np.asarray(gen.token_lengths, dtype=np.float64)
         rows += evaluate_model(
             label, raw, lengths[label], rewards, weights_list, cfg.budgets, cfg.algorithms, cfg.tau, cfg.seed
         )
 
-    _write_csv(rows, names, out / "results.csv")
+    write_eval_csv(rows, names, out / "results.csv")
     summary = summarize(rows, names, cfg.baseline, cfg.candidate)
     summary["config"] = json.loads(cfg.model_dump_json())
     summary["engine"] = engine
@@ -105,33 +96,3 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     log.info("wrote %s", out)
     return summary
-
-
-def _write_csv(rows: list[Row], names: list[str], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "model",
-                "algorithm",
-                "budget",
-                "weights",
-                *[f"{n}_raw" for n in names],
-                *[f"{n}_normalized" for n in names],
-                "weighted",
-                "mean_tokens",
-            ]
-        )
-        for r in rows:
-            w.writerow(
-                [
-                    r.model,
-                    r.algorithm,
-                    r.budget,
-                    json.dumps(r.weights),
-                    *[r.raw[n] for n in names],
-                    *[r.normalized[n] for n in names],
-                    r.weighted,
-                    r.mean_tokens,
-                ]
-            )

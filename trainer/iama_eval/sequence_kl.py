@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from iama_trainer.sampling import render_prompt
+
 
 def sequence_logprobs(
     model: Any,
@@ -25,8 +27,6 @@ def sequence_logprobs(
 ) -> np.ndarray:
     """(P, M): ``Σ_t log π(y_t | x, y_<t)`` of each sampled completion under ``model``."""
     import torch
-
-    from iama_trainer.sampling import render_prompt
 
     prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     rows = [(i, j, prompt_ids[i], seq) for i, group in enumerate(ids) for j, seq in enumerate(group)]
