@@ -25,7 +25,7 @@ import importlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,7 +61,6 @@ class Forwarded:
     body: bytes
     prompt: str = ""
     stream: bool = False
-    attempts: int = field(default=0)
 
 
 def _message_text(messages: list[Any]) -> str:
