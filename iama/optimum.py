@@ -38,6 +38,7 @@ __all__ = [
     "iama_optimum",
     "kl_divergence",
     "linear_optimum",
+    "marginal_kl",
     "task_values",
 ]
 
@@ -68,6 +69,31 @@ def kl_divergence(p: ArrayLike, q: ArrayLike) -> float:
     p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
     mask = p > 0
     return float(np.sum(p[mask] * (np.log(p[mask]) - np.log(q[mask]))))
+
+
+def marginal_kl(samples: ArrayLike, reference: ArrayLike, alpha: float = 0.5) -> float:
+    """``KL(p̂‖q̂)`` between the scalar's distributions in ``samples`` (a policy's) and in
+    ``reference`` (the base's): the part of a policy's sequence KL that this module sees.
+
+    By the chain rule, ``KL(π‖π_ref) = KL(p‖p₀) + E_{x~p} KL(π(·|x)‖π_ref(·|x))``: the marginal
+    of the scalar x, plus how far the text moved *within* each value, which the optima here
+    keep at zero. Each distribution is the samples' counts on the union of both supports (NaN,
+    "no value", is one value) with ``alpha`` added to every count (Jeffreys' 1/2 by default), so
+    a value that one side never showed costs a finite amount. A plug-in estimate: biased upwards
+    with few samples (two halves of one distribution's samples give a floor to read it against).
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    x = np.asarray(samples, dtype=np.float64).reshape(-1)
+    y = np.asarray(reference, dtype=np.float64).reshape(-1)
+    if x.size == 0 or y.size == 0:
+        raise ValueError("need samples on both sides")
+    nan = -np.inf  # NaN as a value of its own: np.unique needs it comparable
+    xs, ys = np.where(np.isnan(x), nan, x), np.where(np.isnan(y), nan, y)
+    support = np.union1d(xs, ys)
+    p = np.array([np.sum(xs == v) for v in support], dtype=np.float64) + alpha
+    q = np.array([np.sum(ys == v) for v in support], dtype=np.float64) + alpha
+    return kl_divergence(p / p.sum(), q / q.sum())
 
 
 def task_values(task_rewards: ArrayLike, tasks: Sequence[Task], probs: ArrayLike, n: float | None = None) -> FloatArray:

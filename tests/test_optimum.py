@@ -78,3 +78,42 @@ def test_predictor_rejects_mismatched_shapes():
         iama_optimum(UNIFORM, TR[:, :5], [Task(), Task()], AGG, 0.1)
     with pytest.raises(ValueError, match="beta"):
         iama_optimum(UNIFORM, TR, [Task(), Task()], AGG, -1.0)
+
+
+def test_marginal_kl_is_zero_on_equal_samples_and_the_exact_kl_on_large_ones():
+    from iama.optimum import marginal_kl
+
+    x = [1.0, 2.0, 2.0, np.nan]
+    assert marginal_kl(x, x) == pytest.approx(0.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    p, q = np.array([0.7, 0.2, 0.1]), np.array([0.2, 0.3, 0.5])
+    a, b = rng.choice(3, 200_000, p=p), rng.choice(3, 200_000, p=q)
+    assert marginal_kl(a, b) == pytest.approx(kl_divergence(p, q), rel=0.02)
+    # a value the reference never showed costs a finite amount, and more the more often it is seen
+    assert 0 < marginal_kl([5.0] * 4, [1.0] * 4) < marginal_kl([5.0] * 40, [1.0] * 40) < np.inf
+    with pytest.raises(ValueError):
+        marginal_kl([], [1.0])
+
+
+def test_kl_split_puts_a_policy_that_moved_only_the_scalar_all_in_the_marginal_part():
+    """A point whose samples shift the scalar and whose log-ratios equal exactly that marginal
+    KL has nothing left over; one whose log-ratios are larger has the excess as the rest."""
+    from iama.optimum import marginal_kl
+    from iama_eval.kl_split import kl_split
+
+    base = [[1.0, 2.0] * 4] * 4  # 4 prompts × 8 samples
+    moved = [[2.0] * 6 + [1.0] * 2] * 4
+    marginal = marginal_kl(np.ravel(moved), np.ravel(base))
+    point = {"method": "iama", "seed": 0, "step": 3, "scalar": moved}
+    points = {
+        "base@0": {"method": "base", "seed": None, "step": 0, "scalar": base, "log_ratio": [[0.0] * 8] * 4},
+        "a@3": {**point, "log_ratio": [[marginal] * 8] * 4},
+        "b@3": {**point, "seed": 1, "log_ratio": [[marginal + 1.0] * 8] * 4},
+    }
+    split = kl_split(points)
+    a, b = split["points"]
+    assert a["kl_rest"] == pytest.approx(0.0, abs=1e-12) and a["marginal_share"] == pytest.approx(1.0)
+    assert b["kl_rest"] == pytest.approx(1.0) and b["kl_marginal"] == pytest.approx(marginal)
+    (mean,) = split["by_step"]
+    assert mean["seeds"] == 2 and mean["kl_rest"] == pytest.approx(0.5)
+    assert split["floor"] == pytest.approx(0.0, abs=1e-12)  # the base's two halves are alike

@@ -38,6 +38,7 @@ from iama.models import resolve_model
 from iama.rewards import RewardSet, bind_tokenizer
 from iama_eval.config import SweepConfig
 from iama_eval.distributions import from_json_values, json_values
+from iama_eval.kl_split import kl_split
 from iama_eval.matched_kl import MethodPath, bootstrap_path, matched_rows, method_paths, path_rows
 from iama_eval.path_plots import plot_bon, plot_histograms, plot_path
 from iama_eval.prediction import predict, shared_scalar
@@ -142,6 +143,8 @@ def report_path(cfg: SweepConfig) -> dict[str, Any]:
         "interpolate linear's path at each IAMA snapshot's KL (NaN outside linear's KL range)",
     }
     summary["prediction"] = _prediction(base_cfg, data, paths)
+    if data.get("scalar"):
+        summary["kl_split"] = kl_split(data["points"])
     summary["figures"] = [
         str(plot_path(summary, out / "kl_path.png")),
         str(plot_bon(summary, out / "bon_by_n.png")),
