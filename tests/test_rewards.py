@@ -232,3 +232,34 @@ def test_remote_tei_request_and_label_reading_on_a_recorded_exchange():
     rm._client = httpx.Client(transport=httpx.MockTransport(failing), base_url=rm.url)
     with pytest.raises(RuntimeError, match="answered 503"):
         rm.score(["q"], ["a"])
+
+
+def test_sentiment_rewards_read_one_scalar_so_the_probe_can_predict_them():
+    """sentiment, negative_sentiment and sentiment_target all depend on a completion only through
+    VADER's compound score: score == of_scalar(scalar), one shared scalar name."""
+    from iama_eval.prediction import shared_scalar
+
+    from iama.rewards import ScalarReward
+
+    rs = RewardSet(
+        {
+            "pos": "sentiment",
+            "neg": "negative_sentiment",
+            "warm": {"type": "sentiment_target", "target": 0.8, "scale": 0.5},
+            "curt": {"type": "sentiment_target", "target": -0.2, "scale": 0.5},
+        }
+    )
+    texts = ["What a wonderful, lovely day!", "This is awful and I hate it.", "The train leaves at nine."]
+    scores = rs.score(["p"] * 3, texts)
+    for name in rs.names:
+        fn = rs.functions[name]
+        assert isinstance(fn, ScalarReward)
+        assert fn.of_scalar(fn.scalar(texts)) == pytest.approx(scores[name])
+    c = rs.functions["pos"].scalar(texts)
+    assert c[0] > 0.5 > -0.5 > c[1] and scores["neg"] == pytest.approx(-scores["pos"])
+    assert scores["warm"] == pytest.approx(-(((c - 0.8) / 0.5) ** 2))
+    # two tones conflict without cancelling: their weighted sum still varies with the text
+    assert np.ptp(scores["warm"] + scores["curt"]) > 0 and np.ptp(scores["pos"] + scores["neg"]) == 0
+    assert shared_scalar(rs, ["warm", "curt"]) == shared_scalar(rs, ["pos", "neg"]) == "VADER compound"
+    with pytest.raises(ValueError, match="target"):
+        RewardSet({"x": {"type": "sentiment_target", "target": 2.0}})

@@ -51,10 +51,58 @@ class SentimentReward:
     def params(self) -> dict[str, Any]:
         return {"polarity": self.polarity}
 
+    scalar_name: ClassVar[str] = "VADER compound"
+
+    def scalar(self, completions: Sequence[str], token_counts: Sequence[int] | None = None) -> FloatArray:
+        """Each completion's VADER compound score: the one number both polarities read."""
+        return vader_compound(completions)
+
+    def of_scalar(self, x: ArrayLike) -> FloatArray:
+        return (1.0 if self.polarity == "positive" else -1.0) * np.asarray(x, dtype=np.float64)
+
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
-        sign = 1.0 if self.polarity == "positive" else -1.0
-        analyzer = _vader()
-        return np.array([sign * analyzer.polarity_scores(c)["compound"] for c in completions], dtype=np.float64)
+        return self.of_scalar(self.scalar(completions))
+
+
+def vader_compound(completions: Sequence[str]) -> FloatArray:
+    analyzer = _vader()
+    return np.array([analyzer.polarity_scores(c)["compound"] for c in completions], dtype=np.float64)
+
+
+@dataclass
+class SentimentTargetReward:
+    """``−((c − target)/scale)²`` on the VADER compound ``c``: a user who wants a *tone* (warm,
+    neutral, curt), not "as positive as possible". Two users with different targets conflict
+    without being exact opposites, so a weighted sum of their rewards is not constant (as
+    ``sentiment`` + ``negative_sentiment`` is): linear GRPO aims between the targets, IAMA at
+    both (the number task's users, on text)."""
+
+    judges_partial_text: ClassVar[bool] = True
+    scalar_name: ClassVar[str] = "VADER compound"
+
+    target: float = 0.0
+    scale: float = 1.0
+    name: str = "sentiment_target"
+    description: str = "-((c - target)/scale)^2 on the VADER compound c: prefers a tone"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.target) and -1.0 <= self.target <= 1.0):
+            raise ValueError(f"target must be in [-1, 1] (VADER's compound range), got {self.target}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"target": self.target, "scale": self.scale}
+
+    def scalar(self, completions: Sequence[str], token_counts: Sequence[int] | None = None) -> FloatArray:
+        return vader_compound(completions)
+
+    def of_scalar(self, x: ArrayLike) -> FloatArray:
+        return -(((np.asarray(x, dtype=np.float64) - self.target) / self.scale) ** 2)
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> FloatArray:
+        return self.of_scalar(self.scalar(completions))
 
 
 @cache
@@ -263,6 +311,7 @@ register("sentiment", SentimentReward.description)(lambda **kw: SentimentReward(
 register("negative_sentiment", "Negated VADER compound sentiment, in [-1, 1]")(
     lambda **kw: SentimentReward(polarity="negative", name="negative_sentiment", **kw)
 )
+register("sentiment_target", SentimentTargetReward.description)(SentimentTargetReward)
 register("length", LengthReward.description)(LengthReward)
 register("conciseness", ConcisenessReward.description)(ConcisenessReward)
 register("readability", ReadabilityReward.description)(ReadabilityReward)
