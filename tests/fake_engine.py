@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from iama_server.engine import Delta, EngineStats, Generation, GenerationResult, Logprobs, Sampling, TokenLogprob
 
@@ -170,7 +170,7 @@ class FakeEngine:
             out.append(Generation(" ".join(kept), len(kept), finish, lps))
         return GenerationResult(len(prompt_ids), out, self._prompt_logprobs(prompt_ids, sampling))
 
-    async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]:
+    async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]:
         """The first candidate, a word at a time; ``hold()`` stops it after the first word."""
         self.calls.append((prompt_ids, sampling, 1, request_id))
         self.running.add(request_id)
@@ -180,6 +180,8 @@ class FakeEngine:
             for i, piece in enumerate(_tokens(words)):
                 if i:
                     await self._open.wait()
+                    if not self.started:
+                        raise RuntimeError("EngineDeadError: engine core process died")
                 while self.token_limit is not None and i >= self.token_limit:
                     await self._limit_changed.wait()
                 last = i == len(words) - 1

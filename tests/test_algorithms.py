@@ -188,7 +188,7 @@ def test_budget_waves_double_up_to_the_max():
 
 
 def _replayed_tokens(lengths: list[int], scores: list[list[float]], checkpoints: list[int], keep: float) -> int:
-    """The server's early rejection (candidates.early_rejection) on known lengths and scores."""
+    """The server's early rejection (searches.early_rejection) on known lengths and scores."""
     from iama.algorithms import early_rejection_keep
 
     rejected: dict[int, int] = {}

@@ -4,6 +4,7 @@ is warm; a reward that cannot load, an engine that cannot start or dies later is
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fake_engine import FakeEngine
-from in_process import REWARDS, serve, until
+from in_process import REWARDS, raw_post, serve, until
 
 from iama.rewards import register
 
@@ -121,6 +122,24 @@ async def test_a_real_reward_whose_model_is_missing_fails_start_up(tmp_path):
     async with serve(wait_ready=False, rewards=rewards) as s:
         await until(lambda: s.state.lifecycle.phase == "failed")
         assert "reward 'rel' (relevance) failed to load" in s.state.lifecycle.detail
+
+
+async def test_a_stream_whose_engine_dies_ends_with_the_503_error_event_not_a_broken_connection():
+    """After the 200 the failure can only be an event: the same error body a request gets
+    without ``stream`` (service_unavailable, not_ready), then [DONE]; the server is failed."""
+    async with serve() as s:
+        s.engine.hold()  # the fake engine produces its first word, then waits
+        body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 8}
+        call = raw_post(s.app, "/v1/chat/completions", body)
+        await until(lambda: b'"content": "I"' in call.body(), "the first word streamed")
+        s.engine.die()
+        await call.task
+        events = [ln for ln in call.body().decode().split("\n\n") if ln.startswith("data: ")]
+        assert call.status() == 200 and events[-1] == "data: [DONE]"
+        error = json.loads(events[-2].removeprefix("data: "))["error"]
+        assert (error["type"], error["code"]) == ("service_unavailable", "not_ready")
+        assert "engine died" in error["message"]
+        assert s.state.lifecycle.phase == "failed" and s.state.admission.active == 0
 
 
 async def test_a_request_running_when_the_engine_dies_gets_a_503_not_a_500():

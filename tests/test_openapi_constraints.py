@@ -71,3 +71,16 @@ def test_unsupported_openai_fields_are_declared_once_and_refused_by_name():
     assert {"tools", "logit_bias", "service_tier"} <= set(UNSUPPORTED) and len(UNSUPPORTED) == len(set(UNSUPPORTED))
     chat = SPEC["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert all("not supported" in chat[name]["description"] for name in UNSUPPORTED)
+
+
+def test_the_schema_accepts_what_the_server_accepts():
+    """Bodies the server takes, including OpenAI's text parts for a message's content and the
+    four prompt shapes, validate against the document."""
+    from iama_server.schemas import ChatCompletionRequest, CompletionRequest
+
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "logprobs": True}
+    prompts = [{"prompt": p} for p in ("a", ["a", "b"], [1, 2], [[1, 2], "b"])]
+    for model, body in [(ChatCompletionRequest, parts), *((CompletionRequest, p) for p in prompts)]:
+        model.model_validate(body)  # the server accepts it
+        validator = _validator(model.__name__)
+        assert validator.is_valid(body), list(validator.iter_errors(body))

@@ -237,9 +237,8 @@ def test_remote_tei_request_and_label_reading_on_a_recorded_exchange():
 def test_sentiment_rewards_read_one_scalar_so_the_probe_can_predict_them():
     """sentiment, negative_sentiment and sentiment_target all depend on a completion only through
     VADER's compound score: score == of_scalar(scalar), one shared scalar name."""
-    from iama_eval.prediction import shared_scalar
-
     from iama.rewards import ScalarReward
+    from iama_eval.prediction import shared_scalar
 
     rs = RewardSet(
         {

@@ -8,8 +8,8 @@ otherwise it waits, first come first served (a large request is not overtaken fo
 ones), and at most ``max_queued`` wait: anything beyond is refused at once with 429 +
 Retry-After, so overload degrades into fast, retryable answers instead of unbounded queues,
 timeouts or memory growth. A request that costs more than the whole capacity is a 400 before it
-gets here (the service names the field). A request that was admitted is never dropped: it waits
-for its turn. Once running, it is cancelled (which aborts its vLLM request, see ``engine.py``)
+gets here (``calls.py`` names the field). A request that was admitted is never dropped: it waits
+for its turn. Once running, it is cancelled (which aborts its vLLM request, see ``vllm_engine.py``)
 when the client goes away or the server's timeout passes.
 """
 
@@ -64,7 +64,7 @@ class Admission:
     @asynccontextmanager
     async def slot(self, cost: int = 0) -> AsyncIterator[float]:
         """Yields the seconds spent queued; ``cost`` (``request_cost``) is held while inside."""
-        if cost > self.token_capacity:  # the service refuses these with a 400 naming the field
+        if cost > self.token_capacity:  # calls.py refuses these with a 400 naming the field
             raise ValueError(f"cost {cost} exceeds the whole capacity {self.token_capacity}")
         runs_now = (
             not self._turns and self.active < self.max_active and self.tokens_in_use + cost <= self.token_capacity

@@ -14,7 +14,7 @@ import functools
 import itertools
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from iama.algorithms import checkpoints_in_tokens, oversampled_budget
 from iama.modelcard import ModelCard
@@ -25,11 +25,11 @@ from iama_server.admission import request_cost
 from iama_server.engine import GenerationEngine, Sampling, StructuredOutput
 from iama_server.errors import APIError, ErrorCode
 from iama_server.lifecycle import Lifecycle
+from iama_server.prompts import PromptEncoder
 from iama_server.schemas import (
     MAX_N,
     AlignRequest,
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
     EarlyRejection,
     SamplingFields,
@@ -110,13 +110,14 @@ class CallBuilder:
         lifecycle: Lifecycle,
     ) -> None:
         self.engine, self.rewards, self.settings, self.card = engine, rewards, settings, card
+        self.prompts = PromptEncoder(engine, settings)
         self.model_names = model_names  # the served name first; any of them may be asked for
         self.lifecycle = lifecycle
 
     def align(self, body: AlignRequest, request_id: str) -> AlignmentCall:
         """``/v1/align``: weights are required (or the server's default), budget defaults."""
         self._check_ready_and_model(body.model)
-        ids, text = self._encode(body.prompt, body.messages, raw=body.raw_prompt)
+        ids, text = self.prompts.encode(body.prompt, body.messages, raw=body.raw_prompt)
         call = self._call(
             body,
             ids,
@@ -135,12 +136,14 @@ class CallBuilder:
         given, plain generation of ``n`` samples otherwise."""
         self._check_ready_and_model(body.model)
         if isinstance(body, ChatCompletionRequest):
-            encoded = [self._encode(None, body.messages, raw=False)]
+            encoded = [self.prompts.encode(None, body.messages, raw=False)]
             logprobs = (body.top_logprobs or 0) if body.logprobs else None
             prompt_logprobs, echo = None, False
         else:
             encoded = [
-                self._encode_ids(prompt) if isinstance(prompt, list) else self._encode(prompt, None, raw=True)
+                self.prompts.encode_ids(prompt)
+                if isinstance(prompt, list)
+                else self.prompts.encode(prompt, None, raw=True)
                 for prompt in body.prompts
             ]
             logprobs, echo = body.logprobs, body.echo
@@ -186,14 +189,19 @@ class CallBuilder:
         ids: list[int],
         text: Prompt,
         request_id: str,
+        *,
+        weights: dict[str, float] | None,
+        budget: int,
+        algorithm: Algorithm,
+        normalize: bool = True,
+        n_returned: int = 1,
+        echo: str | None = None,
         logprobs: int | None = None,
         prompt_logprobs: int | None = None,
-        **route_fields: Any,
     ) -> AlignmentCall:
         """The fields every route fills the same way; the route gives weights, budget, algorithm
-        (and the OpenAI routes the log-probs asked for)."""
+        (and the OpenAI routes n, echo and the log-probs asked for)."""
         sampling = self._sampling(body, len(ids), logprobs, prompt_logprobs)
-        budget: int = route_fields["budget"]
         er = body.early_rejection
         plan = None if er is None else self._early_rejection_plan(er, budget, sampling.max_tokens)
         if sampling.temperature == 0 and budget > 1:
@@ -206,12 +214,17 @@ class CallBuilder:
         return AlignmentCall(
             prompt_ids=ids,
             prompt=text,
+            weights=weights,
+            budget=budget,
+            algorithm=algorithm,
             tau=body.alignment_temperature or self.settings.default_alignment_temperature,
             sampling=sampling,
             request_id=request_id,
+            normalize=normalize,
+            n_returned=n_returned,
             early_rejection=plan,
             target_score=body.target_score,
-            **route_fields,
+            echo=echo,
         )
 
     def _early_rejection_plan(self, er: EarlyRejection, budget: int, max_tokens: int) -> EarlyRejectionPlan:
@@ -309,43 +322,3 @@ class CallBuilder:
             structured=structured,
             ignore_eos=fields.ignore_eos,
         )
-
-    # ------------------------------------------------------------------ the prompt
-    def _encode_ids(self, ids: list[int]) -> tuple[list[int], Prompt]:
-        """A prompt given as token ids (evaluation harnesses send these): checked against the
-        vocabulary; rewards see its decoded text."""
-        vocab = self.engine.vocab_size
-        bad = next((t for t in ids if t >= vocab), None)
-        if bad is not None:
-            raise APIError(400, f"token id {bad} is outside the model's vocabulary (size {vocab})", "prompt")
-        self._check_prompt_length(len(ids), "prompt")
-        return list(ids), self.engine.decode(ids)
-
-    def _check_prompt_length(self, n: int, param: str) -> None:
-        if n > self.settings.max_prompt_tokens:
-            raise APIError(
-                400,
-                f"{param} is {n} tokens; the limit is {self.settings.max_prompt_tokens}",
-                param,
-                ErrorCode.PROMPT_TOO_LONG,
-            )
-
-    def _encode(self, prompt: str | None, messages: list[ChatMessage] | None, raw: bool) -> tuple[list[int], Prompt]:
-        """Token ids, and the prompt as rewards see it (the conversation, or the prompt)."""
-        text: Prompt
-        if messages is not None:
-            if not self.engine.has_chat_template():
-                raise APIError(400, "this model has no chat template; send 'prompt'", "messages")
-            msgs = [{"role": m.role, "content": m.content} for m in messages]
-            ids, text, param = self.engine.encode_chat(msgs), msgs, "messages"
-        else:
-            assert prompt is not None  # the schemas require exactly one of prompt / messages
-            if not prompt:
-                raise APIError(400, "prompt must not be empty", "prompt")
-            if raw or not self.engine.has_chat_template():
-                ids = self.engine.encode_text(prompt)
-            else:
-                ids = self.engine.encode_chat([{"role": "user", "content": prompt}])
-            text, param = prompt, "prompt"
-        self._check_prompt_length(len(ids), param)
-        return ids, text

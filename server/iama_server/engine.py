@@ -9,7 +9,7 @@ is produced. Cancelling either (client gone, timeout) must abort the request ins
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -105,7 +105,8 @@ class EngineStats:
 
 
 class GenerationEngine(Protocol):
-    """What :class:`iama_server.service.AlignmentService` needs of an engine."""
+    """What the call builder (``calls.py``: encoding, limits) and the service (``service.py``:
+    generation) need of an engine."""
 
     max_model_len: int
     vocab_size: int
@@ -136,4 +137,4 @@ class GenerationEngine(Protocol):
         self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str
     ) -> GenerationResult: ...
 
-    def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]: ...
+    def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]: ...

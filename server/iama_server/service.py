@@ -1,4 +1,4 @@
-"""Running validated calls: the one entry below the routes that talks to the engine and the scorer.
+"""Running validated calls: the one entry below the routes that generates, scores and selects.
 
 :meth:`AlignmentService.complete` owns the life of a request's calls: admission by their cost
 (``admission.py``: FIFO, 429 when the queue is full), the server's timeout (504) and the
@@ -20,9 +20,10 @@ The engine's refusal of a request is a 400 here, its death a 503, and nowhere el
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
@@ -30,8 +31,8 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from iama.algorithms import budget_waves, select
-from iama.rewards import RewardSet, normalize_scores, weighted_score
-from iama_server.admission import Admission, cancel_on_disconnect_or_timeout
+from iama.rewards import RewardSet, RewardStats, normalize_scores, weighted_score
+from iama_server.admission import Admission, Receive, cancel_on_disconnect_or_timeout
 from iama_server.calls import AlignmentCall, total_cost
 from iama_server.engine import Delta, GenerationEngine, GenerationResult, InvalidEngineInput
 from iama_server.errors import APIError, ClientGone, ErrorCode
@@ -43,11 +44,12 @@ from iama_server.searches import Scored, Sink, adaptive_budget, early_rejection
 from iama_server.settings import ServerSettings
 
 log = logging.getLogger("iama.server")
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 T = TypeVar("T")
 
 
 class AlignmentService:
+    """Admission, generation, scoring and selection for validated calls (module docstring)."""
+
     def __init__(
         self,
         engine: GenerationEngine,
@@ -69,7 +71,12 @@ class AlignmentService:
         async with self.admitted(calls) as queued:
 
             async def run_all() -> list[Outcome]:
-                return list(await asyncio.gather(*(self.run(call) for call in calls)))
+                tasks = [asyncio.ensure_future(self.run(call)) for call in calls]
+                try:
+                    return list(await asyncio.gather(*tasks))
+                finally:  # one prompt failed (or the request ended): its siblings stop generating too
+                    for task in tasks:
+                        task.cancel()
 
             outcomes = await self._watched(run_all(), receive, calls[0].request_id)
         return [replace(o, queue_s=queued) for o in outcomes]
@@ -120,27 +127,26 @@ class AlignmentService:
         self.metrics.tokens.labels("prompt").inc(gen.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(sum(c.token_count for c in gen.candidates))
         if call.weights is None:
-            chosen = list(range(min(call.n_returned, len(gen.candidates))))
-            outcome = Outcome(call, gen, {}, {}, None, chosen, t1 - t0, 0.0, search=search)
+            scored, normalized, chosen = None, {}, list(range(min(call.n_returned, len(gen.candidates))))
         else:
-            if scored is None:  # the adaptive search scored every whole candidate already
+            if scored is None:  # None unless the adaptive search scored every whole candidate as it went
                 scored = await self._final_scores(call, gen, search)
-            outcome = self._select(call, gen, scored, search, t1 - t0, time.perf_counter() - t1)
-        self.metrics.scoring.observe(outcome.scoring_s)
-        return outcome
+            normalized = normalize_scores(scored.raw, self._stats(call))
+            chosen = self._select(call, len(gen.candidates), scored, search)
+        t2 = time.perf_counter()
+        self.metrics.scoring.observe(t2 - t1)
+        raw, weighted = (scored.raw, scored.weighted) if scored is not None else ({}, None)
+        return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search)
 
-    def _select(
-        self, call: AlignmentCall, gen: GenerationResult, scored: Scored, search: Search, gen_s: float, score_s: float
-    ) -> Outcome:
+    @staticmethod
+    def _select(call: AlignmentCall, candidates: int, scored: Scored, search: Search) -> list[int]:
         """The chosen candidates by the call's algorithm; a rejected candidate is never chosen."""
-        normalized = normalize_scores(scored.raw, self._stats(call))
         eligible = scored.weighted.copy()
         eligible[list(search.rejected)] = np.nan
-        k = min(call.n_returned, len(gen.candidates) - len(search.rejected))
-        chosen = select(eligible, call.algorithm, k, call.tau, call.sampling.seed)
-        return Outcome(call, gen, scored.raw, normalized, scored.weighted, chosen, gen_s, score_s, search=search)
+        k = min(call.n_returned, candidates - len(search.rejected))
+        return select(eligible, call.algorithm, k, call.tau, call.sampling.seed)
 
-    def _stats(self, call: AlignmentCall) -> Any:
+    def _stats(self, call: AlignmentCall) -> Mapping[str, RewardStats] | None:
         return self.rewards.stats if call.normalize else None
 
     async def _score(self, call: AlignmentCall, texts: list[str], names: list[str]) -> Scored:
@@ -206,15 +212,17 @@ class AlignmentService:
         self.metrics.budget_spent.observe(spent)
         return run.result, Search(budget_spent=spent), run.scores
 
-    async def stream(self, call: AlignmentCall) -> AsyncIterator[Delta]:
+    async def stream(self, call: AlignmentCall) -> AsyncGenerator[Delta, None]:
         """Plain generation (nothing to score or select), token by token as vLLM produces it."""
         self.metrics.budget.observe(1)
+        deltas = self.engine.stream(call.prompt_ids, call.sampling, call.engine_request_id())
         with self._engine_errors():
-            async for delta in self.engine.stream(call.prompt_ids, call.sampling, call.engine_request_id()):
-                if delta.finish_reason is not None:
-                    self.metrics.tokens.labels("prompt").inc(delta.prompt_tokens)
-                    self.metrics.tokens.labels("completion").inc(delta.tokens)
-                yield delta
+            async with contextlib.aclosing(deltas):  # closing the stream aborts the request in vLLM at once
+                async for delta in deltas:
+                    if delta.finish_reason is not None:
+                        self.metrics.tokens.labels("prompt").inc(delta.prompt_tokens)
+                        self.metrics.tokens.labels("completion").inc(delta.tokens)
+                    yield delta
 
     @contextmanager
     def _engine_errors(self) -> Iterator[None]:

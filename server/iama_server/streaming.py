@@ -9,11 +9,14 @@ one generator per mode and one admission and error policy for all.
   end first (:meth:`AlignmentService.complete`: a failure is still a JSON error with its
   status), then the chosen completion is sent as chunks (:func:`_selected`).
 
-The policy (:func:`_admitted`): admission is decided before the response starts (a 429 cannot
-follow a 200) and the slot is held until the stream ends. After the 200 an error can only be an
-OpenAI error event, built by ``errors.py`` like the JSON error of the same status: the request
-timeout, or the engine refusing the request (known only once it takes it). A client that goes
-away cancels the stream (Starlette), which aborts the generation in vLLM.
+The policy of the live streams (:func:`_admitted`): admission is decided before the response
+starts (a 429 cannot follow a 200) and the slot is held until the response ends, whether or not
+its body ever started. After the 200 an error can only be an OpenAI error event, built by
+``errors.py`` like the JSON error of the same status: the request timeout (a deadline on every
+chunk, so it holds however slowly the client reads), the engine refusing the request (known only
+once it takes it) or the engine dying. A client that goes away cancels the stream (Starlette),
+which aborts the generation in vLLM. A selected stream is not live: its failures come before
+the 200, as JSON errors (``AlignmentService.complete``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from iama_server.admission import Receive
 from iama_server.calls import AlignmentCall
 from iama_server.errors import APIError, ErrorCode
 from iama_server.outcome import Outcome
@@ -42,7 +46,7 @@ from iama_server.rendering import (
     usage_chunk,
 )
 from iama_server.schemas import ChatCompletionRequest, CompletionRequest, Usage
-from iama_server.service import AlignmentService, Receive
+from iama_server.service import AlignmentService
 
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 Events = AsyncGenerator[dict[str, Any], None]  # OpenAI chunk objects
@@ -73,23 +77,45 @@ async def stream_response(
 ) -> StreamingResponse:
     """The stream of the call's mode (streams carry one prompt: the schemas refuse more)."""
     (call,) = calls
+    created = now()  # the request's arrival, before any wait for admission
     if call.mode == "sample" and call.budget == 1:
-        return await _admitted(service, call, _plain(service, call, fmt))
+        return await _admitted(service, call, _plain(service, call, fmt, created))
     if call.mode == "early_rejection" and call.sampling.logprobs is None and call.echo is None:
-        return await _admitted(service, call, _searched(service, call, fmt))
+        return await _admitted(service, call, _searched(service, call, fmt, created))
     (outcome,) = await service.complete(calls, receive)
     return StreamingResponse(_sse(_selected(outcome, fmt)), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+class _AdmittedStream(StreamingResponse):
+    """A stream that holds an admission slot until the response ends, even when its body never
+    starts (the client went away while the headers were sent): the slot is released here, not
+    in the body's generator, whose ``finally`` would then never run."""
+
+    def __init__(self, body: AsyncIterator[bytes], slot: AsyncExitStack) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.slot = slot
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.slot.aclose()
 
 
 async def _admitted(service: AlignmentService, call: AlignmentCall, events: Events) -> StreamingResponse:
     """Every live stream's admission and error policy (the module docstring)."""
     slot = AsyncExitStack()
     await slot.enter_async_context(service.admitted([call]))
+    deadline = asyncio.get_running_loop().time() + service.settings.request_timeout_s
 
     async def guarded() -> AsyncIterator[bytes]:
         try:
-            async with contextlib.aclosing(events), asyncio.timeout(service.settings.request_timeout_s):
-                async for chunk in events:
+            async with contextlib.aclosing(events):
+                while True:
+                    async with asyncio.timeout_at(deadline):  # around the engine's work, never a yield
+                        chunk = await anext(events, None)
+                    if chunk is None:
+                        break
                     yield sse(chunk)
             yield SSE_DONE
         except TimeoutError:
@@ -102,10 +128,8 @@ async def _admitted(service: AlignmentService, call: AlignmentCall, events: Even
         except asyncio.CancelledError:
             service.cancelled("disconnect", call.request_id, stream=True)
             raise
-        finally:
-            await slot.aclose()
 
-    return StreamingResponse(guarded(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return _AdmittedStream(guarded(), slot)
 
 
 async def _sse(events: Events) -> AsyncIterator[bytes]:
@@ -114,37 +138,39 @@ async def _sse(events: Events) -> AsyncIterator[bytes]:
     yield SSE_DONE
 
 
-async def _plain(service: AlignmentService, call: AlignmentCall, fmt: StreamFormat) -> Events:
+async def _plain(service: AlignmentService, call: AlignmentCall, fmt: StreamFormat, created: int) -> Events:
     """Plain generation streamed token by token, as vLLM produces it."""
-    base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=now())
+    base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=created)
     if fmt.chat:
         yield stream_chunk(base, chat=True, text="", role=True)
     at = 0  # characters streamed so far: completions' text_offset
     asked = call.sampling.logprobs is not None
-    async for delta in service.stream(call):
-        if call.echo is not None and at == 0:
-            prompt = delta.prompt_logprobs
-            lps = None if prompt is None else piece_logprobs(prompt, chat=False)
-            yield stream_chunk(base, chat=False, text=call.echo, logprobs=lps)
-            at = len(call.echo)
-        if delta.text or (asked and delta.logprobs):
-            lps = piece_logprobs(delta.logprobs, chat=fmt.chat, offset=at) if asked else None
-            chunk = stream_chunk(base, chat=fmt.chat, text=delta.text, logprobs=lps)
-            if fmt.continuous_usage:
-                p, n = len(call.prompt_ids), delta.tokens
-                chunk["usage"] = Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n).model_dump()
-            yield chunk
-            at += len(delta.text)
-        if delta.finish_reason is not None:
-            yield stream_chunk(base, chat=fmt.chat, text=None if fmt.chat else "", finish=delta.finish_reason)
-            if fmt.include_usage:
-                p, n = delta.prompt_tokens, delta.tokens
-                yield usage_chunk(base, Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n))
+    deltas = service.stream(call)
+    async with contextlib.aclosing(deltas):  # closing it aborts the generation at once
+        async for delta in deltas:
+            if call.echo is not None and at == 0:
+                prompt = delta.prompt_logprobs
+                lps = None if prompt is None else piece_logprobs(prompt, chat=False)
+                yield stream_chunk(base, chat=False, text=call.echo, logprobs=lps)
+                at = len(call.echo)
+            if delta.text or (asked and delta.logprobs):
+                lps = piece_logprobs(delta.logprobs, chat=fmt.chat, offset=at) if asked else None
+                chunk = stream_chunk(base, chat=fmt.chat, text=delta.text, logprobs=lps)
+                if fmt.continuous_usage:
+                    p, n = len(call.prompt_ids), delta.tokens
+                    chunk["usage"] = Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n).model_dump()
+                yield chunk
+                at += len(delta.text)
+            if delta.finish_reason is not None:
+                yield stream_chunk(base, chat=fmt.chat, text=None if fmt.chat else "", finish=delta.finish_reason)
+                if fmt.include_usage:
+                    p, n = delta.prompt_tokens, delta.tokens
+                    yield usage_chunk(base, Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n))
 
 
-async def _searched(service: AlignmentService, call: AlignmentCall, fmt: StreamFormat) -> Events:
+async def _searched(service: AlignmentService, call: AlignmentCall, fmt: StreamFormat, created: int) -> Events:
     """Early rejection, the sole survivor's text streamed as it is generated."""
-    base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=now())
+    base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=created)
     pieces: asyncio.Queue[str] = asyncio.Queue()
     task = asyncio.ensure_future(service.run(call, sink=pieces.put_nowait))
     try:
@@ -153,9 +179,13 @@ async def _searched(service: AlignmentService, call: AlignmentCall, fmt: StreamF
         streamed = False
         while not task.done() or not pieces.empty():
             getter = asyncio.ensure_future(pieces.get())
-            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
+            try:
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting = not getter.done()
+                if waiting:
+                    getter.cancel()  # the search ended first, or the stream was cancelled
+            if waiting:
                 continue
             yield stream_chunk(base, chat=fmt.chat, text=getter.result())
             streamed = True

@@ -11,7 +11,7 @@ value types here and nowhere else.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -178,7 +178,7 @@ class VLLMEngine:
             prompt_logprobs=self._prompt_logprobs(final, prompt_ids, sampling),
         )
 
-    async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncIterator[Delta]:
+    async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]:
         """One completion, text as vLLM produces it (plain generation: nothing to select)."""
         from vllm.sampling_params import RequestOutputKind
 

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from iama.algorithms import check_checkpoints
@@ -73,13 +82,29 @@ class StrictRequest(BaseModel):
     cross_field_rules: ClassVar[tuple[JSONSchema, ...]] = ()
 
 
+_CONTENT_SCHEMA: JSONSchema = {  # what _text_parts accepts: a string, or OpenAI's text parts
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                "required": ["type", "text"],
+            },
+        },
+    ],
+    "title": "Content",
+}
+
+
 class ChatMessage(BaseModel):
     """A chat turn; ``content`` may be a string or OpenAI's list of text parts (joined)."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: Annotated[str, WithJsonSchema(_CONTENT_SCHEMA)]
 
     @field_validator("content", mode="before")
     @classmethod
