@@ -117,3 +117,14 @@ def test_kl_split_puts_a_policy_that_moved_only_the_scalar_all_in_the_marginal_p
     (mean,) = split["by_step"]
     assert mean["seeds"] == 2 and mean["kl_rest"] == pytest.approx(0.5)
     assert split["floor"] == pytest.approx(0.0, abs=1e-12)  # the base's two halves are alike
+
+
+def test_histogram_bins_cover_the_bulk_and_the_targets_and_count_the_rest_apart():
+    from iama_eval.distributions import outside, pooled_bins
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(0, 30, 95), [1858.0, 2024.0, 1999.0], [np.nan, np.nan]])
+    bins = pooled_bins({"base": x}, targets=[10.0, 90.0])
+    assert bins[0] <= 0 and 90 < bins[-1] < 200  # both targets in view, the years not
+    below, above, none = outside(x, bins)
+    assert (below, above, none) == (0.0, pytest.approx(0.03), pytest.approx(0.02))

@@ -62,12 +62,25 @@ def binned(values: FloatArray, probs: FloatArray, bins: FloatArray) -> FloatArra
     return mass
 
 
-def pooled_bins(pools: dict[str, FloatArray], count: int = 40) -> FloatArray:
-    """Shared bin edges for several pools of samples: from min(0, smallest) to max(1, the 99th
-    percentile of all finite values), so one outlier does not flatten every pool."""
+def pooled_bins(pools: dict[str, FloatArray], targets: list[float] | None = None, count: int = 40) -> FloatArray:
+    """Shared bin edges for several pools of samples over what a reader needs to see: the bulk
+    (the 2nd to 95th percentile of all finite values) and every target's neighbourhood (a
+    tenth of the span either side). Values outside are counted apart (:func:`outside`), never
+    drawn: a few outliers (a year, "1858") would otherwise flatten every pool into one bar."""
     finite = np.concatenate([x[np.isfinite(x)] for x in pools.values()])
-    hi = float(np.percentile(finite, 99)) if finite.size else 1.0
-    return np.linspace(min(0.0, float(finite.min()) if finite.size else 0.0), max(hi, 1.0), count + 1)
+    marks = [float(t) for t in targets or [] if np.isfinite(t)]
+    lo = float(np.percentile(finite, 2)) if finite.size else 0.0
+    hi = float(np.percentile(finite, 95)) if finite.size else 1.0
+    lo, hi = min([lo, *marks]), max([hi, *marks])
+    pad = 0.1 * max(hi - lo, 1.0)
+    return np.linspace(lo - pad if marks else lo, hi + pad if marks else max(hi, lo + 1.0), count + 1)
+
+
+def outside(x: FloatArray, bins: FloatArray) -> tuple[float, float, float]:
+    """Fractions of ``x`` below the bins, above them, and with no value (NaN)."""
+    ok = np.isfinite(x)
+    n = max(x.size, 1)
+    return float(np.sum(x[ok] < bins[0]) / n), float(np.sum(x[ok] > bins[-1]) / n), float(np.sum(~ok) / n)
 
 
 def last_step_pools(points: dict[str, dict[str, Any]], last_steps: dict[str, int]) -> dict[str, FloatArray]:

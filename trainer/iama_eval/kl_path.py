@@ -149,12 +149,17 @@ def report_path(cfg: SweepConfig) -> dict[str, Any]:
         str(plot_path(summary, out / "kl_path.png")),
         str(plot_bon(summary, out / "bon_by_n.png")),
     ]
-    hist = plot_histograms(data, paths, summary, out / "histograms.png")
+    hist = plot_histograms(data, paths, summary, out / "histograms.png", reward_targets(base_cfg))
     if hist is not None:
         summary["figures"].append(str(hist))
     write_path_csv(summary, out / "kl_path.csv")
     atomic_write_json(out / "kl_path.json", summary)
     return summary
+
+
+def reward_targets(cfg: TrainConfig) -> list[float]:
+    """The rewards' ``target`` parameters (the users' wishes on the scalar), for the figures."""
+    return sorted({float(spec.params["target"]) for spec in cfg.rewards.values() if "target" in spec.params})
 
 
 def _prediction(base_cfg: TrainConfig, data: dict[str, Any], paths: dict[str, MethodPath]) -> dict[str, Any] | None:
