@@ -93,6 +93,11 @@ def test_presets_and_config_errors(tmp_path):
     length = load_config("length")
     assert [t.n for t in length.objective.tasks] == [4, 4]
     assert load_config("sentiment").rewards["negative"].type == "negative_sentiment"
+    tone = load_config("tone")  # two tones on one scalar: the probe can predict them
+    from iama.rewards import RewardSet
+    from iama_eval.prediction import shared_scalar
+
+    assert shared_scalar(RewardSet(tone.rewards), list(tone.rewards)) == "VADER compound"
     over = load_config("length", {"objective.tasks.0.n": 2, "objective.type": "linear", "steps": 3})
     assert over.objective.tasks[0].n == 2 and over.objective.type == "linear" and over.steps == 3
 
