@@ -207,7 +207,7 @@ def test_iama_probe_measures_the_base_and_predicts_the_optima(tmp_path, tiny_lla
     for r in pred["rows"]:
         assert sum(r["probs"]) == pytest.approx(1.0) and len(r["probs"]) == len(pred["support"])
     assert pred["rows"][3]["kl"] == pytest.approx(0.1, rel=1e-2) or pred["rows"][3]["beta"] == pytest.approx(1e-4)
-    assert (tmp_path / "probe" / "probe.png").stat().st_size > 0
+    assert probe["figure"] == "probe.png" and (tmp_path / "probe" / "probe.png").stat().st_size > 0  # beside it
     bad = subprocess.run([IAMA, "probe", str(cfg), "--kl", "-1"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip() == "iama probe: --kl must be > 0"
 

@@ -134,8 +134,9 @@ def probe_cmd(
         summary = probe(cfg, Path(output_dir), samples_per_prompt, max_tokens, engine, list(kl or []))
     except (ModelNotFound, RewardLoadError, ValueError) as exc:
         fail("probe", str(exc), 1)
-    keys = ("length", "length_untruncated", "scalars", "warnings", "figure")
-    typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    keys = ("length", "length_untruncated", "scalars", "warnings")
+    shown = {k: summary[k] for k in keys if k in summary} | {"figure": str(Path(output_dir) / summary["figure"])}
+    typer.echo(json.dumps(shown, indent=2))
 
 
 def register(app: typer.Typer) -> None:

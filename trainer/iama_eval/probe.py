@@ -82,7 +82,7 @@ def probe(
             "whose answers end by themselves"
         )
     summary: dict[str, Any] = {
-        "model": model_path,
+        "model": cfg.model,  # as configured ("default", an id, a path): no path of this machine
         "prompts": len(prompts),
         "samples_per_prompt": samples_per_prompt,
         "max_tokens": cap,
@@ -120,6 +120,6 @@ def probe(
         "rewards": {n: v.reshape(-1).tolist() for n, v in raw.items()},
         "completions": flat,
     }
-    summary["figure"] = str(plot_probe(summary, output_dir / "probe.png"))
+    summary["figure"] = plot_probe(summary, output_dir / "probe.png").name  # beside probe.json
     atomic_write_json(output_dir / "probe.json", summary)
     return summary
