@@ -143,3 +143,15 @@ def linear_reward_weights(objective: Objective) -> FloatArray:
     if objective.aggregation.kind == "weighted":
         return w
     return w / w.sum()
+
+
+def linear_reward_mix(objective: Objective) -> dict[str, float]:
+    """The one reward linear GRPO trains on, per raw reward: ``Σ_i w_i·(task i's weight on it)``.
+
+    Two objectives with the same mix train the same linear model, whatever their algorithms or
+    aggregation kind: a sweep of soft BoN or of min can share a weighted-sum sweep's linear runs."""
+    mix: dict[str, float] = {}
+    for w, task in zip(linear_reward_weights(objective), objective.tasks, strict=True):
+        for name, v in task.weights.items():
+            mix[name] = mix.get(name, 0.0) + float(w) * v
+    return mix

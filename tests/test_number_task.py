@@ -272,6 +272,30 @@ def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_ll
     again = subprocess.run([IAMA, "sweep", str(path)], capture_output=True, text=True, timeout=3600)
     assert again.returncode == 0 and "training " not in again.stderr and "evaluating " not in again.stderr
 
+    # A sweep of another objective shares linear's runs and points (linear trains on the same mixed
+    # reward): min aggregation, only IAMA trained and evaluated anew.
+    shared = {**sweep, "output_dir": str(tmp_path / "min"), "seeds": [0], "reuse": {"linear": str(root)},
+              "set": {"objective.aggregation.kind": "min"}}  # fmt: skip
+    (tmp_path / "min.yaml").write_text(yaml.safe_dump(shared))
+    out = subprocess.run([IAMA, "sweep", str(tmp_path / "min.yaml")], capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "training iama_w0.5-0.5_s0" in out.stderr and "training linear" not in out.stderr
+    assert "evaluating iama_w0.5-0.5_s0" in out.stderr
+    assert "evaluating linear" not in out.stderr and "evaluating base" not in out.stderr
+    summary = json.loads((tmp_path / "min" / "kl_path.json").read_text())
+    assert summary["seeds"] == {"iama": [0], "linear": [0]}
+    for r in summary["path"]:  # g is now the worse user's value
+        assert r["g@4"]["mean"] <= 0.5 * (r["low_bon4@4"]["mean"] + r["high_bon4@4"]["mean"]) + 1e-9
+    # ... and refuses runs that another config would have trained differently, in one line
+    other = {**shared, "output_dir": str(tmp_path / "other"), "set": {"learning_rate": 5e-4}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    bad = subprocess.run([IAMA, "sweep", str(tmp_path / "other.yaml")], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and "training " not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == (
+        f"iama sweep: reuse: linear_w0.5-0.5_s0 in {root / 'runs' / 'linear_w0.5-0.5_s0'} was trained with another "
+        "'learning_rate'"
+    )
+
 
 @pytest.mark.inprocess
 def test_the_model_cards_kl_averages_the_last_logged_steps_not_one_noisy_step():

@@ -96,7 +96,7 @@ def sweep_cmd(
             typer.echo(json.dumps({"trained": str(cfg.output_dir / "runs")}))
             return
         summary = report(cfg) if report_only else run_sweep(cfg)
-    except (ModelNotFound, RewardLoadError, FileExistsError, FileNotFoundError) as exc:
+    except (ModelNotFound, RewardLoadError, FileExistsError, FileNotFoundError, ValueError) as exc:
         fail("sweep", str(exc), 1)
     results = cfg.output_dir / ("kl_path.json" if cfg.eval.snapshots else "results.json")
     typer.echo(json.dumps({"results": str(results), "figures": summary["figures"]}))

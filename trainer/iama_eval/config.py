@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from iama.configfile import read_yaml, validate_config
 from iama.dtypes import Dtype
-from iama.objective import Algorithm, ObjectiveType
+from iama.objective import Algorithm, ObjectiveType, linear_reward_mix
 from iama.rewards.reward_set import RewardSpec
 from iama.sampling import SamplingSettings
 from iama_trainer.config import PromptsConfig, TrainConfig, load_config
@@ -132,6 +132,13 @@ class SweepConfig(BaseModel):
     eval: SweepEval = SweepEval()
     bootstrap: int = Field(default=1000, ge=10)
     include_base: bool = Field(default=True, description="evaluate the untrained base model too")
+    reuse: dict[ObjectiveType, Path] = Field(
+        default_factory=dict,
+        description="objective type -> another snapshot sweep's output_dir whose runs of that type this "
+        "sweep shares: they are not trained again, and their evaluated points are read from its "
+        "path_scores.json. For runs that train the same model in both sweeps (checked): linear GRPO "
+        "trains on one mixed reward, whatever the users' algorithm or aggregation",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:
@@ -139,6 +146,10 @@ class SweepConfig(BaseModel):
             raise ValueError("weights, seeds and objective_types must not be empty")
         if max(self.eval.budgets) > self.eval.samples_per_prompt:
             raise ValueError("eval.samples_per_prompt must be >= the largest budget")
+        if extra := sorted(set(self.reuse) - set(self.objective_types)):
+            raise ValueError(f"reuse: {extra} not among objective_types {self.objective_types}")
+        if self.reuse and not self.eval.snapshots:
+            raise ValueError("reuse: needs eval.snapshots (points are shared through path_scores.json)")
         return self
 
 
@@ -158,12 +169,44 @@ def run_configs(cfg: SweepConfig) -> dict[str, TrainConfig]:
         for weights in cfg.weights:
             for objective_type in cfg.objective_types:
                 label = run_label(objective_type, weights, seed)
+                root = cfg.reuse.get(objective_type, cfg.output_dir)
                 overrides = {
                     **cfg.set,
-                    "output_dir": str(cfg.output_dir / "runs" / label),
+                    "output_dir": str(root / "runs" / label),
                     "objective.type": objective_type,
                     "objective.aggregation.weights": list(weights),
                     "seed": seed,
                 }
                 out[label] = load_config(cfg.base, overrides)
     return out
+
+
+# What a run writes and how long it runs, not what it trains (steps: see training_identity)
+_NOT_TRAINING = {"output_dir", "objective", "steps", "snapshot_steps", "save_steps", "save_total_limit",
+                 "logging_steps", "tensorboard"}  # fmt: skip
+
+
+def training_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What decides the model a run trains up to a step, as JSON: the whole config but where and
+    how often it writes and, for linear GRPO, the objective beyond the one reward it trains on.
+    The number of steps counts only where it changes the learning rate along the way."""
+    identity = cfg.model_dump(mode="json", exclude=_NOT_TRAINING)
+    if cfg.lr_scheduler_type != "constant":
+        identity["steps"] = cfg.steps
+    objective = cfg.objective
+    if objective.type == "linear":
+        identity["objective"] = {"type": "linear", "reward": linear_reward_mix(objective)}
+    else:
+        identity["objective"] = objective.model_dump(mode="json")
+    return identity
+
+
+def first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    """The dotted key of the first place two JSON values differ, or None if they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (where or "(the whole value)")

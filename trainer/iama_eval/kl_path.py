@@ -27,6 +27,7 @@ figures (:mod:`iama_eval.path_plots`).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -65,14 +66,17 @@ def evaluate_path(cfg: SweepConfig, runs: dict[str, TrainConfig], base_path: str
     scalar_name = shared_scalar(rewards, task_names)
     scalar_fn = rewards.scalar_rewards()[task_names[0]] if scalar_name else None
 
+    settings = evaluation_settings(cfg)
     points: dict[str, Any] = read_path_scores(out).get("points", {})  # resume
+    shared = reused_points(cfg, [str(p) for p in prompts], settings, set(runs))
+    points |= {key: point for key, point in shared.items() if key not in points}
     base: tuple[Any, Any] | None = None  # loaded on the first point that needs it (a resume may need none)
     todo: list[tuple[str, str, int | None, int, str]] = [("base", "base", None, 0, base_path)]
     for label, run_cfg in runs.items():
         snaps = {step: str(p) for step, p in list_snapshots(run_cfg.output_dir / SNAPSHOTS).items()}
         final = run_cfg.output_dir / "model"
-        if final.is_dir() and run_cfg.steps not in snaps:
-            snaps[run_cfg.steps] = str(final)
+        if final.is_dir() and (last := trained_steps(run_cfg)) not in snaps:
+            snaps[last] = str(final)
         for step, path in sorted(snaps.items()):
             if ev.steps is None or step in ev.steps:
                 todo.append((label, run_cfg.objective.type, run_cfg.seed, step, path))
@@ -110,8 +114,40 @@ def evaluate_path(cfg: SweepConfig, runs: dict[str, TrainConfig], base_path: str
             "log_ratio": ratio.tolist(),
             "completions": gen.completions,
         }
-        write_path_scores(out, [str(p) for p in prompts], scalar_name, points)
+        write_path_scores(out, [str(p) for p in prompts], scalar_name, points, settings)
     return out / PATH_SCORES
+
+
+def evaluation_settings(cfg: SweepConfig) -> dict[str, Any]:
+    """What makes two sweeps' points of one snapshot the same measurement: the held-out prompts'
+    source, the samples, the cap, the sampling and its seed, the dtype, the KL's sample count."""
+    return cfg.eval.model_dump(mode="json", exclude={"steps", "budgets", "snapshots", "engine"})
+
+
+def trained_steps(run_cfg: TrainConfig) -> int:
+    """The step of a run's final model: its own record's (a reused run may have trained longer
+    than this sweep asks), else the config's."""
+    record = run_cfg.output_dir / "run.json"
+    return int(json.loads(record.read_text())["config"]["steps"]) if record.is_file() else run_cfg.steps
+
+
+def reused_points(cfg: SweepConfig, prompts: list[str], settings: dict[str, Any], labels: set[str]) -> dict[str, Any]:
+    """The points of the runs ``labels`` that ``cfg.reuse`` takes from other sweeps, read from their
+    ``path_scores.json`` (the base's too): only where the same prompts were sampled the same way,
+    else none (this sweep evaluates them itself, and says why)."""
+    found: dict[str, Any] = {}
+    for method, root in cfg.reuse.items():
+        other = read_path_scores(root)
+        if not other:
+            continue
+        if other.get("prompts") != prompts or other.get("eval") != settings:
+            what = "prompts" if other.get("prompts") != prompts else "evaluation settings"
+            log.warning("reuse: %s evaluated other %s; evaluating %s's points here", root, what, method)
+            continue
+        for key, point in other["points"].items():
+            if point["method"] == "base" or (point["method"] == method and point["label"] in labels):
+                found[key] = point
+    return found
 
 
 def report_path(cfg: SweepConfig) -> dict[str, Any]:

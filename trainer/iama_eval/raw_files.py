@@ -30,13 +30,17 @@ def read_scores(out: Path) -> dict[str, Any]:
 
 
 def read_path_scores(out: Path) -> dict[str, Any]:
-    """``{"prompts", "scalar", "points"}``; empty before the first point is written."""
+    """``{"prompts", "scalar", "eval", "points"}``; empty before the first point is written."""
     path = out / PATH_SCORES
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_path_scores(out: Path, prompts: list[str], scalar: str | None, points: dict[str, Any]) -> Path:
-    """All points so far (label@step → scores, tokens, scalar, log-ratios), replaced atomically."""
+def write_path_scores(
+    out: Path, prompts: list[str], scalar: str | None, points: dict[str, Any], settings: dict[str, Any]
+) -> Path:
+    """All points so far (label@step → scores, tokens, scalar, log-ratios) and the evaluation
+    ``settings`` that made them (another sweep reuses points only under the same), replaced atomically."""
     path = out / PATH_SCORES
-    atomic_write_json(path, {"prompts": prompts, "scalar": scalar, "points": points}, indent=None)
+    data = {"prompts": prompts, "scalar": scalar, "eval": settings, "points": points}
+    atomic_write_json(path, data, indent=None)
     return path

@@ -32,7 +32,7 @@ from iama.bootstrap import seeds_prompts_mean_ci
 from iama.modelcard import load_model_card
 from iama.models import resolve_model
 from iama.objective import Aggregation, Task, aggregation_value
-from iama_eval.config import SweepConfig, run_configs, run_label
+from iama_eval.config import SweepConfig, first_difference, run_configs, run_label, training_identity
 from iama_eval.kl_path import evaluate_path, report_path
 from iama_eval.plots import plot_fronts
 from iama_eval.raw_files import read_scores, write_scores
@@ -47,6 +47,7 @@ log = logging.getLogger("iama.sweep")
 def train_all(cfg: SweepConfig, runs: dict[str, TrainConfig]) -> dict[str, Path]:
     from iama_trainer.run import train  # heavy: imports torch and TRL
 
+    check_reused(cfg, runs)
     models = {}
     for label, run_cfg in runs.items():
         model = run_cfg.output_dir / "model"
@@ -57,6 +58,24 @@ def train_all(cfg: SweepConfig, runs: dict[str, TrainConfig]) -> dict[str, Path]
             _free_gpu()
         models[label] = model
     return models
+
+
+def check_reused(cfg: SweepConfig, runs: dict[str, TrainConfig]) -> None:
+    """Every run this sweep takes from another sweep (``reuse``) is trained there, as far as this
+    sweep needs, by a config that trains the same model; else a ``ValueError`` saying what
+    differs. Checked before anything trains, so a wrong ``reuse`` costs nothing."""
+    for label, run_cfg in runs.items():
+        if run_cfg.objective.type not in cfg.reuse:
+            continue
+        record = run_cfg.output_dir / "run.json"
+        if not (run_cfg.output_dir / "model" / "iama.json").is_file() or not record.is_file():
+            raise ValueError(f"reuse: {label} is not trained in {run_cfg.output_dir}: train that sweep first")
+        trained = TrainConfig.model_validate(json.loads(record.read_text())["config"])
+        where = first_difference(training_identity(trained), training_identity(run_cfg))
+        if where is not None:
+            raise ValueError(f"reuse: {label} in {run_cfg.output_dir} was trained with another {where!r}")
+        if trained.steps < run_cfg.steps:
+            raise ValueError(f"reuse: {label} was trained for {trained.steps} steps, this sweep needs {run_cfg.steps}")
 
 
 def _free_gpu() -> None:
