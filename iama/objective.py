@@ -27,6 +27,9 @@ class Task(BaseModel):
     """Task i: reward ``r_i = Σ_k weights[k]·reward_k`` under inference-time algorithm ``T_i``.
 
     ``n`` is the BoN budget the model is meta-aligned for; ``tau`` the soft-BoN temperature.
+    Soft BoN's value is the tilt ``∝ exp(r/tau)·pi``, the limit of many candidates, so training
+    does not read its ``n``: there ``n`` is the candidates drawn at serve time, the budget
+    evaluation reports compare at.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -286,6 +286,21 @@ def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_ll
     assert summary["seeds"] == {"iama": [0], "linear": [0]}
     for r in summary["path"]:  # g is now the worse user's value
         assert r["g@4"]["mean"] <= 0.5 * (r["low_bon4@4"]["mean"] + r["high_bon4@4"]["mean"]) + 1e-9
+    # The report of soft-BoN users from the same points (no sampling: --report reads path_scores.json)
+    soft = {**sweep, "output_dir": str(tmp_path / "soft"), "set": {
+        f"objective.tasks.{i}": {"name": f"{u}_soft", "weights": {u: 1.0}, "algorithm": "soft_bon", "n": 2, "tau": 0.3}
+        for i, u in enumerate(("low", "high"))}}  # fmt: skip
+    (tmp_path / "soft").mkdir()
+    (tmp_path / "soft" / "path_scores.json").write_bytes((root / "path_scores.json").read_bytes())
+    (tmp_path / "soft.yaml").write_text(yaml.safe_dump(soft))
+    out = subprocess.run([IAMA, "sweep", str(tmp_path / "soft.yaml"), "--report"], capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads((tmp_path / "soft" / "kl_path.json").read_text())
+    assert summary["tasks"] == ["low_soft", "high_soft"] and summary["own_n"] == 2
+    for r in summary["path"]:  # a softmax pick among N beats a uniform one (up to the subsets' Monte Carlo)
+        assert r["low_soft@4"]["mean"] >= r["low_soft@1"]["mean"] - 0.05
+    assert all("difference_g@2" in m for m in summary["matched_kl"])  # compared at soft BoN's own N
     # ... and refuses runs that another config would have trained differently, in one line
     other = {**shared, "output_dir": str(tmp_path / "other"), "set": {"learning_rate": 5e-4}}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))

@@ -160,7 +160,7 @@ def report_path(cfg: SweepConfig) -> dict[str, Any]:
     tasks = list(base_cfg.objective.tasks)
     budgets = list(cfg.eval.budgets)
     names = [t.name or f"task{i}" for i, t in enumerate(tasks)]
-    own_n = int(tasks[0].n) if tasks[0].algorithm == "bon" else 1
+    own_n = int(tasks[0].n)  # BoN's budget, or the candidates soft BoN draws at serve time
     if own_n not in budgets:
         raise ValueError(f"eval.budgets must include the tasks' own N = {own_n}")
 
