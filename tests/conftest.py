@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -115,17 +116,66 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"{item.nodeid}: {item.stash[_MISPLACED]}", pytrace=False)
 
 
+def scheduling_unit(nodeid: str) -> str:
+    """The unit a test is scheduled in: its module, or ``tiny_server`` for the modules that share
+    the session's engine."""
+    test_file = nodeid.split("::", 1)[0]
+    return "tiny_server" if Path(test_file).name in TINY_SERVER_MODULES else Path(test_file).name
+
+
+# Seconds each unit took in a measured full run (written by ``--unit-times FILE``). The workers
+# take the longest units first, so that no long module starts last while the other worker idles:
+# with two workers the suite's time is the busier worker's.
+UNIT_SECONDS = Path(__file__).with_name("unit_seconds.json")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--unit-times", metavar="FILE", help="write the seconds each scheduling unit took (JSON)")
+
+
+_UNIT_TIMES: dict[str, float] = {}  # unit -> seconds of its tests' phases, on the controller
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """On the controller (xdist forwards every report), and in a run without workers."""
+    unit = scheduling_unit(report.nodeid)
+    _UNIT_TIMES[unit] = _UNIT_TIMES.get(unit, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if not _UNIT_TIMES:
+        return
+    longest = sorted(_UNIT_TIMES.items(), key=lambda kv: -kv[1])
+    terminalreporter.write_sep("-", "seconds per scheduling unit (tests/unit_seconds.json orders them)")
+    for unit, seconds in longest[:15]:
+        terminalreporter.write_line(f"{seconds:8.1f}  {unit}")
+    if path := config.getoption("--unit-times"):
+        Path(path).write_text(json.dumps({u: round(t, 1) for u, t in longest}, indent=1) + "\n")
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (``scripts/test.sh`` runs two workers) a module is one unit, so that
     its module-scoped engine or training starts once and its tests keep their order; and the
     modules in ``TINY_SERVER_MODULES`` join one unit, so that one engine serves them all.
-    (xdist's own ``loadgroup`` marks do not reach pytest 9's node ids.)"""
+    (xdist's own ``loadgroup`` marks do not reach pytest 9's node ids.) Units go out longest
+    first by ``UNIT_SECONDS`` (a unit not measured yet counts as long, so it is not left last)."""
     from xdist.scheduler import LoadFileScheduling
 
+    measured = json.loads(UNIT_SECONDS.read_text()) if UNIT_SECONDS.is_file() else {}
+    unknown = max(measured.values(), default=0.0)
+
     class ModuleScheduling(LoadFileScheduling):
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
-            test_file = nodeid.split("::", 1)[0]
-            return "tiny_server" if Path(test_file).name in TINY_SERVER_MODULES else test_file
+            return scheduling_unit(nodeid)
+
+        def _assign_work_unit(self, node) -> None:  # the first call sees the whole queue
+            if not self.ordered:
+                for unit in sorted(self.workqueue, key=lambda unit: -measured.get(unit, unknown)):
+                    self.workqueue.move_to_end(unit)
+                self.ordered = True
+            super()._assign_work_unit(node)
 
     return ModuleScheduling(config, log)
