@@ -99,7 +99,8 @@ def sweep_cmd(
     except (ModelNotFound, RewardLoadError, FileExistsError, FileNotFoundError, ValueError) as exc:
         fail("sweep", str(exc), 1)
     results = cfg.output_dir / ("kl_path.json" if cfg.eval.snapshots else "results.json")
-    typer.echo(json.dumps({"results": str(results), "figures": summary["figures"]}))
+    figures = [str(cfg.output_dir / f) for f in summary["figures"]]  # a snapshot report names them beside it
+    typer.echo(json.dumps({"results": str(results), "figures": figures}))
 
 
 def probe_cmd(

@@ -181,13 +181,9 @@ def report_path(cfg: SweepConfig) -> dict[str, Any]:
     summary["prediction"] = _prediction(base_cfg, data, paths)
     if data.get("scalar"):
         summary["kl_split"] = kl_split(data["points"])
-    summary["figures"] = [
-        str(plot_path(summary, out / "kl_path.png")),
-        str(plot_bon(summary, out / "bon_by_n.png")),
-    ]
+    figures = [plot_path(summary, out / "kl_path.png"), plot_bon(summary, out / "bon_by_n.png")]
     hist = plot_histograms(data, paths, summary, out / "histograms.png", reward_targets(base_cfg))
-    if hist is not None:
-        summary["figures"].append(str(hist))
+    summary["figures"] = [f.name for f in [*figures, hist] if f is not None]  # beside kl_path.json
     write_path_csv(summary, out / "kl_path.csv")
     atomic_write_json(out / "kl_path.json", summary)
     return summary
