@@ -286,6 +286,12 @@ def test_matched_kl_sweep_evaluates_every_snapshot_and_resumes(tmp_path, tiny_ll
     assert summary["seeds"] == {"iama": [0], "linear": [0]}
     for r in summary["path"]:  # g is now the worse user's value
         assert r["g@4"]["mean"] <= 0.5 * (r["low_bon4@4"]["mean"] + r["high_bon4@4"]["mean"]) + 1e-9
+    raw = json.loads((tmp_path / "min" / "path_scores.json").read_text())  # the shared points are its own now;
+    raw["points"] = {k: p for k, p in raw["points"].items() if p["method"] == "iama"}  # dropped, they come back
+    (tmp_path / "min" / "path_scores.json").write_text(json.dumps(raw))  # with nothing left to evaluate
+    out = subprocess.run([IAMA, "sweep", str(tmp_path / "min.yaml")], capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0 and "evaluating " not in out.stderr, out.stderr[-4000:]
+    assert json.loads((tmp_path / "min" / "kl_path.json").read_text())["seeds"] == {"iama": [0], "linear": [0]}
     # The report of soft-BoN users from the same points (no sampling: --report reads path_scores.json)
     soft = {**sweep, "output_dir": str(tmp_path / "soft"), "set": {
         f"objective.tasks.{i}": {"name": f"{u}_soft", "weights": {u: 1.0}, "algorithm": "soft_bon", "n": 2, "tau": 0.3}

@@ -69,7 +69,9 @@ def evaluate_path(cfg: SweepConfig, runs: dict[str, TrainConfig], base_path: str
     settings = evaluation_settings(cfg)
     points: dict[str, Any] = read_path_scores(out).get("points", {})  # resume
     shared = reused_points(cfg, [str(p) for p in prompts], settings, set(runs))
-    points |= {key: point for key, point in shared.items() if key not in points}
+    if new := {key: point for key, point in shared.items() if key not in points}:
+        points |= new  # written now: the report reads them even if nothing is left to evaluate
+        write_path_scores(out, [str(p) for p in prompts], scalar_name, points, settings)
     base: tuple[Any, Any] | None = None  # loaded on the first point that needs it (a resume may need none)
     todo: list[tuple[str, str, int | None, int, str]] = [("base", "base", None, 0, base_path)]
     for label, run_cfg in runs.items():
