@@ -27,7 +27,6 @@ figures (:mod:`iama_eval.path_plots`).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from iama_eval.raw_files import PATH_SCORES, read_path_scores, write_path_scores
 from iama_eval.samples import scoring_setup
 from iama_eval.sequence_kl import load_for_scoring, sequence_logprobs
 from iama_eval.tables import write_path_csv
-from iama_trainer.config import TrainConfig, load_config
+from iama_trainer.config import TrainConfig, load_config, recorded_config
 
 log = logging.getLogger("iama.sweep")
 
@@ -129,8 +128,8 @@ def evaluation_settings(cfg: SweepConfig) -> dict[str, Any]:
 def trained_steps(run_cfg: TrainConfig) -> int:
     """The step of a run's final model: its own record's (a reused run may have trained longer
     than this sweep asks), else the config's."""
-    record = run_cfg.output_dir / "run.json"
-    return int(json.loads(record.read_text())["config"]["steps"]) if record.is_file() else run_cfg.steps
+    trained = recorded_config(run_cfg.output_dir)
+    return trained.steps if trained is not None else run_cfg.steps
 
 
 def reused_points(cfg: SweepConfig, prompts: list[str], settings: dict[str, Any], labels: set[str]) -> dict[str, Any]:

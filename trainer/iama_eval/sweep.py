@@ -39,7 +39,7 @@ from iama_eval.raw_files import read_scores, write_scores
 from iama_eval.samples import scoring_setup
 from iama_eval.tables import write_sweep_csv
 from iama_eval.values import per_prompt_task_values
-from iama_trainer.config import TrainConfig, load_config
+from iama_trainer.config import TrainConfig, load_config, recorded_config
 
 log = logging.getLogger("iama.sweep")
 
@@ -67,10 +67,9 @@ def check_reused(cfg: SweepConfig, runs: dict[str, TrainConfig]) -> None:
     for label, run_cfg in runs.items():
         if run_cfg.objective.type not in cfg.reuse:
             continue
-        record = run_cfg.output_dir / "run.json"
-        if not (run_cfg.output_dir / "model" / "iama.json").is_file() or not record.is_file():
+        trained = recorded_config(run_cfg.output_dir)
+        if not (run_cfg.output_dir / "model" / "iama.json").is_file() or trained is None:
             raise ValueError(f"reuse: {label} is not trained in {run_cfg.output_dir}: train that sweep first")
-        trained = TrainConfig.model_validate(json.loads(record.read_text())["config"])
         where = first_difference(training_identity(trained), training_identity(run_cfg))
         if where is not None:
             raise ValueError(f"reuse: {label} in {run_cfg.output_dir} was trained with another {where!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,3 +228,13 @@ def import_function(path: str) -> Any:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"rollout_func {path!r} cannot be imported: {exc}") from exc
+
+
+RUN_FILE = "run.json"  # in a run's output_dir: the resolved config and the reward statistics
+
+
+def recorded_config(output_dir: Path) -> TrainConfig | None:
+    """The config a run in ``output_dir`` was trained with, as its ``run.json`` records it (None
+    before it has one): what another sweep checks before reusing the run."""
+    record = output_dir / RUN_FILE
+    return TrainConfig.model_validate(json.loads(record.read_text())["config"]) if record.is_file() else None

@@ -25,11 +25,10 @@ from iama_trainer.callbacks import (
     latest_complete_checkpoint,
     write_model_dir,
 )
-from iama_trainer.config import TrainConfig, import_function
+from iama_trainer.config import RUN_FILE, TrainConfig, import_function
 
 log = logging.getLogger("iama.trainer")
 
-RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 
 
