@@ -143,13 +143,19 @@ def iama_optimum(
     eta: float | None = None,
     max_steps: int = 20000,
     tol: float = 1e-10,
+    value_tol: float = 1e-12,
+    window: int = 200,
 ) -> Optimum:
     """The maximiser of ``g(R[p]) − β·KL(p‖p₀)`` by mirror descent from ``p₀``.
 
     ``task_rewards`` is (m, K): task i's reward at each support value. ``eta`` defaults to
     ``min(1, 1/β)/scale`` with ``scale`` the largest reward gap, so that ``ηβ ≤ 1`` (the step
     stays a convex combination with ``p₀`` in log space) and a step moves log-probabilities by
-    at most about 1. Stops when the largest change of ``log p`` falls below ``tol``.
+    at most about 1. Stops when the largest change of ``log p`` falls below ``tol``, or when
+    the objective moved less than ``value_tol`` over the last ``window`` steps. Under the hard
+    ``min`` a fixed step cycles around the tie between tasks (the gradient switches sides at
+    it; on the number task β = 0.1 cycled through KL 0.79–1.03 for all 20,000 steps), so the
+    step halves whenever the objective fell over a window: ascent with a shrinking step settles.
     """
     if beta < 0 or not math.isfinite(beta):
         raise ValueError(f"beta must be finite and >= 0, got {beta}")
@@ -160,6 +166,7 @@ def iama_optimum(
     step = eta if eta is not None else min(1.0, 1.0 / beta if beta > 0 else 1.0) / spread
     log_p0 = np.log(base.probs)
     log_p = log_p0.copy()
+    settled = -math.inf
     for it in range(1, max_steps + 1):
         p = np.exp(log_p)
         grad = objective_first_variation(list(tr), tasks, aggregation, probs=p)
@@ -170,6 +177,13 @@ def iama_optimum(
         log_p = new
         if change < tol:
             return _finish(np.exp(log_p), base, tr, tasks, aggregation, beta, it, True)
+        if it % window == 0:
+            value = _finish(np.exp(log_p), base, tr, tasks, aggregation, beta, it, True)
+            if abs(value.objective - settled) < value_tol:
+                return value
+            if value.objective < settled:  # ascent went backwards: cycling, so a smaller step
+                step /= 2
+            settled = value.objective
     return _finish(np.exp(log_p), base, tr, tasks, aggregation, beta, max_steps, False)
 
 

@@ -9,10 +9,10 @@ use no top-k. So every setting is passed explicitly, from this one object.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class SamplingSettings(BaseModel):
@@ -23,6 +23,39 @@ class SamplingSettings(BaseModel):
     top_k: int = Field(default=0, ge=0, description="0: no top-k filtering (TRL's and vLLM's default)")
     min_p: float = Field(default=0.0, ge=0, le=1, description="0: off")
     repetition_penalty: float = Field(default=1.0, gt=0)
+    stop: tuple[str, ...] = Field(
+        default=(),
+        description="texts that end a completion as the EOS does, each one token of the model's "
+        "vocabulary (vLLM's stop_token_ids): e.g. ['.', '!', '?'] ends an answer at its first sentence",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_stop(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``stop`` written when there is none: records made before it existed (the cache
+        keys of generations, a sweep's evaluation settings) still compare equal."""
+        out: dict[str, Any] = handler(self)
+        if not self.stop:
+            out.pop("stop", None)
+        return out
+
+    def stop_token_ids(self, encode: Callable[[str], list[int]]) -> list[int]:
+        """The ids of :attr:`stop` under a tokenizer's ``encode`` (without special tokens).
+
+        One token each, because every sampler can stop on a token (transformers' ``generate``
+        on its ``eos_token_id`` list, vLLM on ``stop_token_ids``, TRL's mask on its EOS ids)
+        and the stopping token then belongs to the completion the policy gave a probability
+        to; a text stop could end inside a token, which no sampler's probabilities describe.
+        """
+        ids = []
+        for text in self.stop:
+            found = encode(text)
+            if len(found) != 1:
+                raise ValueError(
+                    f"sampling.stop: {text!r} is {len(found)} tokens of this model's tokenizer; "
+                    "each stop must be one token"
+                )
+            ids.append(int(found[0]))
+        return ids
 
     def hf_generate(self) -> dict[str, Any]:
         """Keyword arguments for transformers' ``generate``: TRL's, which it passes on to

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny_models import MANY_STOPS
 
 from iama.rewards import RewardSet
 
@@ -137,7 +138,7 @@ def test_eval_end_to_end_with_hf_engine_and_cache(tmp_path, tiny_llama, second_t
 @pytest.mark.engine
 @pytest.mark.timeout(3600)
 def test_eval_cli_with_vllm(tmp_path, tiny_llama):
-    path = _config(tmp_path, {"tiny": str(tiny_llama)}, "vllm", algorithms=["bon"])
+    path = _config(tmp_path, {"tiny": str(tiny_llama)}, "vllm", algorithms=["bon"], sampling={"stop": MANY_STOPS})
     out = subprocess.run(
         [IAMA, "eval", str(path)],
         capture_output=True,
@@ -150,6 +151,20 @@ def test_eval_cli_with_vllm(tmp_path, tiny_llama):
     assert "tiny" in summary["mean_tokens"] and summary["figures"]
     gens = json.loads((tmp_path / "eval" / "generations" / "tiny.json").read_text())
     assert len(gens["completions"]) == 3 and all(len(g) == 4 for g in gens["completions"])
+    # vLLM stopped at the first stop token (stop_token_ids), kept it, and counted it as an EOS
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    stops = {i for t in MANY_STOPS for i in tok.encode(t, add_special_tokens=False)}
+    ends = stops | {tok.eos_token_id}
+    rows = [
+        (ids, n)
+        for g, ng in zip(gens["token_ids"], gens["token_lengths"], strict=True)
+        for ids, n in zip(g, ng, strict=True)
+    ]
+    assert sum(ids[-1] in stops for ids, _ in rows) >= 3, rows  # ~70 % of the 12 (near-uniform draws over 600)
+    for ids, n in rows:
+        assert not ends & set(ids[:-1]) and n == len(ids) - (ids[-1] in ends)
 
 
 @pytest.mark.inprocess

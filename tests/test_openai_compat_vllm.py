@@ -97,6 +97,23 @@ def test_chat_logprobs_of_the_chosen_candidate(client, model_name):
         assert t.top_logprobs[0].logprob >= t.logprob - 1e-6
 
 
+def test_a_stop_string_stays_in_the_text_the_rewards_score_when_asked(tiny_server):
+    """``include_stop_str_in_output`` (vLLM's): a candidate that ended at a stop string keeps
+    it, as a model trained with stop tokens saw its answers; the same draws otherwise."""
+    body = {"prompt": "hi", "reward_weights": {"short": 1}, "budget": 8, "max_tokens": 24, "seed": 5,
+            "stop": ["e", "a"], "return_candidates": True}  # fmt: skip
+    cut = httpx.post(f"{tiny_server.url}/v1/align", json=body, headers=AUTH, timeout=600).json()["candidates"]
+    body["include_stop_str_in_output"] = True
+    kept = httpx.post(f"{tiny_server.url}/v1/align", json=body, headers=AUTH, timeout=600).json()["candidates"]
+    ended = 0
+    for a, b in zip(cut, kept, strict=True):
+        assert "e" not in a["text"] and "a" not in a["text"]
+        if b["text"] != a["text"]:
+            ended += 1
+            assert b["text"][:-1] == a["text"] and b["text"][-1] in "ea" and b["finish_reason"] == "stop"
+    assert ended >= 1  # the random model's byte-level text holds e or a within 24 tokens
+
+
 def test_json_schema_makes_every_candidate_valid_json(client, model_name, tiny_server):
     schema = {
         "type": "object",

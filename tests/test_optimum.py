@@ -52,6 +52,27 @@ def test_regularised_optimum_is_the_fixed_point_p_proportional_to_p0_exp_variati
         assert jq <= opt.objective + 1e-12
 
 
+def test_the_hard_min_settles_where_a_fixed_step_would_cycle_around_the_tie():
+    """g = min: the gradient switches sides at the tie between the users, so mirror descent with
+    a fixed step cycles (as it did on the number task's marginal); the solver's shrinking step
+    ends at a point no nearby distribution beats by more than 1e-4 of the objective (the cycle
+    on the number task spanned 0.04)."""
+    tasks = [Task(algorithm="bon", n=4)] * 2
+    rng = np.random.default_rng(0)
+    base = Marginal(Y, rng.dirichlet(np.full(K, 3.0)) * np.exp(-3 * Y))  # skewed: the users start unequal
+    base = Marginal(Y, base.probs / base.probs.sum())
+    agg = Aggregation(kind="min")
+    opt = iama_optimum(base, TR, tasks, agg, beta=0.1)
+    assert opt.converged
+    r = task_values(TR, tasks, opt.probs)
+    assert abs(r[0] - r[1]) < 1e-3  # at the tie, the min's optimum
+    for _ in range(20):
+        q = opt.probs * np.exp(0.02 * rng.normal(size=K))
+        q /= q.sum()
+        jq = min(task_values(TR, tasks, q)) - 0.1 * kl_divergence(q, base.probs)
+        assert jq <= opt.objective + 1e-4
+
+
 def test_linear_optimum_is_the_gibbs_tilt_and_iama_wins_at_matched_kl():
     tasks = [Task(algorithm="bon", n=4)] * 2
     lin = linear_optimum(UNIFORM, TR, [0.5, 0.5], tasks, AGG, beta=0.1)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_models import MANY_STOPS
 
 from iama.objective import Objective, Task
 from iama.rewards import RewardSet, RewardStats
@@ -162,6 +163,44 @@ def test_every_sampler_draws_from_the_training_distribution(tiny_llama, monkeypa
     assert seen["min_p"] is None and seen["do_sample"] is True
     vllm = SamplingSettings().vllm()
     assert vllm["top_k"] == 0 and vllm["min_p"] == 0.0
+
+
+@pytest.mark.inprocess
+def test_a_stop_token_ends_a_completion_where_the_same_draw_would_have_gone_on(tiny_llama):
+    """``sampling.stop`` cuts each completion at its first stop token, kept in the ids and the
+    text (a sentence keeps its full stop), and counted as the EOS is: not truncated."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from iama_trainer.sampling import eos_token_ids, hf_sample
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    free, stopped = SamplingSettings(), SamplingSettings(stop=tuple(MANY_STOPS))
+    stops = set(stopped.stop_token_ids(lambda t: tok.encode(t, add_special_tokens=False)))
+    assert len(stops) == len(MANY_STOPS)
+    torch.manual_seed(3)
+    whole = hf_sample(model, tok, ["hi", "tell me"], 16, 16, free)
+    torch.manual_seed(3)
+    cut = hf_sample(model, tok, ["hi", "tell me"], 16, 16, stopped)
+    ended = 0
+    for long_ids, ids, n, text in zip(
+        (s for g in whole.ids for s in g), (s for g in cut.ids for s in g),
+        (n for g in cut.lengths for n in g), (t for g in cut.texts for t in g), strict=True,
+    ):  # fmt: skip
+        first = next((i for i, t in enumerate(long_ids) if t in stops), None)
+        if first is None:  # no stop drawn: the same completion (the same draws, step by step)
+            assert ids == long_ids
+            continue
+        ended += 1
+        assert ids == long_ids[: first + 1] and n == first  # the stop ends it and is not counted
+        assert text == tok.decode(ids, skip_special_tokens=True) and text.endswith(tok.decode(ids[-1:]))
+    assert ended >= 16  # most of the 32 stopped early (near-uniform draws over 600 tokens)
+    assert stops <= eos_token_ids(model.generation_config, tok, stopped)
+    assert stops.isdisjoint(eos_token_ids(model.generation_config, tok, free))
+    with pytest.raises(ValueError, match=r"sampling.stop: 'Reinforcement learning' is \d+ tokens"):
+        SamplingSettings(stop=("Reinforcement learning",)).stop_token_ids(tok.encode)
+    # none set, none written: records from before the setting existed compare equal
+    assert "stop" not in free.model_dump() and stopped.model_dump()["stop"] == tuple(MANY_STOPS)
 
 
 @pytest.mark.inprocess

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny_models import MANY_STOPS
 
 from iama.objective import Aggregation, Objective, Task
 from iama.rewards import RewardSet, RewardStats
@@ -145,6 +146,7 @@ def tiny_config(tmp_path: Path, tiny_llama: Path, name: str, **extra) -> Path:
         "save_steps": 2,
         "learning_rate": 1e-3,
         "kl_control": {"type": "adaptive", "target": 0.01},
+        "sampling": {"stop": MANY_STOPS},  # rollouts end at a stop token: most within the cap
         **extra,
     }
     path = tmp_path / f"{name}.yaml"
@@ -215,6 +217,12 @@ def test_training_writes_checkpoint_card_metrics_and_tensorboard(trained, tiny_l
     for ck in ("checkpoint-2", "checkpoint-4"):
         assert (run / "checkpoints" / ck / "iama-complete.json").is_file()
     assert json.loads((run / "run.json").read_text())["reward_stats"]["short"]["count"] == 8
+    # sampling.stop reached TRL's rollouts (its EOS alone, 1 token in 600, would clip ~all of
+    # them at 12 tokens) and stayed out of the saved model, which ends where its users say
+    clipped = [r["completions/clipped_ratio"] for r in rows]
+    assert np.mean(clipped) < 0.8, clipped
+    saved = json.loads((run / "model" / "generation_config.json").read_text())["eos_token_id"]
+    assert saved == json.loads((tiny_llama / "generation_config.json").read_text())["eos_token_id"]
 
 
 @pytest.mark.engine

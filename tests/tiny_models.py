@@ -23,6 +23,11 @@ CORPUS = [
     "Numbers like 1 2 3 4 5 6 7 8 9 10 and punctuation , . ! ? : ; ' \" ( )",
 ] * 20
 
+# The tiny random model picks tokens nearly uniformly from its 600: stopping on every one-character
+# token of the alphabet and punctuation (``sampling.stop``) ends most of its completions within a
+# dozen tokens, where its EOS alone (one token in 600) almost never does.
+MANY_STOPS = [*"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", *".,!?;:"]
+
 
 def build_tokenizer(out: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -321,4 +321,5 @@ class CallBuilder:
             prompt_logprobs=prompt_logprobs,
             structured=structured,
             ignore_eos=fields.ignore_eos,
+            include_stop_str_in_output=fields.include_stop_str_in_output,
         )

@@ -41,6 +41,7 @@ class Sampling:
     prompt_logprobs: int | None = None
     structured: StructuredOutput | None = None
     ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
 
 
 @dataclass(frozen=True)

@@ -248,5 +248,6 @@ def _sampling_params(sampling: Sampling, n: int, kind: Any) -> Any:
         prompt_logprobs=sampling.prompt_logprobs,
         structured_outputs=structured,
         ignore_eos=sampling.ignore_eos,
+        include_stop_str_in_output=sampling.include_stop_str_in_output,
         output_kind=kind,
     )

@@ -92,7 +92,11 @@ class SweepEval(BaseModel):
     samples_per_prompt: int = Field(default=16, ge=1)
     budgets: list[int] = [1, 4, 8, 16]
     max_tokens: int = Field(default=64, ge=1)
-    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings,
+        description="default: the runs' own (the base config's with `set`): evaluation samples the "
+        "distribution training sampled, stop tokens included",
+    )
     engine: str = Field(default="auto", pattern="^(auto|vllm|hf)$")
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
@@ -150,6 +154,8 @@ class SweepConfig(BaseModel):
             raise ValueError(f"reuse: {extra} not among objective_types {self.objective_types}")
         if self.reuse and not self.eval.snapshots:
             raise ValueError("reuse: needs eval.snapshots (points are shared through path_scores.json)")
+        if "sampling" not in self.eval.model_fields_set:
+            self.eval.sampling = load_config(self.base, self.set).sampling
         return self
 
 

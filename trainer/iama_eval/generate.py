@@ -21,7 +21,7 @@ from iama.files import atomic_write_json
 from iama.sampling import SamplingSettings, generated_tokens
 from iama.vllm_settings import vllm_engine_kwargs
 from iama_eval.config import GenerationSpec
-from iama_trainer.sampling import Sampled, eos_token_ids, hf_sample, render_prompt
+from iama_trainer.sampling import Sampled, eos_token_ids, hf_sample, render_prompt, stop_token_ids
 
 log = logging.getLogger("iama.eval")
 
@@ -104,12 +104,13 @@ def sample_vllm(
     llm = LLM(model=model_path, seed=seed, **vllm_engine_kwargs())
     try:
         tok = llm.get_tokenizer()
+        stops = stop_token_ids(tok, sampling)
         outs = llm.generate(
             [render_prompt(tok, p) for p in prompts],
-            SamplingParams(n=m, max_tokens=max_tokens, seed=seed, **sampling.vllm()),
+            SamplingParams(n=m, max_tokens=max_tokens, seed=seed, stop_token_ids=stops, **sampling.vllm()),
             use_tqdm=True,
         )
-        eos = eos_ids_of(model_path, tok)
+        eos = eos_ids_of(model_path, tok, sampling)
         ordered = [sorted(r.outputs, key=lambda o: o.index) for r in outs]
         texts = [[o.text for o in group] for group in ordered]
         lens = [[generated_tokens(o.token_ids, eos) for o in group] for group in ordered]
@@ -122,7 +123,7 @@ def sample_vllm(
     return Sampled(texts, lens, ids)
 
 
-def eos_ids_of(model_path: str, tokenizer: Any) -> set[int]:
+def eos_ids_of(model_path: str, tokenizer: Any, sampling: SamplingSettings | None = None) -> set[int]:
     """:func:`iama_trainer.sampling.eos_token_ids` for a model known by its path (vLLM's)."""
     from transformers import GenerationConfig
 
@@ -130,7 +131,7 @@ def eos_ids_of(model_path: str, tokenizer: Any) -> set[int]:
         config = GenerationConfig.from_pretrained(model_path)
     except OSError:  # no generation_config.json
         config = None
-    return eos_token_ids(config, tokenizer)
+    return eos_token_ids(config, tokenizer, sampling)
 
 
 def sample_hf(

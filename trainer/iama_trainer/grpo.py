@@ -45,6 +45,11 @@ def check_trl_hook() -> None:
     caller = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     if "self._calculate_rewards(" not in caller or "num_generations" not in caller or '"advantages"' not in caller:
         raise RuntimeError("GRPOTrainer no longer scores through _calculate_rewards; the IAMA hook needs updating")
+    turn = inspect.getsource(GRPOTrainer._generate_single_turn)
+    if "torch.isin(completion_ids, torch.tensor(self.eos_token_ids" not in turn or "self.generation_kwargs" not in turn:
+        raise RuntimeError(
+            "GRPOTrainer no longer masks completions at self.eos_token_ids; sampling.stop needs updating"
+        )
 
 
 def reward_funcs(rewards: RewardSet, eos_ids: Collection[int]) -> list[Callable[..., list[float]]]:
@@ -85,10 +90,12 @@ class IAMAGRPOTrainer(GRPOTrainer):
         *args: Any,
         surrogate: SurrogateSpec,
         kl_controller: AdaptiveKLController | None = None,
+        stop_token_ids: Sequence[int] = (),
         **kwargs: Any,
     ) -> None:
         check_trl_hook()
         super().__init__(*args, **kwargs)
+        self._stop_on(stop_token_ids)
         self.surrogate = surrogate
         self.kl_controller = kl_controller
         self.groups_checked = 0
@@ -96,6 +103,25 @@ class IAMAGRPOTrainer(GRPOTrainer):
         self._last_surrogate: tuple[np.ndarray, int] | None = None  # (gathered surrogate (B,), group size)
         if len(self.reward_funcs) != len(surrogate.rewards.names) + 1:
             raise ValueError("reward_funcs must be the raw rewards followed by the surrogate slot")
+
+    def _stop_on(self, ids: Sequence[int]) -> None:
+        """End rollouts at ``ids`` as at the EOS (``sampling.stop``), in both of TRL's samplers.
+
+        TRL takes its EOS ids from the model's generation config once, here: they stop HF
+        ``generate`` and cut the completion mask after the first of them (so the stopping token
+        is trained on and nothing after it). Adding the stops to TRL's copies, not to the model's
+        config, keeps them out of every saved checkpoint: the served model ends where its
+        requests say, not where this training's answers did. vLLM rollouts get them as
+        ``stop_token_ids``, which keeps the token in the completion the same way.
+        """
+        if not ids:
+            return
+        self.eos_token_ids = [*self.eos_token_ids, *(i for i in ids if i not in self.eos_token_ids)]
+        if self.use_vllm:
+            self.vllm_generation.generation_kwargs["stop_token_ids"] = list(ids)
+        else:
+            self.generation_kwargs["eos_token_id"] = self.eos_token_ids
+            self.generation_config.eos_token_id = self.eos_token_ids
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         gathered = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

@@ -217,7 +217,7 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
     """The IAMA trainer with its KL controller and callbacks (metrics, β, checkpoint markers)."""
     from iama_trainer.grpo import IAMAGRPOTrainer, reward_funcs
     from iama_trainer.kl_control import AdaptiveKLController
-    from iama_trainer.sampling import eos_token_ids
+    from iama_trainer.sampling import eos_token_ids, stop_token_ids
     from iama_trainer.surrogate import SurrogateSpec
 
     peft_config = None
@@ -240,13 +240,14 @@ def build_trainer(cfg: TrainConfig, model: Any, tokenizer: Any, dataset: Any, re
     objective = Objective(tasks=cfg.objective.tasks, aggregation=cfg.objective.aggregation)
     trainer = IAMAGRPOTrainer(
         model=model,
-        reward_funcs=reward_funcs(rewards, eos_token_ids(model.generation_config, tokenizer)),
+        reward_funcs=reward_funcs(rewards, eos_token_ids(model.generation_config, tokenizer, cfg.sampling)),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         surrogate=SurrogateSpec(rewards, objective, cfg.objective.type, normalize=cfg.normalization.enabled),
         kl_controller=controller,
+        stop_token_ids=stop_token_ids(tokenizer, cfg.sampling),
         rollout_func=import_function(cfg.rollout_func) if cfg.rollout_func else None,
     )
     _point_tensorboard_at(trainer, cfg.output_dir / "tensorboard")

@@ -17,15 +17,23 @@ def render_prompt(tokenizer: Any, prompt: Any) -> str:
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
-def eos_token_ids(generation_config: Any, tokenizer: Any) -> set[int]:
+def eos_token_ids(generation_config: Any, tokenizer: Any, sampling: SamplingSettings | None = None) -> set[int]:
     """The ids that end a completion, as TRL's generation masks them and vLLM stops on them:
-    every EOS the model's generation config declares (e.g. an end-of-turn token) and the
-    tokenizer's. ``generation_config`` may be None (a model directory without one)."""
+    every EOS the model's generation config declares (e.g. an end-of-turn token), the
+    tokenizer's, and the sampling's stop tokens (:attr:`SamplingSettings.stop`), which end a
+    completion the same way. ``generation_config`` may be None (a model directory without one)."""
     declared = getattr(generation_config, "eos_token_id", None)
     ids = {int(i) for i in (declared if isinstance(declared, list) else [] if declared is None else [declared])}
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
+    if sampling is not None:
+        ids.update(stop_token_ids(tokenizer, sampling))
     return ids
+
+
+def stop_token_ids(tokenizer: Any, sampling: SamplingSettings) -> list[int]:
+    """:meth:`SamplingSettings.stop_token_ids` under ``tokenizer`` (no special tokens added)."""
+    return sampling.stop_token_ids(lambda text: tokenizer.encode(text, add_special_tokens=False))
 
 
 class Sampled(NamedTuple):
@@ -61,7 +69,7 @@ def hf_sample(
     if tokenizer.pad_token is None:  # batches need one (SmolLM2's GGUF tokenizer has none): EOS, masked out
         tokenizer.pad_token = tokenizer.eos_token
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_set = eos_token_ids(model.generation_config, tokenizer)
+    eos_set = eos_token_ids(model.generation_config, tokenizer, sampling)
     eos = torch.tensor(sorted(eos_set), device=model.device)
     was_training = model.training
     model.eval()
@@ -77,6 +85,7 @@ def hf_sample(
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=m,
                 pad_token_id=pad,
+                eos_token_id=sorted(eos_set),  # the model's EOS and the sampling's stop tokens
             )
             new = out[:, enc["input_ids"].shape[1] :]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -258,6 +258,7 @@ class _Sampling(TypedDict, total=False):
     presence_penalty: float
     frequency_penalty: float
     ignore_eos: bool  # vLLM's: generate max_tokens whatever the end token (load tests)
+    include_stop_str_in_output: bool  # vLLM's: keep the stop string that ended a candidate in its text
 
 
 @with_config(ConfigDict(extra="forbid"))
