@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ class UserTask:
     users: tuple[str, str]
     max_tokens: int
     scalar: str  # the key each response's measured value is stored under
-    sampling: dict[str, Any] = field(default_factory=dict)  # as the task trained: stop tokens kept
+    stop: tuple[str, ...] = ()  # the training's `sampling.stop`: sent as stop_token_ids, kept in the text
 
 
 def _number(text: str) -> float | None:
@@ -63,10 +63,25 @@ TASKS: dict[str, tuple[UserTask, Callable[[str], float | None]]] = {
     ),
     "tone": (
         UserTask(ROOT / "benchmarks/heldout_prompts.jsonl", "Answer in one short sentence.", ("warm", "plain"), 48,
-                 "compound", {"stop": [".", "!", "?"], "include_stop_str_in_output": True}),
+                 "compound", (".", "!", "?")),
         _compound,
     ),
 }  # fmt: skip
+
+
+def stop_request(task: UserTask, model: str) -> dict[str, Any]:
+    """The request fields that stop as training did: the stop texts' token ids in this model's
+    tokenizer (a stop string would also match inside longer tokens), kept in the answer."""
+    if not task.stop:
+        return {}
+    from transformers import AutoTokenizer
+
+    from iama.models import resolve_model
+    from iama.sampling import SamplingSettings
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model))
+    ids = SamplingSettings(stop=task.stop).stop_token_ids(lambda t: tok.encode(t, add_special_tokens=False), tok.decode)
+    return {"stop_token_ids": ids, "include_stop_str_in_output": True}
 
 
 def main() -> None:
@@ -87,6 +102,7 @@ def main() -> None:
     for item in args.model:
         label, path = item.split("=", 1)
         srv = start_bench_server(path, f"served-{args.task}-{label}", {})
+        stops = stop_request(task, path)
         rows = []
         try:
             with httpx.Client(base_url=srv.url, timeout=300) as client:
@@ -104,7 +120,7 @@ def main() -> None:
                                 "temperature": 1.0,
                                 "seed": 1000 * (i * args.seeds + s),
                                 "return_candidates": True,
-                                **task.sampling,
+                                **stops,
                             }
                             r = client.post("/v1/align", json=body)
                             r.raise_for_status()

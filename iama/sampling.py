@@ -38,8 +38,10 @@ class SamplingSettings(BaseModel):
             out.pop("stop", None)
         return out
 
-    def stop_token_ids(self, encode: Callable[[str], list[int]]) -> list[int]:
-        """The ids of :attr:`stop` under a tokenizer's ``encode`` (without special tokens).
+    def stop_token_ids(self, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]) -> list[int]:
+        """The ids of :attr:`stop` under a tokenizer's ``encode`` (without special tokens),
+        each checked to ``decode`` back to its text: a SentencePiece tokenizer may encode "."
+        alone as "▁." (with a space), which ordinary sentence ends never produce.
 
         One token each, because every sampler can stop on a token (transformers' ``generate``
         on its ``eos_token_id`` list, vLLM on ``stop_token_ids``, TRL's mask on its EOS ids)
@@ -53,6 +55,11 @@ class SamplingSettings(BaseModel):
                 raise ValueError(
                     f"sampling.stop: {text!r} is {len(found)} tokens of this model's tokenizer; "
                     "each stop must be one token"
+                )
+            if decode([int(found[0])]) != text:
+                raise ValueError(
+                    f"sampling.stop: {text!r} encodes alone as {decode([int(found[0])])!r}, a token that "
+                    "does not end text the way it does; pick a stop that is its own token"
                 )
             ids.append(int(found[0]))
         return ids

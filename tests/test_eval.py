@@ -165,6 +165,11 @@ def test_eval_cli_with_vllm(tmp_path, tiny_llama):
     assert sum(ids[-1] in stops for ids, _ in rows) >= 3, rows  # ~70 % of the 12 (near-uniform draws over 600)
     for ids, n in rows:
         assert not ends & set(ids[:-1]) and n == len(ids) - (ids[-1] in ends)
+    for text, ids in zip(
+        (t for g in gens["completions"] for t in g), (i for g in gens["token_ids"] for i in g), strict=True
+    ):
+        if ids[-1] in stops:  # the text keeps it too, as HF's and TRL's do (VADER scores "!")
+            assert text.endswith(tok.decode(ids[-1:]))
 
 
 @pytest.mark.inprocess

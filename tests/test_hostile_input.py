@@ -152,8 +152,12 @@ async def test_completions_accept_a_list_of_prompts_with_choices_in_order():
 
 async def test_penalties_reach_the_engine():
     async with serve() as s:
-        body = {**CHAT, "presence_penalty": 0.5, "frequency_penalty": -0.25, "ignore_eos": True}
+        body = {**CHAT, "presence_penalty": 0.5, "frequency_penalty": -0.25, "ignore_eos": True,
+                "stop_token_ids": [7, 9], "include_stop_str_in_output": True}  # fmt: skip
         assert (await s.client.post("/v1/chat/completions", json=body)).status_code == 200
         sampling = s.engine.calls[-1][1]
         assert (sampling.presence_penalty, sampling.frequency_penalty) == (0.5, -0.25)
         assert sampling.ignore_eos  # vLLM's extension, sent by load generators (guidellm)
+        assert sampling.stop_token_ids == [7, 9] and sampling.include_stop_str_in_output  # vLLM's too
+        r = await s.client.post("/v1/chat/completions", json={**CHAT, "stop_token_ids": [-1]})
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("stop_token_ids")

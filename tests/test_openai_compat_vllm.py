@@ -13,6 +13,7 @@ import openai
 import pytest
 from conftest import API_KEY
 from exposition import metric
+from tiny_models import MANY_STOPS
 
 pytestmark = pytest.mark.engine
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -97,7 +98,7 @@ def test_chat_logprobs_of_the_chosen_candidate(client, model_name):
         assert t.top_logprobs[0].logprob >= t.logprob - 1e-6
 
 
-def test_a_stop_string_stays_in_the_text_the_rewards_score_when_asked(tiny_server):
+def test_a_stop_string_stays_in_the_text_the_rewards_score_when_asked(tiny_server, tiny_llama):
     """``include_stop_str_in_output`` (vLLM's): a candidate that ended at a stop string keeps
     it, as a model trained with stop tokens saw its answers; the same draws otherwise."""
     body = {"prompt": "hi", "reward_weights": {"short": 1}, "budget": 8, "max_tokens": 24, "seed": 5,
@@ -112,6 +113,16 @@ def test_a_stop_string_stays_in_the_text_the_rewards_score_when_asked(tiny_serve
             ended += 1
             assert b["text"][:-1] == a["text"] and b["text"][-1] in "ea" and b["finish_reason"] == "stop"
     assert ended >= 1  # the random model's byte-level text holds e or a within 24 tokens
+    # stop_token_ids: the tokens themselves (as `sampling.stop` trained), kept in the text when asked
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ids = sorted({i for t in MANY_STOPS for i in tok.encode(t, add_special_tokens=False)})
+    del body["stop"]
+    body["stop_token_ids"] = ids
+    kept = httpx.post(f"{tiny_server.url}/v1/align", json=body, headers=AUTH, timeout=600).json()["candidates"]
+    stopped = [c for c in kept if c["finish_reason"] == "stop" and c["text"]]
+    assert stopped and all(c["text"][-1] in "".join(MANY_STOPS) for c in stopped)
 
 
 def test_json_schema_makes_every_candidate_valid_json(client, model_name, tiny_server):

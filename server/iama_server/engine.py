@@ -41,6 +41,7 @@ class Sampling:
     prompt_logprobs: int | None = None
     structured: StructuredOutput | None = None
     ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
 
 

@@ -248,6 +248,7 @@ def _sampling_params(sampling: Sampling, n: int, kind: Any) -> Any:
         prompt_logprobs=sampling.prompt_logprobs,
         structured_outputs=structured,
         ignore_eos=sampling.ignore_eos,
+        stop_token_ids=sampling.stop_token_ids,
         include_stop_str_in_output=sampling.include_stop_str_in_output,
         output_kind=kind,
     )

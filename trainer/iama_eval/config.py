@@ -48,7 +48,9 @@ class EvalConfig(BaseModel):
     samples_per_prompt: int | None = Field(default=None, ge=1, description="M; default max(budgets)")
     max_tokens: int = Field(default=64, ge=1)
     sampling: SamplingSettings = Field(
-        default_factory=SamplingSettings, description="the same distribution as training (no top-k by default)"
+        default_factory=SamplingSettings,
+        description="set it to the models' training sampling (stop tokens included: see each model's "
+        "iama.json, training.sampling); the default is TRL's (no top-k, no stop)",
     )
     baseline: str | None = Field(default=None, description="label of the baseline model for the compute saving")
     candidate: str | None = Field(default=None, description="label of the IAMA model for the compute saving")

@@ -107,7 +107,15 @@ def sample_vllm(
         stops = stop_token_ids(tok, sampling)
         outs = llm.generate(
             [render_prompt(tok, p) for p in prompts],
-            SamplingParams(n=m, max_tokens=max_tokens, seed=seed, stop_token_ids=stops, **sampling.vllm()),
+            # the stop token stays in the text, as in the ids and in HF's and TRL's samples
+            SamplingParams(
+                n=m,
+                max_tokens=max_tokens,
+                seed=seed,
+                stop_token_ids=stops,
+                include_stop_str_in_output=True,
+                **sampling.vllm(),
+            ),
             use_tqdm=True,
         )
         eos = eos_ids_of(model_path, tok, sampling)
@@ -123,7 +131,7 @@ def sample_vllm(
     return Sampled(texts, lens, ids)
 
 
-def eos_ids_of(model_path: str, tokenizer: Any, sampling: SamplingSettings | None = None) -> set[int]:
+def eos_ids_of(model_path: str, tokenizer: Any, sampling: SamplingSettings) -> set[int]:
     """:func:`iama_trainer.sampling.eos_token_ids` for a model known by its path (vLLM's)."""
     from transformers import GenerationConfig
 

@@ -164,6 +164,8 @@ class TrainConfig(_Strict):
     def _snapshots_need_full_weights(self) -> TrainConfig:
         if self.snapshot_steps and self.lora.enabled:
             raise ValueError("snapshot_steps: snapshots are full models; not available with lora.enabled")
+        if self.rollout_func and self.sampling.stop:
+            raise ValueError("sampling.stop: a rollout_func generates its own completions; stop them there")
         return self
 
     @property

@@ -50,6 +50,10 @@ def check_trl_hook() -> None:
         raise RuntimeError(
             "GRPOTrainer no longer masks completions at self.eos_token_ids; sampling.stop needs updating"
         )
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    if "self.generation_kwargs" not in inspect.getsource(VLLMGeneration.generate):
+        raise RuntimeError("TRL's vLLM rollouts no longer read generation_kwargs; sampling.stop needs updating")
 
 
 def reward_funcs(rewards: RewardSet, eos_ids: Collection[int]) -> list[Callable[..., list[float]]]:

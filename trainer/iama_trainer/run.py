@@ -376,6 +376,7 @@ def _save_final(
             "prompts_per_step": cfg.prompts_per_step,
             "learning_rate": cfg.learning_rate,
             "prompts": cfg.prompts.model_dump(),
+            "sampling": cfg.sampling.model_dump(mode="json"),  # what the answers looked like (stops)
             "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
             "seed": cfg.seed,
             "trl": trl.__version__,

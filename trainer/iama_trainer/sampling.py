@@ -17,7 +17,7 @@ def render_prompt(tokenizer: Any, prompt: Any) -> str:
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
-def eos_token_ids(generation_config: Any, tokenizer: Any, sampling: SamplingSettings | None = None) -> set[int]:
+def eos_token_ids(generation_config: Any, tokenizer: Any, sampling: SamplingSettings) -> set[int]:
     """The ids that end a completion, as TRL's generation masks them and vLLM stops on them:
     every EOS the model's generation config declares (e.g. an end-of-turn token), the
     tokenizer's, and the sampling's stop tokens (:attr:`SamplingSettings.stop`), which end a
@@ -26,14 +26,13 @@ def eos_token_ids(generation_config: Any, tokenizer: Any, sampling: SamplingSett
     ids = {int(i) for i in (declared if isinstance(declared, list) else [] if declared is None else [declared])}
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
-    if sampling is not None:
-        ids.update(stop_token_ids(tokenizer, sampling))
+    ids.update(stop_token_ids(tokenizer, sampling))
     return ids
 
 
 def stop_token_ids(tokenizer: Any, sampling: SamplingSettings) -> list[int]:
     """:meth:`SamplingSettings.stop_token_ids` under ``tokenizer`` (no special tokens added)."""
-    return sampling.stop_token_ids(lambda text: tokenizer.encode(text, add_special_tokens=False))
+    return sampling.stop_token_ids(lambda text: tokenizer.encode(text, add_special_tokens=False), tokenizer.decode)
 
 
 class Sampled(NamedTuple):

@@ -258,7 +258,8 @@ class _Sampling(TypedDict, total=False):
     presence_penalty: float
     frequency_penalty: float
     ignore_eos: bool  # vLLM's: generate max_tokens whatever the end token (load tests)
-    include_stop_str_in_output: bool  # vLLM's: keep the stop string that ended a candidate in its text
+    stop_token_ids: list[int]  # vLLM's: token ids that end a candidate as the EOS does
+    include_stop_str_in_output: bool  # vLLM's: keep the stop string or token that ended a candidate in its text
 
 
 @with_config(ConfigDict(extra="forbid"))

@@ -166,10 +166,16 @@ class SamplingFields(StrictRequest):
     max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: StopString | list[StopString] | None = Field(default=None, max_length=4)
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        default=None,
+        max_length=64,
+        description="vLLM's extension: token ids that end a candidate as the EOS does (a model trained "
+        "with `sampling.stop` stopped on tokens, not on text inside longer tokens)",
+    )
     include_stop_str_in_output: bool = Field(
         default=False,
-        description="vLLM's extension: keep the stop string that ended a candidate in its text (and in "
-        "what the rewards score), as a model trained with stop tokens saw its answers",
+        description="vLLM's extension: keep the stop string or stop token that ended a candidate in its "
+        "text (and in what the rewards score), as a model trained with stop tokens saw its answers",
     )
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
