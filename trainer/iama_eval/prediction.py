@@ -48,8 +48,14 @@ def predict(
     tr = np.stack([weighted_score(columns, t.weights, stats) for t in tasks])  # (m, K)
     weights = linear_reward_weights(cfg.objective)
 
+    solved: dict[float, Optimum] = {}
+
     def solve_iama(beta: float) -> Optimum:
-        return iama_optimum(base, tr, tasks, agg, beta)
+        # memoised: every KL's bisection starts at the same bracket (its first solves repeat),
+        # and a solve at small β runs to its step cap
+        if beta not in solved:
+            solved[beta] = iama_optimum(base, tr, tasks, agg, beta)
+        return solved[beta]
 
     def solve_linear(beta: float) -> Optimum:
         return linear_optimum(base, tr, weights, tasks, agg, beta)
