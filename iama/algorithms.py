@@ -86,6 +86,38 @@ def select(
     return picks + [i for i in by_score if i not in picks][: k - len(picks)]
 
 
+def select_in_tiers(
+    scores: ArrayLike,
+    tiers: ArrayLike,
+    algorithm: Algorithm,
+    k: int = 1,
+    tau: float = 1.0,
+    rng: np.random.Generator | int | None = None,
+) -> list[int]:
+    """:func:`select` among the candidates of the best tier (the lowest number) first, then the
+    next: the request's own rules come before the rewards. A candidate that breaks the format
+    the request asked for, or was cut at ``max_tokens`` where finished ones are preferred, sits
+    in a worse tier and is never chosen over one that does not, however it scores. A NaN score
+    (a candidate stopped by early rejection) comes after every scored one. With one tier and no
+    NaN this is :func:`select`, with the same draws.
+    """
+    arr = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(tiers, dtype=np.int64)
+    if t.shape != arr.shape:
+        raise ValueError(f"tiers must be one per candidate: {t.shape} vs {arr.shape}")
+    if t.size:
+        t = np.where(np.isnan(arr), t + t.max() + 1, t)
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    picks: list[int] = []
+    for tier in np.unique(t):
+        need = min(k, arr.size) - len(picks)
+        if need <= 0:
+            break
+        idx = np.flatnonzero(t == tier)
+        picks += [int(idx[j]) for j in select(arr[idx], algorithm, min(need, idx.size), tau, gen)]
+    return picks
+
+
 def early_rejection_keep(partial_scores: ArrayLike, running: ArrayLike, keep: float) -> list[int]:
     """Indices of the *running* candidates to keep at a checkpoint of early rejection.
 

@@ -107,6 +107,23 @@ def test_select_returns_k_indices_chosen_first():
         select(scores, "bon", k=0)
 
 
+def test_selection_in_tiers_never_prefers_a_worse_tier_and_is_select_with_one_tier():
+    from iama.algorithms import select_in_tiers
+
+    scores = [0.9, 0.1, 0.8, 0.5]
+    tiers = [2, 0, 1, 0]  # e.g. 2: not valid JSON, 1: cut at max_tokens, 0: both fine
+    assert select_in_tiers(scores, tiers, "bon") == [3]  # the best of tier 0, not the best score
+    assert select_in_tiers(scores, tiers, "bon", k=4) == [3, 1, 2, 0]  # then tier by tier
+    for seed in range(50):  # soft BoN draws within the tier only
+        assert select_in_tiers(scores, tiers, "soft_bon", k=2, tau=0.05, rng=seed)[0] in (1, 3)
+    for seed in range(20):
+        assert select_in_tiers(scores, [0] * 4, "soft_bon", k=3, tau=0.3, rng=seed) == select(
+            scores, "soft_bon", k=3, tau=0.3, rng=seed
+        )
+    with pytest.raises(ValueError, match="one per candidate"):
+        select_in_tiers(scores, [0, 1], "bon")
+
+
 def test_kl_bound_and_soft_kl():
     assert bon_kl_bound(1) == 0.0
     assert bon_kl_bound(4) == pytest.approx(math.log(4) - 0.75)

@@ -125,6 +125,16 @@ def test_a_stop_string_stays_in_the_text_the_rewards_score_when_asked(tiny_serve
     assert stopped and all(c["text"][-1] in "".join(MANY_STOPS) for c in stopped)
 
 
+def _valid(text: str, schema: dict) -> bool:
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
 def test_json_schema_makes_every_candidate_valid_json(client, model_name, tiny_server):
     schema = {
         "type": "object",
@@ -148,6 +158,10 @@ def test_json_schema_makes_every_candidate_valid_json(client, model_name, tiny_s
             v = json.loads(c["text"])
             assert set(v) == {"ok", "n"} and isinstance(v["ok"], bool) and 0 <= v["n"] <= 9
     assert any(c["finish_reason"] == "stop" for c in d["candidates"])
+    # the chosen one is among those that parse and finished, whatever the rewards say of the rest
+    valid = [c for c in d["candidates"] if c["finish_reason"] == "stop" and _valid(c["text"], schema)]
+    assert d["eligible"] == len(valid) > 0 and d["weighted_score"] == max(c["weighted_score"] for c in valid)
+    assert d["chosen_index"] in [c["index"] for c in valid]
 
     r = client.chat.completions.create(
         model=model_name,

@@ -391,3 +391,69 @@ async def test_metrics_serve_the_engines_own_beside_iamas_as_one_exposition():
         await pending
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert "iama_in_flight" in families and families["vllm:num_requests_running"].samples[0].value == 1
+
+
+# ---------------------------------------------------------------------- the request's own rules
+# Under a JSON constraint the fake wraps each candidate as {"answer": ...}, one word a token: with
+# max_tokens 4 the long (and most positive) candidates are cut mid-object and do not parse, while
+# "Fine.", "Ok." and "Awful, broken, horrible." finish as valid JSON.
+JSON_ALIGN = {**ALIGN, "budget": 8, "max_tokens": 4, "response_format": {"type": "json_object"},
+              "return_candidates": True, "seed": 0}  # fmt: skip
+
+
+def _parses(text: str) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+async def test_an_answer_that_does_not_parse_is_never_chosen_over_one_that_does():
+    async with serve() as s:
+        d = (await s.client.post("/v1/align", json=JSON_ALIGN)).json()
+        valid = [c for c in d["candidates"] if _parses(c["text"])]
+        best = max(d["candidates"], key=lambda c: c["weighted_score"])
+        assert not _parses(best["text"])  # ranked by reward alone, a cut object would have won
+        assert _parses(d["text"]) and d["weighted_score"] == max(c["weighted_score"] for c in valid)
+        assert d["eligible"] == len(valid) == 3 and d["finish_reason"] == "stop"
+        # a schema the short answers break leaves "Awful, broken, horrible." alone
+        schema = {"type": "object", "properties": {"answer": {"type": "string", "minLength": 6}}, "required": ["answer"]}
+        fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+        d = (await s.client.post("/v1/align", json={**JSON_ALIGN, "response_format": fmt})).json()
+        assert d["eligible"] == 1 and d["text"] == '{"answer": "Awful, broken, horrible."}'
+        # none eligible: the best-scoring candidate anyway, and the response says so
+        d = (await s.client.post("/v1/align", json={**JSON_ALIGN, "max_tokens": 1})).json()
+        assert d["eligible"] == 0 and d["weighted_score"] == max(c["weighted_score"] for c in d["candidates"])
+        # the OpenAI routes follow the same rule and report it on the choice
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "best_of": 8, "max_tokens": 4, "seed": 0,
+                "reward_weights": {"sentiment": 1.0}, "response_format": {"type": "json_object"}}  # fmt: skip
+        choice = (await s.client.post("/v1/chat/completions", json=chat)).json()["choices"][0]
+        assert _parses(choice["message"]["content"]) and choice["alignment"]["eligible"] == 3
+
+
+async def test_prefer_finished_ranks_answers_cut_at_max_tokens_last_and_is_off_by_default():
+    body = {**ALIGN, "budget": 8, "max_tokens": 3, "seed": 0, "return_candidates": True}
+    async with serve() as s:
+        plain = (await s.client.post("/v1/align", json=body)).json()
+        assert "eligible" not in plain or plain["eligible"] is None  # no rule: rewards alone
+        assert plain["finish_reason"] == "length"  # the cut "I love this" outscores the finished ones
+        d = (await s.client.post("/v1/align", json={**body, "prefer_finished": True})).json()
+        finished = [c for c in d["candidates"] if c["finish_reason"] == "stop"]
+        assert d["finish_reason"] == "stop" and d["eligible"] == len(finished) > 0
+        assert d["weighted_score"] == max(c["weighted_score"] for c in finished)
+        # with response_format the default is on; asking for it off keeps the validity rule only
+        off = (await s.client.post("/v1/align", json={**JSON_ALIGN, "prefer_finished": False})).json()
+        assert _parses(off["text"]) and off["eligible"] == 3  # a cut JSON object does not parse anyway
+
+
+async def test_an_adaptive_budget_is_not_ended_by_a_candidate_the_rules_would_not_choose():
+    body = {**JSON_ALIGN, "budget": "auto", "max_budget": 8, "target_score": -1e6}
+    del body["return_candidates"]
+    async with serve() as s:
+        d = (await s.client.post("/v1/align", json={**body, "return_candidates": True})).json()
+        first_valid = next(i for i, c in enumerate(d["candidates"]) if _parses(c["text"]))
+        # every candidate reaches the target; the search stops at the first wave holding a valid one
+        assert d["budget_spent"] == next(w for w in (2, 4, 8) if w > first_valid)
+        assert _parses(d["text"]) and d["eligible"] >= 1

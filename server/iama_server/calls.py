@@ -63,6 +63,7 @@ class AlignmentCall:
     normalize: bool = True
     n_returned: int = 1  # OpenAI's n: how many of the N come back, the chosen one first
     early_rejection: EarlyRejectionPlan | None = None  # stop weak candidates at checkpoints
+    prefer_finished: bool = False  # a candidate cut at max_tokens only when no finished one is
     target_score: float | None = None  # budget "auto": stop sampling once a candidate reaches it
     echo: str | None = None  # completions' echo: the prompt's text, returned before the completion
 
@@ -225,6 +226,9 @@ class CallBuilder:
             early_rejection=plan,
             target_score=body.target_score,
             echo=echo,
+            prefer_finished=(
+                body.prefer_finished if body.prefer_finished is not None else sampling.structured is not None
+            ),
         )
 
     def _early_rejection_plan(self, er: EarlyRejection, budget: int, max_tokens: int) -> EarlyRejectionPlan:

@@ -36,6 +36,7 @@ class Outcome:
     scoring_s: float
     queue_s: float = 0.0
     search: Search = field(default_factory=Search)
+    eligible: int | None = None  # candidates the request's rules allowed (format, finished); None: no rule
 
     @property
     def kl_bound(self) -> float:

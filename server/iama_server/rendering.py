@@ -107,6 +107,7 @@ def align_response(outcome: Outcome, *, model: str, return_candidates: bool, tot
         candidates=candidates,
         early_rejection=early_rejection_report(outcome),
         budget_spent=outcome.search.budget_spent,
+        eligible=outcome.eligible,
         usage=usage(outcome),
         timings=Timings(
             queue_s=outcome.queue_s,
@@ -129,6 +130,7 @@ def alignment_info(outcome: Outcome, i: int) -> dict[str, Any] | None:
         kl_bound=outcome.kl_bound,
         early_rejection=early_rejection_report(outcome),
         budget_spent=outcome.search.budget_spent,
+        eligible=outcome.eligible,
     ).model_dump(exclude_none=True)
 
 

@@ -197,9 +197,11 @@ async def adaptive_budget(
     request_id: str,
     target: float,
     score: ScoreTexts,
+    eligible: Callable[[Generation], bool] = lambda _: True,
 ) -> AdaptiveRun:
     """Sample candidates ``0 … waves[k]−1`` wave by wave (each one request, seeded as in plain
-    BoN) until some candidate's score reaches ``target`` or the last wave is done."""
+    BoN) until some ``eligible`` candidate's score reaches ``target`` (one the request's rules
+    would not choose cannot end the search) or the last wave is done."""
     gens: list[Generation] = []
     scored: list[Scored] = []  # one per wave, in order
     prompt_tokens = len(prompt_ids)
@@ -216,7 +218,8 @@ async def adaptive_budget(
         gens += batch
         scored.append(await score([g.text for g in batch]))
         weighted = np.concatenate([s.weighted for s in scored])
-        if weighted.size and np.nanmax(weighted) >= target:
+        allowed = np.array([eligible(g) for g in gens], dtype=bool)
+        if np.any(allowed & (np.nan_to_num(weighted, nan=-np.inf) >= target)):
             break
     names = scored[0].raw if scored else {}
     every = Scored(

@@ -10,7 +10,7 @@ slot through :meth:`AlignmentService.admitted` instead (``streaming.py``).
 * ``sample``: one engine request with n = N, nothing scored (plain generation);
 * ``bon``: one engine request with n = N → score every candidate (batched across requests,
   ``scoring.py``) → normalise + weight (:func:`iama.rewards.weighted_score`) → select
-  (:func:`iama.algorithms.select`);
+  (:func:`iama.algorithms.select_in_tiers`: the request's rules, ``eligibility``, before the scores);
 * ``early_rejection`` / ``adaptive``: a search (``searches.py``) that scores as it goes, then the
   same selection.
 
@@ -23,18 +23,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from iama.algorithms import budget_waves, select
+from iama.algorithms import budget_waves, select_in_tiers
 from iama.rewards import RewardSet, RewardStats, normalize_scores, weighted_score
 from iama_server.admission import Admission, Receive, cancel_on_disconnect_or_timeout
 from iama_server.calls import AlignmentCall, total_cost
-from iama_server.engine import Delta, GenerationEngine, GenerationResult, InvalidEngineInput
+from iama_server.eligibility import candidate_tiers, rules_apply
+from iama_server.engine import Delta, Generation, GenerationEngine, GenerationResult, InvalidEngineInput
 from iama_server.errors import APIError, ClientGone, ErrorCode
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle
 from iama_server.metrics import Metrics
@@ -126,25 +127,34 @@ class AlignmentService:
         self.metrics.generation.observe(t1 - t0)
         self.metrics.tokens.labels("prompt").inc(gen.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(sum(c.token_count for c in gen.candidates))
+        eligible = None
         if call.weights is None:
             scored, normalized, chosen = None, {}, list(range(min(call.n_returned, len(gen.candidates))))
         else:
             if scored is None:  # None unless the adaptive search scored every whole candidate as it went
                 scored = await self._final_scores(call, gen, search)
             normalized = normalize_scores(scored.raw, self._stats(call))
-            chosen = self._select(call, len(gen.candidates), scored, search)
+            chosen, eligible = self._select(call, gen.candidates, scored, search)
         t2 = time.perf_counter()
         self.metrics.scoring.observe(t2 - t1)
         raw, weighted = (scored.raw, scored.weighted) if scored is not None else ({}, None)
-        return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search)
+        return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search, eligible=eligible)
 
     @staticmethod
-    def _select(call: AlignmentCall, candidates: int, scored: Scored, search: Search) -> list[int]:
-        """The chosen candidates by the call's algorithm; a rejected candidate is never chosen."""
-        eligible = scored.weighted.copy()
-        eligible[list(search.rejected)] = np.nan
-        k = min(call.n_returned, candidates - len(search.rejected))
-        return select(eligible, call.algorithm, k, call.tau, call.sampling.seed)
+    def _select(
+        call: AlignmentCall, candidates: Sequence[Generation], scored: Scored, search: Search
+    ) -> tuple[list[int], int | None]:
+        """The chosen candidates, the request's rules first (``eligibility``: valid format,
+        finished), then the call's algorithm; a rejected candidate is never chosen. Also how
+        many candidates the rules allowed (None where the request has none)."""
+        weighted = scored.weighted.copy()
+        weighted[list(search.rejected)] = np.nan
+        structured = call.sampling.structured
+        tiers = np.asarray(candidate_tiers(candidates, structured, call.prefer_finished))
+        k = min(call.n_returned, len(candidates) - len(search.rejected))
+        chosen = select_in_tiers(weighted, tiers, call.algorithm, k, call.tau, call.sampling.seed)
+        allowed = (tiers == 0) & ~np.isnan(weighted)
+        return chosen, int(allowed.sum()) if rules_apply(structured, call.prefer_finished) else None
 
     def _stats(self, call: AlignmentCall) -> Mapping[str, RewardStats] | None:
         return self.rewards.stats if call.normalize else None
@@ -205,9 +215,11 @@ class AlignmentService:
             return await self._score(call, texts, names)
 
         waves = budget_waves(call.budget)
+        structured, prefer = call.sampling.structured, call.prefer_finished
         run = await adaptive_budget(
-            self.engine, call.prompt_ids, call.sampling, waves, call.engine_request_id(), call.target_score, score
-        )
+            self.engine, call.prompt_ids, call.sampling, waves, call.engine_request_id(), call.target_score, score,
+            lambda g: candidate_tiers([g], structured, prefer) == [0],
+        )  # fmt: skip
         spent = len(run.result.candidates)
         self.metrics.budget_spent.observe(spent)
         return run.result, Search(budget_spent=spent), run.scores

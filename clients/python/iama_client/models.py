@@ -87,6 +87,7 @@ class AlignResponse(_Model):
     candidates: list[Candidate] | None = None
     early_rejection: EarlyRejectionReport | None = None
     budget_spent: int | None = None
+    eligible: int | None = None  # candidates the request's rules allowed (format, finished); 0: none did
     usage: Usage
     timings: Timings
 
@@ -145,6 +146,7 @@ class AlignmentInfo(_Model):
     kl_bound: float
     early_rejection: EarlyRejectionReport | None = None
     budget_spent: int | None = None
+    eligible: int | None = None
 
 
 class ChatChoiceMessage(_Model):
@@ -268,6 +270,7 @@ class _Search(TypedDict, total=False):
     max_budget: int  # with an "auto" budget
     early_rejection: EarlyRejection
     alignment_temperature: float
+    prefer_finished: bool  # a candidate cut at max_tokens only when no finished one is (default: with response_format)
 
 
 @with_config(ConfigDict(extra="forbid"))

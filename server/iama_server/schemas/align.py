@@ -109,5 +109,10 @@ class AlignResponse(BaseModel):
     candidates: list[Candidate] | None = None
     early_rejection: EarlyRejectionReport | None = None
     budget_spent: int | None = Field(default=None, description="budget 'auto': candidates actually sampled")
+    eligible: int | None = Field(
+        default=None,
+        description="candidates the request's rules allowed (valid response_format, finished with "
+        "prefer_finished); 0: none did, and the best-scoring one is returned anyway. Absent without such a rule",
+    )
     usage: Usage
     timings: Timings

@@ -228,8 +228,16 @@ Budget = Annotated[Annotated[int, Field(ge=1, le=MAX_N)] | Literal["auto"] | Non
 
 
 class AdaptiveBudget(StrictRequest):
-    """``budget: "auto"``: sample in waves (2, 4, 8, … up to ``max_budget``) and stop as soon as a
-    candidate's weighted score reaches ``target_score``."""
+    """How the candidates are searched and chosen. ``budget: "auto"``: sample in waves (2, 4, 8,
+    … up to ``max_budget``) and stop as soon as an eligible candidate's weighted score reaches
+    ``target_score``. ``prefer_finished``: a candidate cut at ``max_tokens`` is chosen only when
+    no finished one is (``iama_server.eligibility``)."""
+
+    prefer_finished: bool | None = Field(
+        default=None,
+        description="rank candidates cut at max_tokens after finished ones (default: on with "
+        "response_format, whose cut answers do not parse; off otherwise)",
+    )
 
     target_score: float | None = Field(
         default=None, ge=-1e6, le=1e6, description="for budget 'auto' (required with it, refused without)"

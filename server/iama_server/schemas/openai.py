@@ -221,6 +221,11 @@ class AlignmentInfo(BaseModel):
     kl_bound: float
     early_rejection: EarlyRejectionReport | None = None
     budget_spent: int | None = None
+    eligible: int | None = Field(
+        default=None,
+        description="candidates the request's rules allowed (valid response_format, finished with "
+        "prefer_finished); 0: none did, and the best-scoring one is returned anyway. Absent without such a rule",
+    )
 
 
 class ChatChoiceMessage(BaseModel):
