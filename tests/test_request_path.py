@@ -419,7 +419,11 @@ async def test_an_answer_that_does_not_parse_is_never_chosen_over_one_that_does(
         assert _parses(d["text"]) and d["weighted_score"] == max(c["weighted_score"] for c in valid)
         assert d["eligible"] == len(valid) == 3 and d["finish_reason"] == "stop"
         # a schema the short answers break leaves "Awful, broken, horrible." alone
-        schema = {"type": "object", "properties": {"answer": {"type": "string", "minLength": 6}}, "required": ["answer"]}
+        schema = {
+            "type": "object",
+            "properties": {"answer": {"type": "string", "minLength": 6}},
+            "required": ["answer"],
+        }
         fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
         d = (await s.client.post("/v1/align", json={**JSON_ALIGN, "response_format": fmt})).json()
         assert d["eligible"] == 1 and d["text"] == '{"answer": "Awful, broken, horrible."}'
