@@ -114,6 +114,9 @@ def select_in_tiers(
         if need <= 0:
             break
         idx = np.flatnonzero(t == tier)
+        if np.all(np.isnan(arr[idx])):  # nothing scored here: in index order
+            picks += [int(i) for i in idx[:need]]
+            continue
         picks += [int(idx[j]) for j in select(arr[idx], algorithm, min(need, idx.size), tau, gen)]
     return picks
 

@@ -120,6 +120,8 @@ def test_selection_in_tiers_never_prefers_a_worse_tier_and_is_select_with_one_ti
         assert select_in_tiers(scores, [0] * 4, "soft_bon", k=3, tau=0.3, rng=seed) == select(
             scores, "soft_bon", k=3, tau=0.3, rng=seed
         )
+    nan = float("nan")  # unscored candidates come last, in index order, when k asks for them
+    assert select_in_tiers([nan, 1.0, nan], [0, 0, 0], "bon", k=3) == [1, 0, 2]
     with pytest.raises(ValueError, match="one per candidate"):
         select_in_tiers(scores, [0, 1], "bon")
 

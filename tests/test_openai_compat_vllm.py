@@ -125,6 +125,22 @@ def test_a_stop_string_stays_in_the_text_the_rewards_score_when_asked(tiny_serve
     assert stopped and all(c["text"][-1] in "".join(MANY_STOPS) for c in stopped)
 
 
+def test_a_vote_on_the_real_engine_returns_the_plurality_answers_best_candidate(tiny_server):
+    import re
+    from collections import Counter
+
+    body = {"prompt": "hi", "reward_weights": {"short": 1}, "budget": 8, "max_tokens": 12, "seed": 3,
+            "algorithm": "vote", "vote": {"regex": "[a-e]"}, "return_candidates": True}  # fmt: skip
+    d = httpx.post(f"{tiny_server.url}/v1/align", json=body, headers=AUTH, timeout=600).json()
+    answers = [m.group(0) if (m := re.search("[a-e]", c["text"])) else None for c in d["candidates"]]
+    counts = Counter(a for a in answers if a is not None)
+    assert d["vote"]["counts"] == {a: float(n) for a, n in counts.items()}
+    top = max(counts.values())
+    assert counts[d["vote"]["answer"]] == top
+    mine = [c for c, a in zip(d["candidates"], answers, strict=True) if a == d["vote"]["answer"]]
+    assert d["weighted_score"] == max(c["weighted_score"] for c in mine) and d["text"] in [c["text"] for c in mine]
+
+
 def _valid(text: str, schema: dict) -> bool:
     import jsonschema
 

@@ -461,3 +461,52 @@ async def test_an_adaptive_budget_is_not_ended_by_a_candidate_the_rules_would_no
         # every candidate reaches the target; the search stops at the first wave holding a valid one
         assert d["budget_spent"] == next(w for w in (2, 4, 8) if w > first_valid)
         assert _parses(d["text"]) and d["eligible"] >= 1
+
+
+# ---------------------------------------------------------------------- majority vote
+VOTERS = ["The answer is 4.", "I think 5 is great.", "It is 4, sadly.", "Maybe 7, I love it!", "No idea at all."]
+
+
+async def test_a_vote_returns_the_best_candidate_of_the_most_frequent_answer():
+    body = {**ALIGN, "budget": 5, "algorithm": "vote", "vote": {"regex": r"\d+"}, "return_candidates": True}
+    async with serve(FakeEngine(candidates=VOTERS)) as s:
+        d = (await s.client.post("/v1/align", json=body)).json()
+        assert d["vote"] == {"answer": "4", "counts": {"4": 2.0, "5": 1.0, "7": 1.0}}
+        fours = [c for c in d["candidates"] if "4" in c["text"]]
+        assert d["text"] in [c["text"] for c in fours]
+        assert d["weighted_score"] == max(c["weighted_score"] for c in fours)
+        assert max(c["weighted_score"] for c in d["candidates"]) > d["weighted_score"]  # BoN would pick "7"
+        assert d["algorithm"] == "vote" and d["kl_bound"] == pytest.approx(math.log(5))
+        # weighted votes: at a small τ the best-scoring candidate's answer carries nearly all weight
+        w = {**body, "vote": {"regex": r"\d+", "weighted": True}, "alignment_temperature": 0.01}
+        assert (await s.client.post("/v1/align", json=w)).json()["vote"]["answer"] == "7"
+        # the OpenAI routes: one choice, with the votes in its alignment
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "best_of": 5, "reward_weights": {"sentiment": 1.0},
+                "alignment": "vote", "vote": {"regex": r"\d+"}}  # fmt: skip
+        choice = (await s.client.post("/v1/chat/completions", json=chat)).json()["choices"][0]
+        assert choice["alignment"]["vote"]["answer"] == "4" and "4" in choice["message"]["content"]
+        # a scalar reward's value as the answer: the sentiment compound, one answer per text here
+        by_reward = {**body, "vote": {"reward": "sentiment"}}
+        d = (await s.client.post("/v1/align", json=by_reward)).json()
+        assert len(d["vote"]["counts"]) == 5 and d["vote"]["answer"] == f"{d['scores']['sentiment']['raw']:g}"
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "says"),
+    [
+        ({"vote": None}, None, "vote is required with algorithm: 'vote'"),
+        ({"algorithm": "bon"}, None, "vote only applies with algorithm: 'vote'"),
+        ({"vote": {"regex": "("}}, "vote.regex", "not a regular expression"),
+        ({"vote": {"regex": "a", "reward": "sentiment"}}, "vote", "exactly one of regex, json_path or reward"),
+        ({"vote": {"reward": "nope"}}, "vote.reward", "a reward that reads one value"),
+        ({"budget": "auto", "target_score": 1.0}, None, "'vote' and budget: 'auto' cannot be combined"),
+        ({"early_rejection": {}}, None, "'vote' and early_rejection cannot be combined"),
+    ],
+)
+async def test_a_vote_that_cannot_run_is_a_400_naming_the_field(change, param, says):
+    body = {**ALIGN, "algorithm": "vote", "vote": {"regex": r"\d+"}, **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    async with serve() as s:
+        r = await s.client.post("/v1/align", json=body)
+        assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["param"] == param

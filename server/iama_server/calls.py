@@ -18,7 +18,6 @@ from typing import Literal
 
 from iama.algorithms import checkpoints_in_tokens, oversampled_budget
 from iama.modelcard import ModelCard
-from iama.objective import Algorithm
 from iama.rewards import Prompt, RewardSet, WeightError
 from iama.seeds import candidate_base_seed
 from iama_server.admission import request_cost
@@ -33,6 +32,8 @@ from iama_server.schemas import (
     CompletionRequest,
     EarlyRejection,
     SamplingFields,
+    ServedAlgorithm,
+    VoteRequest,
 )
 from iama_server.settings import ServerSettings
 
@@ -56,7 +57,7 @@ class AlignmentCall:
     prompt: Prompt  # what rewards score against: the conversation, or the raw prompt text
     weights: dict[str, float] | None  # validated; None: plain generation, nothing scored
     budget: int  # N candidates sampled (with budget "auto": the most the search may sample)
-    algorithm: Algorithm
+    algorithm: ServedAlgorithm
     tau: float
     sampling: Sampling
     request_id: str  # the client's X-Request-Id, or one made up for it
@@ -64,6 +65,7 @@ class AlignmentCall:
     n_returned: int = 1  # OpenAI's n: how many of the N come back, the chosen one first
     early_rejection: EarlyRejectionPlan | None = None  # stop weak candidates at checkpoints
     prefer_finished: bool = False  # a candidate cut at max_tokens only when no finished one is
+    vote: VoteRequest | None = None  # algorithm "vote": how each candidate's answer is read
     target_score: float | None = None  # budget "auto": stop sampling once a candidate reaches it
     echo: str | None = None  # completions' echo: the prompt's text, returned before the completion
 
@@ -193,7 +195,7 @@ class CallBuilder:
         *,
         weights: dict[str, float] | None,
         budget: int,
-        algorithm: Algorithm,
+        algorithm: ServedAlgorithm,
         normalize: bool = True,
         n_returned: int = 1,
         echo: str | None = None,
@@ -229,7 +231,15 @@ class CallBuilder:
             prefer_finished=(
                 body.prefer_finished if body.prefer_finished is not None else sampling.structured is not None
             ),
+            vote=self._vote(body.vote),
         )
+
+    def _vote(self, vote: VoteRequest | None) -> VoteRequest | None:
+        """A vote on a reward's value needs a reward that reads one number (a scalar reward)."""
+        if vote is not None and vote.reward is not None and vote.reward not in self.rewards.scalar_rewards():
+            scalars = sorted(self.rewards.scalar_rewards())
+            raise APIError(400, f"vote.reward must be a reward that reads one value: one of {scalars}", "vote.reward")
+        return vote
 
     def _early_rejection_plan(self, er: EarlyRejection, budget: int, max_tokens: int) -> EarlyRejectionPlan:
         """The server's defaults for what the request left out, checkpoints in tokens, and the

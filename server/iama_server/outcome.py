@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from iama.algorithms import selection_kl_bound
+from iama.voting import Vote
 from iama_server.calls import AlignmentCall
 from iama_server.engine import GenerationResult
 from iama_server.searches import Checkpoint, Rejection
@@ -37,6 +38,7 @@ class Outcome:
     queue_s: float = 0.0
     search: Search = field(default_factory=Search)
     eligible: int | None = None  # candidates the request's rules allowed (format, finished); None: no rule
+    vote: Vote | None = None  # algorithm "vote": the answer and the votes
 
     @property
     def kl_bound(self) -> float:
@@ -44,7 +46,8 @@ class Outcome:
         rule (soft BoN, early rejection, an adaptive stop) has density ratio ≤ N: log N."""
         if self.weighted is None:
             return 0.0
-        exact = self.call.mode == "bon"
+        exact = self.call.mode == "bon" and self.call.algorithm != "vote"
+        # any other rule picking one of N (a vote too) has density ratio ≤ N: log N
         return selection_kl_bound(self.call.algorithm if exact else "soft_bon", self.call.budget)
 
     @property

@@ -24,6 +24,7 @@ from iama_server.schemas import (
     RewardScore,
     Timings,
     Usage,
+    VoteReport,
 )
 
 
@@ -108,6 +109,7 @@ def align_response(outcome: Outcome, *, model: str, return_candidates: bool, tot
         early_rejection=early_rejection_report(outcome),
         budget_spent=outcome.search.budget_spent,
         eligible=outcome.eligible,
+        vote=vote_report(outcome),
         usage=usage(outcome),
         timings=Timings(
             queue_s=outcome.queue_s,
@@ -116,6 +118,11 @@ def align_response(outcome: Outcome, *, model: str, return_candidates: bool, tot
             total_s=total_s,
         ),
     )
+
+
+def vote_report(outcome: Outcome) -> VoteReport | None:
+    v = outcome.vote
+    return None if v is None else VoteReport(answer=v.answer, counts=v.counts)
 
 
 def alignment_info(outcome: Outcome, i: int) -> dict[str, Any] | None:
@@ -131,6 +138,7 @@ def alignment_info(outcome: Outcome, i: int) -> dict[str, Any] | None:
         early_rejection=early_rejection_report(outcome),
         budget_spent=outcome.search.budget_spent,
         eligible=outcome.eligible,
+        vote=vote_report(outcome),
     ).model_dump(exclude_none=True)
 
 

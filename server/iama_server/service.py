@@ -30,8 +30,9 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from iama.algorithms import budget_waves, select_in_tiers
+from iama.algorithms import budget_waves, select_in_tiers, soft_best_of_n_probabilities
 from iama.rewards import RewardSet, RewardStats, normalize_scores, weighted_score
+from iama.voting import Vote, json_path_answers, plurality, regex_answers, scalar_answers
 from iama_server.admission import Admission, Receive, cancel_on_disconnect_or_timeout
 from iama_server.calls import AlignmentCall, total_cost
 from iama_server.eligibility import candidate_tiers, rules_apply
@@ -127,34 +128,59 @@ class AlignmentService:
         self.metrics.generation.observe(t1 - t0)
         self.metrics.tokens.labels("prompt").inc(gen.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(sum(c.token_count for c in gen.candidates))
-        eligible = None
+        eligible, vote = None, None
         if call.weights is None:
             scored, normalized, chosen = None, {}, list(range(min(call.n_returned, len(gen.candidates))))
         else:
             if scored is None:  # None unless the adaptive search scored every whole candidate as it went
                 scored = await self._final_scores(call, gen, search)
             normalized = normalize_scores(scored.raw, self._stats(call))
-            chosen, eligible = self._select(call, gen.candidates, scored, search)
+            chosen, eligible, vote = self._select(call, gen.candidates, scored, search)
         t2 = time.perf_counter()
         self.metrics.scoring.observe(t2 - t1)
         raw, weighted = (scored.raw, scored.weighted) if scored is not None else ({}, None)
-        return Outcome(call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search, eligible=eligible)
+        return Outcome(
+            call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search, eligible=eligible, vote=vote
+        )
 
-    @staticmethod
     def _select(
-        call: AlignmentCall, candidates: Sequence[Generation], scored: Scored, search: Search
-    ) -> tuple[list[int], int | None]:
+        self, call: AlignmentCall, candidates: Sequence[Generation], scored: Scored, search: Search
+    ) -> tuple[list[int], int | None, Vote | None]:
         """The chosen candidates, the request's rules first (``eligibility``: valid format,
         finished), then the call's algorithm; a rejected candidate is never chosen. Also how
-        many candidates the rules allowed (None where the request has none)."""
+        many candidates the rules allowed (None where the request has none), and the vote."""
         weighted = scored.weighted.copy()
         weighted[list(search.rejected)] = np.nan
         structured = call.sampling.structured
         tiers = np.asarray(candidate_tiers(candidates, structured, call.prefer_finished))
-        k = min(call.n_returned, len(candidates) - len(search.rejected))
-        chosen = select_in_tiers(weighted, tiers, call.algorithm, k, call.tau, call.sampling.seed)
         allowed = (tiers == 0) & ~np.isnan(weighted)
-        return chosen, int(allowed.sum()) if rules_apply(structured, call.prefer_finished) else None
+        eligible = int(allowed.sum()) if rules_apply(structured, call.prefer_finished) else None
+        if call.algorithm == "vote":
+            vote = self._vote(call, candidates, weighted, tiers)
+            return [vote.chosen], eligible, vote
+        k = min(call.n_returned, len(candidates) - len(search.rejected))
+        return select_in_tiers(weighted, tiers, call.algorithm, k, call.tau, call.sampling.seed), eligible, None
+
+    def _vote(
+        self, call: AlignmentCall, candidates: Sequence[Generation], weighted: np.ndarray, tiers: np.ndarray
+    ) -> Vote:
+        """Only the best tier present votes (the request's rules come before the crowd too);
+        weighted votes count each voter's soft-BoN probability at the call's τ."""
+        assert call.vote is not None
+        spec, texts = call.vote, [c.text for c in candidates]
+        if spec.regex is not None:
+            answers = regex_answers(texts, spec.regex)
+        elif spec.json_path is not None:
+            answers = json_path_answers(texts, spec.json_path)
+        else:
+            assert spec.reward is not None
+            reader = self.rewards.scalar_rewards()[spec.reward]
+            answers = scalar_answers(reader.scalar(texts, [c.token_count for c in candidates]))
+        scored = ~np.isnan(weighted)
+        best = tiers[scored].min() if scored.any() else 0
+        voters = np.where(scored & (tiers == best), weighted, np.nan)
+        probs = soft_best_of_n_probabilities(voters, call.tau) if spec.weighted and scored.any() else None
+        return plurality(answers, voters, probs)
 
     def _stats(self, call: AlignmentCall) -> Mapping[str, RewardStats] | None:
         return self.rewards.stats if call.normalize else None

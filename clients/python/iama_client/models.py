@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, with_config
 from typing_extensions import TypedDict
 
-Algorithm = Literal["bon", "soft_bon"]
+Algorithm = Literal["bon", "soft_bon", "vote"]  # vote: the most frequent answer (see VoteParams)
 
 
 class _Model(BaseModel):
@@ -56,6 +56,11 @@ class EarlyRejectionReport(_Model):
     plain_bon_tokens_bound: int
 
 
+class VoteReport(_Model):
+    answer: str | None  # None: no candidate gave one (the best-scoring one came back)
+    counts: dict[str, float]
+
+
 class Usage(_Model):
     prompt_tokens: int
     completion_tokens: int
@@ -88,6 +93,7 @@ class AlignResponse(_Model):
     early_rejection: EarlyRejectionReport | None = None
     budget_spent: int | None = None
     eligible: int | None = None  # candidates the request's rules allowed (format, finished); 0: none did
+    vote: VoteReport | None = None
     usage: Usage
     timings: Timings
 
@@ -147,6 +153,7 @@ class AlignmentInfo(_Model):
     early_rejection: EarlyRejectionReport | None = None
     budget_spent: int | None = None
     eligible: int | None = None
+    vote: VoteReport | None = None
 
 
 class ChatChoiceMessage(_Model):
@@ -265,12 +272,23 @@ class _Sampling(TypedDict, total=False):
 
 
 @with_config(ConfigDict(extra="forbid"))
+class VoteParams(TypedDict, total=False):
+    """With algorithm "vote": one way to read each candidate's answer."""
+
+    regex: str  # the first match (its first group, if any)
+    json_path: str  # dotted path into the answer parsed as JSON
+    reward: str  # a scalar reward's value (e.g. the number a `number` reward reads)
+    weighted: bool  # each vote counts its soft-BoN probability
+
+
+@with_config(ConfigDict(extra="forbid"))
 class _Search(TypedDict, total=False):
     target_score: float  # with an "auto" budget: stop sampling once a candidate reaches it
     max_budget: int  # with an "auto" budget
     early_rejection: EarlyRejection
     alignment_temperature: float
     prefer_finished: bool  # a candidate cut at max_tokens only when no finished one is (default: with response_format)
+    vote: VoteParams  # with algorithm "vote"
 
 
 @with_config(ConfigDict(extra="forbid"))

@@ -22,7 +22,10 @@ from iama_server.schemas.common import (
     RewardScore,
     RewardsList,
     SamplingFields,
+    ServedAlgorithm,
     Usage,
+    VoteReport,
+    VoteRequest,
 )
 from iama_server.schemas.errors import ErrorBody, ErrorResponse
 from iama_server.schemas.openai import (
@@ -67,7 +70,10 @@ __all__ = [
     "RewardScore",
     "RewardsList",
     "SamplingFields",
+    "ServedAlgorithm",
     "StreamOptions",
     "Timings",
     "Usage",
+    "VoteReport",
+    "VoteRequest",
 ]

@@ -8,7 +8,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from iama.objective import Algorithm
 from iama_server.schemas.common import (
     MAX_MESSAGES,
     AdaptiveBudget,
@@ -18,9 +17,12 @@ from iama_server.schemas.common import (
     RewardScore,
     RewardWeights,
     SamplingFields,
+    ServedAlgorithm,
     Usage,
+    VoteReport,
     budget_rules,
     present,
+    vote_rules,
 )
 
 
@@ -35,6 +37,7 @@ class AlignRequest(SamplingFields, AdaptiveBudget):
         {"anyOf": [present("prompt", {"type": "string"}), present("messages", {"type": "array"})]},
         {"not": {"allOf": [present("prompt", {"type": "string"}), present("messages", {"type": "array"})]}},
         *budget_rules("budget"),
+        *vote_rules("algorithm", "budget"),
     )
 
     prompt: str | None = Field(
@@ -50,7 +53,7 @@ class AlignRequest(SamplingFields, AdaptiveBudget):
     raw_prompt: bool = False
     reward_weights: RewardWeights | None = None
     budget: Budget = None
-    algorithm: Algorithm = "bon"
+    algorithm: ServedAlgorithm = "bon"
     alignment_temperature: float | None = Field(default=None, gt=0.0, le=1e6, description="τ of soft best-of-N")
     normalize: bool = True
     return_candidates: bool = False
@@ -68,6 +71,7 @@ class AlignRequest(SamplingFields, AdaptiveBudget):
     @model_validator(mode="after")
     def _budget_fields(self) -> AlignRequest:
         self._check_budget_fields(self.budget, "budget")
+        self._check_vote(self.algorithm, self.budget, "algorithm", "budget")
         return self
 
 
@@ -99,7 +103,7 @@ class AlignResponse(BaseModel):
     text: str
     chosen_index: int
     finish_reason: str | None
-    algorithm: Algorithm
+    algorithm: ServedAlgorithm
     budget: int
     alignment_temperature: float | None
     reward_weights: dict[str, float]
@@ -109,6 +113,7 @@ class AlignResponse(BaseModel):
     candidates: list[Candidate] | None = None
     early_rejection: EarlyRejectionReport | None = None
     budget_spent: int | None = Field(default=None, description="budget 'auto': candidates actually sampled")
+    vote: VoteReport | None = Field(default=None, description="algorithm 'vote': the answer and the votes")
     eligible: int | None = Field(
         default=None,
         description="candidates the request's rules allowed (valid response_format, finished with "

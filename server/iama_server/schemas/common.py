@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
+import regex
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -62,6 +63,21 @@ def _cross_field_schema(schema: JSONSchema, model: type[BaseModel]) -> None:
     rules = [r for cls in reversed(model.__mro__) for r in vars(cls).get("cross_field_rules", ())]
     if rules:
         schema.setdefault("allOf", []).extend(rules)
+
+
+# What a request may ask to choose by: the trained algorithms (iama.objective.Algorithm), and a
+# vote, which only serving offers (no first variation of a plurality is trained for).
+ServedAlgorithm = Literal["bon", "soft_bon", "vote"]
+
+
+def vote_rules(algorithm: str, budget: str) -> tuple[JSONSchema, ...]:
+    """``vote`` with ``algorithm: "vote"`` and only with it; not with an ``"auto"`` budget or
+    early rejection (:meth:`AdaptiveBudget._check_vote`)."""
+    voting = present(algorithm, {"const": "vote"})
+    return (
+        when(voting, {"allOf": [present("vote", {"type": "object"}), absent("early_rejection")]}, absent("vote")),
+        {"not": {"allOf": [voting, present(budget, {"const": "auto"})]}},
+    )
 
 
 def budget_rules(name: str) -> tuple[JSONSchema, ...]:
@@ -227,6 +243,53 @@ def _budget_value(v: Any) -> Any:
 Budget = Annotated[Annotated[int, Field(ge=1, le=MAX_N)] | Literal["auto"] | None, BeforeValidator(_budget_value)]
 
 
+class VoteRequest(StrictRequest):
+    """``algorithm: "vote"``: each candidate's answer (give exactly one way to extract it), the most
+    frequent answer wins and its best-scoring candidate is returned (``iama.voting``)."""
+
+    cross_field_rules = (
+        {"oneOf": [present("regex", {"type": "string"}), present("json_path", {"type": "string"}),
+                   present("reward", {"type": "string"})]},
+    )  # fmt: skip
+
+    regex: str | None = Field(
+        default=None, min_length=1, max_length=256, description="the first match (its first group, if any)"
+    )
+    json_path: str | None = Field(
+        default=None, max_length=256, description='dotted path into the answer parsed as JSON ("" the whole)'
+    )
+    reward: str | None = Field(
+        default=None, max_length=128, description="a scalar reward's value (e.g. the number a `number` reward reads)"
+    )
+    weighted: bool = Field(
+        default=False, description="each vote counts its soft-BoN probability (scores at alignment_temperature)"
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                regex.compile(v)
+            except regex.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_way(self) -> VoteRequest:
+        if sum(x is not None for x in (self.regex, self.json_path, self.reward)) != 1:
+            raise ValueError("give exactly one of regex, json_path or reward")
+        return self
+
+
+class VoteReport(BaseModel):
+    """What a vote decided: the winning answer (null: no candidate gave one, and the best-scoring
+    one was returned) and the votes of every answer, most first."""
+
+    answer: str | None
+    counts: dict[str, float]
+
+
 class AdaptiveBudget(StrictRequest):
     """How the candidates are searched and chosen. ``budget: "auto"``: sample in waves (2, 4, 8,
     … up to ``max_budget``) and stop as soon as an eligible candidate's weighted score reaches
@@ -244,6 +307,20 @@ class AdaptiveBudget(StrictRequest):
     )
     max_budget: int | None = Field(default=None, ge=1, le=MAX_N, description="for budget 'auto' (refused without it)")
     early_rejection: EarlyRejection | None = Field(default=None, description="not with budget 'auto'")
+    vote: VoteRequest | None = Field(
+        default=None, description="with algorithm 'vote' (required with it, refused without)"
+    )
+
+    def _check_vote(self, algorithm: str, budget: object, algorithm_name: str, budget_name: str) -> None:
+        voting = algorithm == "vote"
+        if voting != (self.vote is not None):
+            message = "vote is required with {a}: 'vote'" if voting else "vote only applies with {a}: 'vote'"
+            raise PydanticCustomError("value_error", message, {"a": algorithm_name})
+        if voting and (budget == "auto" or self.early_rejection is not None):
+            what = f"{budget_name}: 'auto'" if budget == "auto" else "early_rejection"
+            raise PydanticCustomError(
+                "value_error", "{a}: 'vote' and {what} cannot be combined", {"a": algorithm_name, "what": what}
+            )
 
     def _check_budget_fields(self, budget: object, name: str) -> None:
         auto = budget == "auto"

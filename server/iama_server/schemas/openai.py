@@ -22,7 +22,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from iama.objective import Algorithm
 from iama_server.schemas.common import (
     MAX_LOGPROBS,
     MAX_MESSAGES,
@@ -35,10 +34,13 @@ from iama_server.schemas.common import (
     RewardScore,
     RewardWeights,
     SamplingFields,
+    ServedAlgorithm,
     StrictRequest,
     Usage,
+    VoteReport,
     budget_rules,
     present,
+    vote_rules,
     when,
 )
 
@@ -61,7 +63,7 @@ class AlignmentExtras(AdaptiveBudget):
 
     reward_weights: RewardWeights | None = None
     best_of: Budget = Field(default=None, description="the budget N, or 'auto'; at least n")
-    alignment: Algorithm = "bon"
+    alignment: ServedAlgorithm = "bon"
     alignment_temperature: float | None = Field(default=None, gt=0.0, le=1e6)
 
 
@@ -75,6 +77,7 @@ class StreamOptions(StrictRequest):
 class _OpenAIBase(SamplingFields, AlignmentExtras):
     cross_field_rules = (
         *budget_rules("best_of"),
+        *vote_rules("alignment", "best_of"),
         when(present("stream", {"const": True}), {"properties": {"n": {"const": 1}}}),
     )
 
@@ -110,6 +113,9 @@ class _OpenAIBase(SamplingFields, AlignmentExtras):
     @model_validator(mode="after")
     def _budget_fields(self) -> _OpenAIBase:
         self._check_budget_fields(self.best_of, "best_of")
+        self._check_vote(self.alignment, self.best_of, "alignment", "best_of")
+        if self.alignment == "vote" and self.n > 1:
+            raise PydanticCustomError("value_error", "alignment 'vote' returns one choice: n must be 1", {})
         return self
 
     @field_validator("stream")
@@ -217,10 +223,11 @@ class AlignmentInfo(BaseModel):
     weighted_score: float | None
     scores: dict[str, RewardScore]
     budget: int
-    algorithm: Algorithm
+    algorithm: ServedAlgorithm
     kl_bound: float
     early_rejection: EarlyRejectionReport | None = None
     budget_spent: int | None = None
+    vote: VoteReport | None = None
     eligible: int | None = Field(
         default=None,
         description="candidates the request's rules allowed (valid response_format, finished with "
