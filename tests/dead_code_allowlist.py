@@ -45,6 +45,9 @@ id  # unused variable (server/iama_server/schemas/openai.py:266)
 owned_by  # unused variable (server/iama_server/schemas/openai.py:269)
 
 # pydantic validators and cross-field rules: called by pydantic when a model validates or writes its schema.
+_omit_unset_stop  # unused method (iama/sampling.py: a model serializer)
+_compiles  # unused method (server/iama_server/schemas/common.py)
+_one_way  # unused method (server/iama_server/schemas/common.py)
 plain_bon_tokens_bound  # unused variable (clients/python/iama_client/models.py:56)
 total_tokens  # unused variable (clients/python/iama_client/models.py:62)
 _._finite_weights  # unused method (iama/objective.py:40)

@@ -46,9 +46,11 @@ class Outcome:
         rule (soft BoN, early rejection, an adaptive stop) has density ratio ≤ N: log N."""
         if self.weighted is None:
             return 0.0
-        exact = self.call.mode == "bon" and self.call.algorithm != "vote"
+        algorithm = self.call.algorithm
+        if self.call.mode == "bon" and algorithm != "vote":
+            return selection_kl_bound(algorithm, self.call.budget)
         # any other rule picking one of N (a vote too) has density ratio ≤ N: log N
-        return selection_kl_bound(self.call.algorithm if exact else "soft_bon", self.call.budget)
+        return selection_kl_bound("soft_bon", self.call.budget)
 
     @property
     def completion_tokens(self) -> int:

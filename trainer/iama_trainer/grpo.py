@@ -120,7 +120,8 @@ class IAMAGRPOTrainer(GRPOTrainer):
         """
         if not ids:
             return
-        self.eos_token_ids = [*self.eos_token_ids, *(i for i in ids if i not in self.eos_token_ids)]
+        eos: list[int] = list(self.eos_token_ids)  # type: ignore[has-type]  # TRL sets it, untyped
+        self.eos_token_ids = [*eos, *(i for i in ids if i not in eos)]
         if self.use_vllm:
             self.vllm_generation.generation_kwargs["stop_token_ids"] = list(ids)
         else:
