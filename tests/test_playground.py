@@ -114,6 +114,17 @@ def test_playground_in_headless_chromium(tiny_server):
             assert page.locator("#chart rect.bar.chosen").count() == 1
             page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
 
+            page.get_by_test_id("algorithm").select_option("vote")  # a majority vote, its counts shown
+            page.get_by_test_id("vote-regex").fill("[a-e]")
+            page.get_by_test_id("run").click()
+            page.wait_for_selector("body[data-state=done]", timeout=600_000)
+            assert page.get_by_test_id("vote").inner_text().startswith("vote ")
+            assert (
+                ":" in page.get_by_test_id("vote").inner_text()
+                or "no votes" in page.get_by_test_id("vote").inner_text()
+            )
+            page.get_by_test_id("algorithm").select_option("bon")
+
             page.get_by_test_id("weight-short").fill("0")  # nothing weighted: the page says so, no request
             page.get_by_test_id("run").click()
             page.wait_for_selector("body[data-state=error]")

@@ -96,6 +96,7 @@ function request() {
     body.raw_prompt = $("raw").checked;
   }
   if (body.algorithm === "soft_bon") body.alignment_temperature = Number($("tau").value);
+  if (body.algorithm === "vote") body.vote = { regex: $("vote-regex").value };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if ($("er").checked) {
     body.early_rejection = {
@@ -125,6 +126,11 @@ function summary(d) {
   item("time", `${fmt(t.total_s, 2)} s (queue ${fmt(t.queue_s, 2)}, generation ${fmt(t.generation_s, 2)}, scoring ${fmt(t.scoring_s, 2)})`, "timings");
   const used = Object.entries(d.reward_weights).map(([k, v]) => `${k}=${v}`).join(", ");
   item("weights", used, "weights-used");
+  if (d.vote) {
+    const counts = Object.entries(d.vote.counts).map(([a, n]) => `${a}: ${n}`).join(", ");
+    item("vote", `${d.vote.answer ?? "no answer"} (${counts || "no votes"})`, "vote");
+  }
+  if (d.eligible !== undefined && d.eligible !== null) item("eligible", String(d.eligible), "eligible");
   if (d.early_rejection) {
     const er = d.early_rejection;
     item("early rejection", `${er.generated_tokens} of ≤ ${er.plain_bon_tokens_bound} tokens`, "er-summary");
@@ -189,6 +195,7 @@ function table(d) {
 }
 
 async function run() {
+  document.body.dataset.state = "running";  // what a test (or a user) waits on changes at once
   $("error").textContent = "";
   const button = $("run");
   button.disabled = true;
@@ -210,7 +217,10 @@ async function run() {
 
 // ---------------------------------------------------------------- wiring
 
-$("algorithm").addEventListener("change", () => { $("tau").disabled = $("algorithm").value !== "soft_bon"; });
+$("algorithm").addEventListener("change", () => {
+  $("tau").disabled = $("algorithm").value !== "soft_bon";
+  $("vote-regex").disabled = $("algorithm").value !== "vote";
+});
 $("er").addEventListener("change", () => {
   $("er-checkpoints").disabled = !$("er").checked;
   $("er-keep").disabled = !$("er").checked;
