@@ -327,6 +327,24 @@ def sweep_config(tmp_path: Path, tiny_llama: Path) -> Path:
     return path
 
 
+@pytest.mark.inprocess
+def test_a_sweep_evaluates_with_its_runs_sampling_unless_told_otherwise():
+    """The tone preset stops answers at their first sentence end; its sweep's held-out samples
+    must stop there too, or they measure another distribution than the one trained."""
+    from iama_eval.config import SweepConfig
+
+    same = SweepConfig.model_validate({"base": "tone", "weights": [[0.5, 0.5]]})
+    assert same.eval.sampling.stop == (".", "!", "?")
+    changed = SweepConfig.model_validate(
+        {"base": "tone", "weights": [[0.5, 0.5]], "set": {"sampling.temperature": 0.7}}
+    )
+    assert changed.eval.sampling.temperature == 0.7 and changed.eval.sampling.stop == (".", "!", "?")
+    own = SweepConfig.model_validate(
+        {"base": "tone", "weights": [[0.5, 0.5]], "eval": {"sampling": {"temperature": 0.5}}}
+    )
+    assert own.eval.sampling.temperature == 0.5 and own.eval.sampling.stop == ()  # given: replaces it whole
+
+
 @pytest.mark.engine
 @pytest.mark.timeout(3600)
 def test_iama_sweep_runs_end_to_end_and_resumes(tmp_path, tiny_llama):
