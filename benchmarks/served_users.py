@@ -8,8 +8,11 @@ model. Each model is served in turn (one engine at a time on a 2-core CPU); ever
 
     python benchmarks/served_users.py --task number \\
         --model iama=runs/sweep/number/runs/iama_w0.5-0.5_s0/model \\
-        --model linear=runs/sweep/number/runs/linear_w0.5-0.5_s0/model --model base=default \\
+        --model linear=runs/sweep/number/runs/linear_w0.5-0.5_s0/model \\
         --out benchmarks/results/number/served.json
+
+Each model is a trained one: its model card brings the users' rewards (``low``/``high``,
+``warm``/``plain``), which the embedded default model's server does not have.
 
 Request seeds are spaced by 1,000 (vLLM seeds candidate j of a request seeded s with s + j, so
 requests seeded s and s + 1 would share three of their four candidates).
