@@ -81,10 +81,10 @@ def stop_request(task: UserTask, model: str) -> dict[str, Any]:
 
     from iama.models import resolve_model
     from iama.sampling import SamplingSettings
+    from iama_trainer.sampling import stop_token_ids
 
     tok = AutoTokenizer.from_pretrained(resolve_model(model))
-    ids = SamplingSettings(stop=task.stop).stop_token_ids(lambda t: tok.encode(t, add_special_tokens=False), tok.decode)
-    return {"stop_token_ids": ids, "include_stop_str_in_output": True}
+    return {"stop_token_ids": stop_token_ids(tok, SamplingSettings(stop=task.stop)), "include_stop_str_in_output": True}
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from iama_server.engine import Generation, StructuredOutput
 
@@ -53,7 +52,7 @@ def candidate_tiers(
     return out
 
 
-def rules_apply(structured: Any, prefer_finished: bool) -> bool:
+def rules_apply(structured: StructuredOutput | None, prefer_finished: bool) -> bool:
     """Whether a request's selection has any rule beyond the rewards (then it reports how
     many candidates were eligible)."""
     return structured is not None or prefer_finished

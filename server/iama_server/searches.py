@@ -217,9 +217,8 @@ async def adaptive_budget(
         batch = [r.candidates[0] for r in results]
         gens += batch
         scored.append(await score([g.text for g in batch]))
-        weighted = np.concatenate([s.weighted for s in scored])
-        allowed = np.array([eligible(g) for g in gens], dtype=bool)
-        if np.any(allowed & (np.nan_to_num(weighted, nan=-np.inf) >= target)):
+        # only this wave can reach the target: the earlier ones did not, or the search had stopped
+        if any(eligible(g) and w >= target for g, w in zip(batch, scored[-1].weighted, strict=True)):
             break
     names = scored[0].raw if scored else {}
     every = Scored(
