@@ -52,6 +52,12 @@ def _words_of(text: str, sampling: Sampling) -> list[str]:
     return text.split()
 
 
+def _words_between(text: str, start: str, end: str) -> set[str]:
+    """The lower-cased words of ``text`` between two markers, without punctuation."""
+    part = text.split(start, 1)[-1].split(end, 1)[0]
+    return {w.strip(".,!?:;").lower() for w in part.split()} - {""}
+
+
 def _tokens(words: list[str]) -> list[str]:
     return [w if i == 0 else f" {w}" for i, w in enumerate(words)]
 
@@ -80,6 +86,8 @@ class FakeEngine:
         self.token_limit: int | None = None  # streams pause before exceeding it (see limit_tokens)
         self._limit_changed = asyncio.Event()
         self._vocab: dict[int, str] = {}
+        self.encode_text(" ".join("0123456789"))  # the digits, for a judge's ratings
+        self.judged: list[list[int]] = []  # every judge prompt read
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -169,6 +177,31 @@ class FakeEngine:
             lps = None if sampling.logprobs is None else _scored(_tokens(kept), sampling.logprobs)
             out.append(Generation(" ".join(kept), len(kept), finish, lps))
         return GenerationResult(len(prompt_ids), out, self._prompt_logprobs(prompt_ids, sampling))
+
+    async def next_token_logprobs(
+        self, prompts: list[list[int]], token_ids: list[int], request_id: str
+    ) -> list[dict[int, float]]:
+        """A judge that rates 9 an answer sharing a word with the rubric, 0 one that shares none
+        (the other digits at log-prob -30), read after :meth:`hold` like a generation."""
+        self.running.add(request_id)
+        try:
+            await self._open.wait()
+        except asyncio.CancelledError:
+            self.aborted.append(request_id)
+            raise
+        finally:
+            self.running.discard(request_id)
+        if not self.started:
+            raise RuntimeError("EngineDeadError: engine core process died")
+        self.judged += prompts
+        out = []
+        for ids in prompts:
+            text = self.decode(ids)
+            rubric = _words_between(text, "Rubric:", "Question:")
+            answer = _words_between(text, "Answer:", "Rating")
+            rating = "9" if rubric & answer else "0"
+            out.append({t: -0.01 if self._vocab.get(t) == rating else -30.0 for t in token_ids})
+        return out
 
     async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]:
         """The first candidate, a word at a time; ``hold()`` stops it after the first word."""

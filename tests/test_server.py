@@ -337,3 +337,70 @@ def test_consecutive_seeds_give_independent_candidates_on_vllm(tiny_server):
     a, b, again = texts(0), texts(1), texts(0)
     assert a == again  # reproducible
     assert len(set(a) & set(b)) <= 1, (a, b)  # independent (a random model repeats itself rarely)
+
+
+RUBRIC = "answers in few, simple words"
+
+
+def _hf_judge_logprobs(tiny_llama, question: str, answers: list[str]):
+    """transformers' own next-token log-probs of the judge prompt, for each answer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from iama.judging import judge_messages
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    out = []
+    with torch.inference_mode():
+        for a in answers:
+            ids = tok.apply_chat_template(judge_messages(RUBRIC, question, a), add_generation_prompt=True)
+            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+            out.append(torch.log_softmax(lm(torch.tensor([ids])).logits[0, -1].float(), -1))
+    return tok, out
+
+
+def test_the_engine_judge_is_the_expectation_over_transformers_own_logprobs(tiny_server, tiny_llama):
+    from iama.judging import expected_rating, level_logprobs, rating_token_ids
+
+    body = {
+        "prompt": "Tell me about your day",
+        "rubrics": {"simple": RUBRIC},
+        "reward_weights": {"simple": 1.0},
+        "budget": 6,
+        "max_tokens": 12,
+        "seed": 5,
+        "return_candidates": True,
+    }
+    r = post(tiny_server, "/v1/align", body)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    cands = d["candidates"]
+    tok, rows = _hf_judge_logprobs(tiny_llama, body["prompt"], [c["text"] for c in cands])
+    ratings = rating_token_ids((i, tok.decode([i])) for i in range(len(tok)))
+    expect = [expected_rating(level_logprobs(dict(enumerate(row.tolist())), ratings)) for row in rows]
+    got = [c["scores"]["simple"]["raw"] for c in cands]
+    assert got == pytest.approx(expect, abs=1e-4)  # float32 both; vLLM's CPU kernels differ from torch's by ~1e-6
+    assert max(got) - min(got) > 1e-3  # the answers are told apart: the check is not of a constant
+    assert d["chosen_index"] == max(range(6), key=lambda i: got[i])
+    assert d["usage"]["judge_tokens"] > 6 * len(RUBRIC.split())
+
+
+def test_a_remote_judge_reads_the_top_logprobs_of_an_openai_compatible_server(tiny_server, tiny_llama):
+    """The alignment server itself as the judge server: its chat route returns the top 20
+    alternatives; the digits among them give the rating."""
+    import torch
+
+    from iama.judging import rating_of_alternatives
+    from iama.rewards import create_reward
+
+    judge = create_reward("judge", rubric=RUBRIC, url=tiny_server.url, api_key=API_KEY, timeout_s=120)
+    answers = ["ok", "I love this wonderful day", "1 2 3", "The quick brown fox jumps over the lazy dog."]
+    got = judge.score(["How was it?"] * len(answers), answers)
+    tok, rows = _hf_judge_logprobs(tiny_llama, "How was it?", answers)
+    expect = []
+    for row in rows:
+        top = torch.topk(row, 20)
+        expect.append(rating_of_alternatives([(tok.decode([int(i)]), float(v)) for v, i in zip(*top, strict=True)]))
+    assert list(got) == pytest.approx(expect, abs=1e-4)
+    assert "api_key" not in judge.params

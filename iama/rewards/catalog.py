@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 # Imported for registration: each module's @register / @register_prefix fills base's registry.
-from iama.rewards import neural, number, remote, rules  # noqa: F401
+from iama.rewards import judge, neural, number, remote, rules  # noqa: F401
 from iama.rewards.base import PREFIX_REGISTRY, REGISTRY, RewardFunction, UnknownRewardError
 
 

@@ -100,7 +100,7 @@ class RemoteRewardModel:
             self._client = httpx.Client(base_url=self.url, timeout=self.timeout_s, headers=headers)
         return self._client
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
+    def post(self, path: str, body: dict[str, Any]) -> Any:
         import httpx
 
         where = f"{self.url}{path}"
@@ -118,7 +118,7 @@ class RemoteRewardModel:
             raise RemoteRewardError(f"scoring server {where} answered {r.status_code}: {str(detail)[:300]}")
         return r.json()
 
-    def _served_model(self) -> str:
+    def served_model(self) -> str:
         if self.model is None:
             import httpx
 
@@ -146,7 +146,7 @@ class RemoteRewardModel:
 
     def _vllm(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
         common = {
-            "model": self._served_model(),
+            "model": self.served_model(),
             "truncate_prompt_tokens": self.max_length,
             "truncation_side": "left",
             "use_activation": self.probability,
@@ -155,7 +155,7 @@ class RemoteRewardModel:
             out = []
             for p, c in zip(prompts, completions, strict=True):
                 messages = [*as_conversation(p), {"role": "assistant", "content": c}]
-                (item,) = self._post("/classify", {**common, "messages": messages})["data"]
+                (item,) = self.post("/classify", {**common, "messages": messages})["data"]
                 out.append(self._pick(item["probs"]))
             return out
         out = []
@@ -164,7 +164,7 @@ class RemoteRewardModel:
                 self._text(p, c)
                 for p, c in zip(prompts[s : s + self.batch_size], completions[s : s + self.batch_size], strict=True)
             ]
-            data = sorted(self._post("/classify", {**common, "input": texts})["data"], key=lambda d: d["index"])
+            data = sorted(self.post("/classify", {**common, "input": texts})["data"], key=lambda d: d["index"])
             out += [self._pick(d["probs"]) for d in data]
         return out
 
@@ -179,7 +179,7 @@ class RemoteRewardModel:
                 "truncation_direction": "Left",
                 "raw_scores": not self.probability,
             }
-            for preds in self._post("/predict", body):
+            for preds in self.post("/predict", body):
                 by_label = sorted(preds, key=lambda x: str(x["label"]))  # TEI sorts by score: fix an order
                 labels = [str(x["label"]) for x in by_label]
                 out.append(self._pick([float(x["score"]) for x in by_label], labels))

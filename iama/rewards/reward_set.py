@@ -157,6 +157,8 @@ class RewardSet:
         """
         seconds: dict[str, float] = {}
         for name in self.names:
+            if name in self.engine_rubrics():
+                continue  # judged by the serving engine, which warms it up itself
             t0 = time.perf_counter()
             try:
                 self.score([WARM_UP_PAIR[0]], [WARM_UP_PAIR[1]], [name])
@@ -169,6 +171,11 @@ class RewardSet:
             if on_ready is not None:
                 on_ready(name, seconds[name])
         return seconds
+
+    def engine_rubrics(self) -> dict[str, str]:
+        """``judge`` rewards that name no model or url, by name → rubric: only an alignment
+        server can score them, with its own engine (``iama.rewards.judge``)."""
+        return {n: f.rubric for n, f in self.functions.items() if getattr(f, "on_engine", False)}  # type: ignore[attr-defined]
 
     def scalar_rewards(self) -> dict[str, ScalarReward]:
         """Those rewards that depend on a completion only through one number."""

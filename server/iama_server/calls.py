@@ -13,16 +13,17 @@ from __future__ import annotations
 import functools
 import itertools
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from iama.algorithms import checkpoints_in_tokens, oversampled_budget
 from iama.modelcard import ModelCard
-from iama.rewards import Prompt, RewardSet, WeightError
+from iama.rewards import Prompt, RewardSet, WeightError, validate_weights
 from iama.seeds import candidate_base_seed
 from iama_server.admission import request_cost
 from iama_server.engine import GenerationEngine, Sampling, StructuredOutput
 from iama_server.errors import APIError, ErrorCode
+from iama_server.judging import JUDGE_TOKEN_MARGIN, EngineJudge
 from iama_server.lifecycle import Lifecycle
 from iama_server.prompts import PromptEncoder
 from iama_server.schemas import (
@@ -66,6 +67,8 @@ class AlignmentCall:
     early_rejection: EarlyRejectionPlan | None = None  # stop weak candidates at checkpoints
     prefer_finished: bool = False  # a candidate cut at max_tokens only when no finished one is
     vote: VoteRequest | None = None  # algorithm "vote": how each candidate's answer is read
+    rubrics: dict[str, str] = field(default_factory=dict)  # weighted rewards the served model judges: name -> rubric
+    judge_prompt_tokens: int = 0  # the rubrics' judge prompts without the answer, summed (for the cost)
     target_score: float | None = None  # budget "auto": stop sampling once a candidate reaches it
     echo: str | None = None  # completions' echo: the prompt's text, returned before the completion
 
@@ -84,9 +87,13 @@ class AlignmentCall:
 
     @functools.cached_property
     def cost(self) -> int:
-        """What the call can hold of the engine at most (``admission.request_cost``): computed
-        once, when the builder checks it against the capacity, then read by admission."""
-        return request_cost(len(self.prompt_ids), self.budget, self.sampling.max_tokens)
+        """What the call can hold of the engine at most (``admission.request_cost``, plus each
+        rubric's judge prompt for each candidate): computed once, when the builder checks it
+        against the capacity, then read by admission."""
+        judging = self.budget * (
+            self.judge_prompt_tokens + len(self.rubrics) * (self.sampling.max_tokens + JUDGE_TOKEN_MARGIN)
+        )
+        return request_cost(len(self.prompt_ids), self.budget, self.sampling.max_tokens) + judging
 
     def engine_request_id(self) -> str:
         """Unique inside vLLM even when a client reuses its X-Request-Id concurrently."""
@@ -114,6 +121,7 @@ class CallBuilder:
     ) -> None:
         self.engine, self.rewards, self.settings, self.card = engine, rewards, settings, card
         self.prompts = PromptEncoder(engine, settings)
+        self.judge = EngineJudge(engine)
         self.model_names = model_names  # the served name first; any of them may be asked for
         self.lifecycle = lifecycle
 
@@ -126,7 +134,7 @@ class CallBuilder:
             ids,
             text,
             request_id,
-            weights=self._weights(body.reward_weights, required=True),
+            weights=self._weights(body.reward_weights, required=True, rubrics=body.rubrics),
             budget=self._requested_budget(body.budget, "budget", body.max_budget),
             algorithm=body.algorithm,
             normalize=body.normalize,
@@ -157,7 +165,10 @@ class CallBuilder:
         else:
             budget = self._budget(body.n, "n")
         searching = body.best_of == "auto" or body.early_rejection is not None
-        weights = self._weights(body.reward_weights, required=budget > body.n or searching) if aligned else None
+        if body.rubrics and not aligned:
+            raise APIError(400, "rubrics are scored only with reward_weights that weight them", "rubrics")
+        required = budget > body.n or searching
+        weights = self._weights(body.reward_weights, required, body.rubrics) if aligned else None
         calls = [
             self._call(
                 body,
@@ -205,6 +216,9 @@ class CallBuilder:
         """The fields every route fills the same way; the route gives weights, budget, algorithm
         (and the OpenAI routes n, echo and the log-probs asked for)."""
         sampling = self._sampling(body, len(ids), logprobs, prompt_logprobs)
+        rubrics = self._rubrics(body.rubrics, weights)
+        judge_prefix = {n: self.judge.prefix_tokens(r, text) for n, r in rubrics.items()}
+        self._check_judge_context(judge_prefix, sampling.max_tokens, body.rubrics or {})
         er = body.early_rejection
         plan = None if er is None else self._early_rejection_plan(er, budget, sampling.max_tokens)
         if sampling.temperature == 0 and budget > 1:
@@ -232,7 +246,46 @@ class CallBuilder:
                 body.prefer_finished if body.prefer_finished is not None else sampling.structured is not None
             ),
             vote=self._vote(body.vote),
+            rubrics=rubrics,
+            judge_prompt_tokens=sum(judge_prefix.values()),
         )
+
+    def _rubrics(self, given: dict[str, str] | None, weights: dict[str, float] | None) -> dict[str, str]:
+        """The weighted rewards the served model judges: the request's rubrics (each weighted,
+        none named like an installed reward, within the server's limits) and the config's
+        ``judge`` rewards without a model or url."""
+        given = given or {}
+        if len(given) > self.settings.max_rubrics:
+            raise APIError(
+                400, f"at most {self.settings.max_rubrics} rubrics per request (this server's max_rubrics)", "rubrics"
+            )
+        for name, text in given.items():
+            where = f"rubrics.{name}"
+            if name in self.rewards.specs:
+                raise APIError(400, f"{name!r} is an installed reward's name; give the rubric another name", where)
+            if not text.strip():
+                raise APIError(400, "a rubric must say something", where)
+            if len(text) > self.settings.max_rubric_chars:
+                limit = self.settings.max_rubric_chars
+                raise APIError(400, f"rubric is {len(text)} characters; this server allows {limit}", where)
+            if weights is None or name not in weights:
+                raise APIError(400, f"weight the rubric in reward_weights ({{{name!r}: 1.0}})", where)
+        weighted = weights or {}
+        configured = {n: r for n, r in self.rewards.engine_rubrics().items() if weighted.get(n, 0) > 0}
+        return {**configured, **{n: r for n, r in given.items() if weighted[n] > 0}}
+
+    def _check_judge_context(self, prefix: dict[str, int], max_tokens: int, given: dict[str, str]) -> None:
+        """Each judge prompt must fit the model's context with the longest answer in it."""
+        for name, tokens in prefix.items():
+            need = tokens + max_tokens + JUDGE_TOKEN_MARGIN
+            if need > self.engine.max_model_len:
+                raise APIError(
+                    400,
+                    f"judging with rubric {name!r} needs {need} tokens of context (its prompt {tokens} + "
+                    f"max_tokens {max_tokens}); the model has {self.engine.max_model_len}: shorten the rubric, "
+                    "the prompt or max_tokens",
+                    f"rubrics.{name}" if name in given else f"reward_weights.{name}",
+                )
 
     def _vote(self, vote: VoteRequest | None) -> VoteRequest | None:
         """A vote on a reward's value needs a reward that reads one number (a scalar reward)."""
@@ -285,7 +338,9 @@ class CallBuilder:
             )
             raise APIError(503, message, code=ErrorCode.NOT_READY, headers={"Retry-After": "5"})
 
-    def _weights(self, weights: dict[str, float] | None, required: bool) -> dict[str, float] | None:
+    def _weights(
+        self, weights: dict[str, float] | None, required: bool, rubrics: dict[str, str] | None = None
+    ) -> dict[str, float] | None:
         if weights is None:
             weights = self.default_weights()
             if weights is None:
@@ -293,7 +348,7 @@ class CallBuilder:
                     raise APIError(400, "reward_weights is required (this server has no default)", "reward_weights")
                 return None
         try:
-            return self.rewards.validate_weights(weights)
+            return validate_weights(weights, [*self.rewards.names, *(rubrics or {})])
         except WeightError as exc:
             raise APIError(400, str(exc), exc.field, ErrorCode.INVALID_REWARD_WEIGHTS) from None
 

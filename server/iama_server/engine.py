@@ -4,7 +4,8 @@
 tests' fast tier with fixed candidates (``tests/fake_engine.py``), so the request path runs
 in-process without vLLM. Rendering and the searches read these value types without importing
 vLLM. ``generate`` samples N candidates in one request; ``stream`` yields one completion as it
-is produced. Cancelling either (client gone, timeout) must abort the request inside the engine.
+is produced; ``next_token_logprobs`` reads one step of many prompts (a rubric judge's rating).
+Cancelling any of them (client gone, timeout) must abort the request inside the engine.
 """
 
 from __future__ import annotations
@@ -140,3 +141,10 @@ class GenerationEngine(Protocol):
     ) -> GenerationResult: ...
 
     def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]: ...
+
+    async def next_token_logprobs(
+        self, prompts: list[list[int]], token_ids: list[int], request_id: str
+    ) -> list[dict[int, float]]:
+        """The log-probs of ``token_ids`` at each prompt's next token, all prompts in one round
+        (what a rubric judge reads: ``judging.py``)."""
+        ...

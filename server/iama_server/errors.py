@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
     TIMEOUT = "timeout"
+    UPSTREAM_ERROR = "upstream_error"  # a remote reward's or judge's server failed
     INTERNAL_ERROR = "internal_error"
 
 
@@ -60,6 +61,7 @@ _DEFAULT_CODES = {
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.REQUEST_TOO_LARGE,
     429: ErrorCode.OVERLOADED,
+    502: ErrorCode.UPSTREAM_ERROR,
     503: ErrorCode.NOT_READY,
     504: ErrorCode.TIMEOUT,
 }

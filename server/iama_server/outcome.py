@@ -39,6 +39,7 @@ class Outcome:
     search: Search = field(default_factory=Search)
     eligible: int | None = None  # candidates the request's rules allowed (format, finished); None: no rule
     vote: Vote | None = None  # algorithm "vote": the answer and the votes
+    judge_tokens: int = 0  # prompt tokens the engine read judging the call's rubrics
 
     @property
     def kl_bound(self) -> float:

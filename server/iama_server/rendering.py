@@ -34,9 +34,19 @@ def now() -> int:
 
 
 def usage(outcome: Outcome) -> Usage:
-    """Prompt tokens once, and the completion tokens of *all* N candidates (all were generated)."""
-    p, c = outcome.generation.prompt_tokens, outcome.completion_tokens
-    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+    """Prompt tokens once, the completion tokens of *all* N candidates (all were generated),
+    and the judge's prompt tokens (rubrics), which the total counts too."""
+    p, c, j = outcome.generation.prompt_tokens, outcome.completion_tokens, outcome.judge_tokens
+    return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c + j, judge_tokens=j)
+
+
+def summed_usage(parts: list[Usage]) -> Usage:
+    return Usage(
+        prompt_tokens=sum(u.prompt_tokens for u in parts),
+        completion_tokens=sum(u.completion_tokens for u in parts),
+        total_tokens=sum(u.total_tokens for u in parts),
+        judge_tokens=sum(u.judge_tokens for u in parts),
+    )
 
 
 def scores_of(outcome: Outcome, i: int) -> dict[str, RewardScore]:
@@ -201,9 +211,7 @@ def openai_response(
                     "alignment": alignment_info(outcome, i),
                 }
             )
-    parts = [usage(o) for o in outcomes]
-    prompt, completion = sum(u.prompt_tokens for u in parts), sum(u.completion_tokens for u in parts)
-    total = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    total = summed_usage([usage(o) for o in outcomes])
     return {
         "id": response_id,
         "object": "chat.completion" if chat else "text_completion",

@@ -25,19 +25,21 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from iama.algorithms import budget_waves, select_in_tiers, soft_best_of_n_probabilities
 from iama.rewards import RewardSet, RewardStats, normalize_scores, weighted_score
+from iama.rewards.remote import RemoteRewardError
 from iama.voting import Vote, json_path_answers, plurality, regex_answers, scalar_answers
 from iama_server.admission import Admission, Receive, cancel_on_disconnect_or_timeout
 from iama_server.calls import AlignmentCall, total_cost
 from iama_server.eligibility import candidate_tiers, rules_apply
 from iama_server.engine import Delta, Generation, GenerationEngine, GenerationResult, InvalidEngineInput
 from iama_server.errors import APIError, ClientGone, ErrorCode
+from iama_server.judging import EngineJudge
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle
 from iama_server.metrics import Metrics
 from iama_server.outcome import Outcome, Search
@@ -47,6 +49,13 @@ from iama_server.settings import ServerSettings
 
 log = logging.getLogger("iama.server")
 T = TypeVar("T")
+
+
+@dataclass
+class _Spend:
+    """What one call spent beyond its generation: the judge's prompt tokens (every wave's)."""
+
+    judge_tokens: int = 0
 
 
 class AlignmentService:
@@ -61,8 +70,10 @@ class AlignmentService:
         settings: ServerSettings,
         metrics: Metrics,
         lifecycle: Lifecycle,
+        judge: EngineJudge,
     ) -> None:
         self.engine, self.rewards, self.scorer, self.admission = engine, rewards, scorer, admission
+        self.judge = judge
         self.settings, self.metrics, self.lifecycle = settings, metrics, lifecycle
 
     # ------------------------------------------------------------------ a request's life
@@ -116,12 +127,12 @@ class AlignmentService:
         checkpoint has left one candidate (``searches.early_rejection``)."""
         self.metrics.budget.observe(call.budget)
         t0 = time.perf_counter()
-        search, scored = Search(), None
+        search, scored, spend = Search(), None, _Spend()
         with self._engine_errors():
             if call.mode == "early_rejection":
                 gen, search = await self._early_rejection(call, sink)
             elif call.mode == "adaptive":
-                gen, search, scored = await self._adaptive(call)
+                gen, search, scored = await self._adaptive(call, spend)
             else:
                 gen = await self.engine.generate(call.prompt_ids, call.sampling, call.budget, call.engine_request_id())
         t1 = time.perf_counter()
@@ -133,15 +144,17 @@ class AlignmentService:
             scored, normalized, chosen = None, {}, list(range(min(call.n_returned, len(gen.candidates))))
         else:
             if scored is None:  # None unless the adaptive search scored every whole candidate as it went
-                scored = await self._final_scores(call, gen, search)
+                with self._engine_errors():  # rubrics are judged by the engine
+                    scored = await self._final_scores(call, gen, search, spend)
             normalized = normalize_scores(scored.raw, self._stats(call))
             chosen, eligible, vote = self._select(call, gen.candidates, scored, search)
         t2 = time.perf_counter()
         self.metrics.scoring.observe(t2 - t1)
         raw, weighted = (scored.raw, scored.weighted) if scored is not None else ({}, None)
         return Outcome(
-            call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search, eligible=eligible, vote=vote
-        )
+            call, gen, raw, normalized, weighted, chosen, t1 - t0, t2 - t1, search=search, eligible=eligible, vote=vote,
+            judge_tokens=spend.judge_tokens,
+        )  # fmt: skip
 
     def _select(
         self, call: AlignmentCall, candidates: Sequence[Generation], scored: Scored, search: Search
@@ -185,14 +198,48 @@ class AlignmentService:
     def _stats(self, call: AlignmentCall) -> Mapping[str, RewardStats] | None:
         return self.rewards.stats if call.normalize else None
 
-    async def _score(self, call: AlignmentCall, texts: list[str], names: list[str]) -> Scored:
-        """Raw scores of ``texts`` over the rewards ``names`` (the scorer batches across
-        requests) and their weighted score: the one formula, :func:`iama.rewards.weighted_score`."""
+    async def _raw_scores(
+        self, call: AlignmentCall, texts: list[str], names: list[str], spend: _Spend | None
+    ) -> dict[str, np.ndarray]:
+        """Raw scores of ``texts`` over the rewards ``names``: the rubrics by the engine's judge
+        (one round for all of them), the others by the scorer (batched across requests), side
+        by side."""
+        rubrics = {n: call.rubrics[n] for n in names if n in call.rubrics}
+        others = [n for n in names if n not in rubrics]
+
+        async def judged() -> dict[str, np.ndarray]:
+            if not rubrics:
+                return {}
+            scores, tokens = await self.judge.score(call.prompt, texts, rubrics, call.request_id)
+            self.metrics.tokens.labels("judge").inc(tokens)
+            if spend is not None:
+                spend.judge_tokens += tokens
+            return scores
+
+        async def scored() -> dict[str, np.ndarray]:
+            if not others:
+                return {}
+            try:
+                return await self.scorer.score([call.prompt] * len(texts), texts, others)
+            except RemoteRewardError as exc:  # its server's address stays in the log, not in the answer
+                log.warning("request %s: %s", call.request_id, exc)
+                raise APIError(
+                    502,
+                    "a remote reward or judge server failed; this request was not scored",
+                    code=ErrorCode.UPSTREAM_ERROR,
+                ) from None
+
+        by_judge, by_scorer = await asyncio.gather(judged(), scored())
+        return {n: (by_judge[n] if n in by_judge else by_scorer[n]) for n in names}
+
+    async def _score(self, call: AlignmentCall, texts: list[str], names: list[str], spend: _Spend | None) -> Scored:
+        """Raw scores of ``texts`` and their weighted score: the one formula,
+        :func:`iama.rewards.weighted_score`."""
         assert call.weights is not None
-        raw = await self.scorer.score([call.prompt] * len(texts), texts, names)
+        raw = await self._raw_scores(call, texts, names, spend)
         return Scored(raw, weighted_score(raw, {n: call.weights[n] for n in names}, self._stats(call)))
 
-    async def _final_scores(self, call: AlignmentCall, gen: GenerationResult, search: Search) -> Scored:
+    async def _final_scores(self, call: AlignmentCall, gen: GenerationResult, search: Search, spend: _Spend) -> Scored:
         """Scores of the finished candidates; a candidate stopped by early rejection is not
         scored again: it keeps the judges' scores of the partial text that decided (NaN for the
         rewards that could not judge it, which are never shown for it)."""
@@ -200,9 +247,9 @@ class AlignmentService:
         names = list(call.weights)
         texts = [c.text for c in gen.candidates]
         if not search.rejected:
-            return await self._score(call, texts, names)
+            return await self._score(call, texts, names, spend)
         live = [i for i in range(len(texts)) if i not in search.rejected]
-        scored = await self.scorer.score([call.prompt] * len(live), [texts[i] for i in live], names)
+        scored = await self._raw_scores(call, [texts[i] for i in live], names, spend)
         raw = {n: np.full(len(texts), np.nan) for n in names}
         for n in names:
             raw[n][live] = scored[n]
@@ -214,10 +261,11 @@ class AlignmentService:
     async def _early_rejection(self, call: AlignmentCall, sink: Sink | None) -> tuple[GenerationResult, Search]:
         assert call.early_rejection is not None and call.weights is not None
         weights = call.weights
-        judges = [n for n in self.rewards.judging_partial_text(list(weights)) if weights[n] > 0]
+        installed = [n for n in weights if n not in call.rubrics]
+        judges = [n for n in self.rewards.judging_partial_text(installed) if weights[n] > 0]
 
         async def score(texts: list[str]) -> Scored:
-            return await self._score(call, texts, judges)
+            return await self._score(call, texts, judges, None)
 
         plan = call.early_rejection
         run = await early_rejection(
@@ -233,12 +281,12 @@ class AlignmentService:
         self.metrics.tokens_saved.inc(sum(call.sampling.max_tokens - r.tokens for r in run.rejected.values()))
         return run.result, Search(rejected=run.rejected, checkpoints=run.checkpoints, partial_rewards=judges)
 
-    async def _adaptive(self, call: AlignmentCall) -> tuple[GenerationResult, Search, Scored]:
+    async def _adaptive(self, call: AlignmentCall, spend: _Spend) -> tuple[GenerationResult, Search, Scored]:
         assert call.target_score is not None and call.weights is not None
         names = list(call.weights)
 
         async def score(texts: list[str]) -> Scored:
-            return await self._score(call, texts, names)
+            return await self._score(call, texts, names, spend)
 
         waves = budget_waves(call.budget)
         structured, prefer = call.sampling.structured, call.prefer_finished

@@ -17,7 +17,7 @@ from iama.algorithms import check_checkpoints
 from iama.configfile import ConfigError, describe_errors, read_yaml
 from iama.dtypes import Dtype
 from iama.rewards.reward_set import RewardSpec
-from iama_server.schemas import Checkpoints
+from iama_server.schemas import MAX_RUBRIC_CHARS, MAX_RUBRICS, Checkpoints
 
 
 class ServerSettings(BaseSettings):
@@ -34,6 +34,8 @@ class ServerSettings(BaseSettings):
     max_tokens: int = Field(default=512, ge=1)
     default_max_tokens: int = Field(default=128, ge=1)
     max_prompt_tokens: int = Field(default=2048, ge=1)
+    max_rubrics: int = Field(default=4, ge=0, le=MAX_RUBRICS, description="rubrics one request may write (0: none)")
+    max_rubric_chars: int = Field(default=1000, ge=1, le=MAX_RUBRIC_CHARS, description="characters of one rubric")
     max_concurrent_requests: int = Field(default=16, ge=1, description="requests generating at once")
     max_queued_requests: int = Field(default=64, ge=0, description="admitted requests waiting for a slot")
     token_capacity: int | None = Field(

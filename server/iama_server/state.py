@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from iama.modelcard import ModelCard, load_model_card
@@ -58,8 +59,9 @@ class ServerState:
             self.engine, self.rewards, settings, self.card, (self.model_name, settings.model), self.lifecycle
         )
         self.service = AlignmentService(
-            self.engine, self.rewards, self.scorer, self.admission, settings, self.metrics, self.lifecycle
-        )
+            self.engine, self.rewards, self.scorer, self.admission, settings, self.metrics, self.lifecycle,
+            self.calls.judge,
+        )  # fmt: skip
         self.admission.export(self.metrics.queue_depth, self.metrics.in_flight, self.metrics.tokens_in_use)
         engine = self.engine  # what vLLM's scheduler reports, read at every scrape
         self.metrics.engine_unfinished.set_function(engine.unfinished_requests)
@@ -75,7 +77,7 @@ class ServerState:
         """Engine start and reward warm-up, side by side off the event loop; READY when both
         succeed, a fatal failure naming what broke otherwise. Then watch the engine."""
         results = await asyncio.gather(
-            asyncio.to_thread(self.engine.start),
+            self._start_engine_and_judge(),
             asyncio.to_thread(self.rewards.warm_up, self._reward_ready),
             return_exceptions=True,
         )
@@ -86,6 +88,19 @@ class ServerState:
         self.lifecycle.mark_ready()
         log.info("ready: %s with rewards %s", self.model_path, ", ".join(self.rewards.names))
         await self._watch_engine()
+
+    async def _start_engine_and_judge(self) -> None:
+        """The engine, then its judge (rubric rewards) warmed on it, when rubrics may be used."""
+        await asyncio.to_thread(self.engine.start)
+        engine_rubrics = self.rewards.engine_rubrics()
+        if self.settings.max_rubrics > 0 or engine_rubrics:
+            t0 = time.perf_counter()
+            try:
+                await self.calls.judge.warm_up()
+            except Exception as exc:
+                raise RuntimeError(f"the rubric judge failed to warm up: {one_line(exc)}") from exc
+            for name in engine_rubrics:
+                self._reward_ready(name, time.perf_counter() - t0)
 
     def _reward_ready(self, name: str, seconds: float) -> None:
         self.lifecycle.ready_rewards.add(name)

@@ -178,6 +178,24 @@ class VLLMEngine:
             prompt_logprobs=self._prompt_logprobs(final, prompt_ids, sampling),
         )
 
+    async def next_token_logprobs(
+        self, prompts: list[list[int]], token_ids: list[int], request_id: str
+    ) -> list[dict[int, float]]:
+        """One step of every prompt, submitted together (the scheduler runs them in one batch):
+        the full-vocabulary log-probs of ``token_ids`` at the next token (vLLM's
+        ``logprob_token_ids``: exact, not limited to a top-k)."""
+        from vllm import SamplingParams
+        from vllm.entrypoints.generate.label_reads import next_token_label_reads
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=token_ids, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        with _client_errors(None):
+            inputs = [await self._engine_input(p) for p in prompts]
+            reads = await next_token_label_reads(self._llm, inputs, [params] * len(prompts), request_id)
+        return [dict(zip(token_ids, read.logprobs, strict=True)) for read in reads]
+
     async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]:
         """One completion, text as vLLM produces it (plain generation: nothing to select)."""
         from vllm.sampling_params import RequestOutputKind
@@ -211,7 +229,7 @@ class VLLMEngine:
 
 
 @contextmanager
-def _client_errors(sampling: Sampling) -> Iterator[None]:
+def _client_errors(sampling: Sampling | None) -> Iterator[None]:
     """vLLM's verdict that a request is the client's mistake, as :class:`InvalidEngineInput`."""
     from vllm.exceptions import VLLMClientError
 
@@ -219,7 +237,7 @@ def _client_errors(sampling: Sampling) -> Iterator[None]:
         yield
     except VLLMClientError as exc:
         param = getattr(exc, "parameter", None)
-        if param is None and sampling.structured is not None:
+        if param is None and sampling is not None and sampling.structured is not None:
             param = "response_format"
         message = str(exc.args[0]) if exc.args else str(exc)
         raise InvalidEngineInput(message, param) from None

@@ -64,7 +64,8 @@ class VoteReport(_Model):
 class Usage(_Model):
     prompt_tokens: int
     completion_tokens: int
-    total_tokens: int
+    total_tokens: int  # prompt, completion and judge tokens
+    judge_tokens: int = 0  # what the served model read to judge the request's rubrics
 
 
 class Timings(_Model):
@@ -289,6 +290,7 @@ class _Search(TypedDict, total=False):
     alignment_temperature: float
     prefer_finished: bool  # a candidate cut at max_tokens only when no finished one is (default: with response_format)
     vote: VoteParams  # with algorithm "vote"
+    rubrics: dict[str, str]  # name -> rubric text, judged by the served model; weight each in reward_weights
 
 
 @with_config(ConfigDict(extra="forbid"))

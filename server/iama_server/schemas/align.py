@@ -16,6 +16,7 @@ from iama_server.schemas.common import (
     EarlyRejectionReport,
     RewardScore,
     RewardWeights,
+    RubricFields,
     SamplingFields,
     ServedAlgorithm,
     Usage,
@@ -26,7 +27,7 @@ from iama_server.schemas.common import (
 )
 
 
-class AlignRequest(SamplingFields, AdaptiveBudget):
+class AlignRequest(SamplingFields, AdaptiveBudget, RubricFields):
     """Sample ``budget`` candidates, score them with ``reward_weights``, return the chosen one.
 
     ``prompt`` is wrapped as a single user message when the model has a chat template (set

@@ -341,6 +341,24 @@ RewardWeights = Annotated[
     dict[Annotated[str, StringConstraints(max_length=128)], float], Field(max_length=MAX_REWARD_WEIGHTS)
 ]
 
+MAX_RUBRICS = 16  # the schema's bound; the server's own (max_rubrics) is at most this
+MAX_RUBRIC_CHARS = 4000  # iama.rewards.judge's bound; the server's (max_rubric_chars) is at most this
+RubricName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+RubricText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_RUBRIC_CHARS)]
+
+
+class RubricFields(StrictRequest):
+    """Preferences written in the request: each rubric is a reward scored by the served model
+    as a judge (``iama.judging``: the expected 0-9 rating, in [0, 1]), weighted in
+    ``reward_weights`` under its name like any installed reward."""
+
+    rubrics: dict[RubricName, RubricText] | None = Field(
+        default=None,
+        max_length=MAX_RUBRICS,
+        description='name -> rubric text, e.g. {"kid": "answers as you would to a ten-year-old"}; '
+        "each name must be weighted in reward_weights and must not be an installed reward's",
+    )
+
 
 class RewardScore(BaseModel):
     raw: float
@@ -368,7 +386,10 @@ class EarlyRejectionReport(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
-    total_tokens: int
+    total_tokens: int = Field(description="prompt, completion and judge tokens")
+    judge_tokens: int = Field(
+        default=0, description="prompt tokens the served model read to judge rubric rewards (one step each)"
+    )
 
 
 class RewardInfo(BaseModel):

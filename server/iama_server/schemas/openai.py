@@ -33,6 +33,7 @@ from iama_server.schemas.common import (
     EarlyRejectionReport,
     RewardScore,
     RewardWeights,
+    RubricFields,
     SamplingFields,
     ServedAlgorithm,
     StrictRequest,
@@ -58,7 +59,7 @@ _REFUSED = AfterValidator(_refuse_unless_neutral)
 Unsupported = Annotated[Any, _REFUSED, Field(description="not supported by this server: refused unless neutral")]
 
 
-class AlignmentExtras(AdaptiveBudget):
+class AlignmentExtras(AdaptiveBudget, RubricFields):
     """IAMA's extra body fields on the OpenAI endpoints (pass with ``extra_body=``)."""
 
     reward_weights: RewardWeights | None = None
