@@ -66,6 +66,11 @@ async def test_the_largest_seed_is_accepted_and_reaches_the_engine():
         ({**ALIGN, "alignment_temperature": 1e300}, "alignment_temperature"),
         ({"messages": [{"role": "user", "content": "x"}] * 257, "reward_weights": {"sentiment": 1}}, "messages"),
         ({**ALIGN, "model": "m" * 300}, "model"),
+        ({**ALIGN, "rubrics": {f"r{i}": "x" for i in range(17)}}, "rubrics"),
+        ({**ALIGN, "rubrics": {"r": "x" * 4001}}, "rubrics.r"),
+        ({**ALIGN, "rubrics": {"r" * 65: "x"}}, "rubrics." + "r" * 65),
+        ({**ALIGN, "rubrics": {"r": 3}}, "rubrics.r"),
+        ({**ALIGN, "rubrics": ["x"]}, "rubrics"),
     ],
 )
 async def test_collections_are_capped(body, param):

@@ -125,6 +125,20 @@ def test_playground_in_headless_chromium(tiny_server):
             )
             page.get_by_test_id("algorithm").select_option("bon")
 
+            page.get_by_test_id("add-rubric").click()  # a rubric written on the page, judged by the model
+            page.get_by_test_id("rubric-1-name").fill("simple")
+            page.get_by_test_id("rubric-1-text").fill("answers in few, simple words")
+            page.get_by_test_id("rubric-1-weight").fill("1.5")
+            page.get_by_test_id("weight-short").fill("0")
+            page.get_by_test_id("run").click()
+            page.wait_for_selector("body[data-state=done]", timeout=600_000)
+            assert page.get_by_test_id("weights-used").inner_text().endswith("simple=1.5")
+            assert "judge" in page.get_by_test_id("tokens").inner_text()
+            assert "simple raw / norm" in page.locator("#candidates-head").inner_text()
+            page.get_by_test_id("rubric-1-remove").click()
+            assert page.get_by_test_id("rubrics").locator(".rubric").count() == 0
+            page.get_by_test_id("weight-short").fill("0.8")
+
             page.get_by_test_id("weight-short").fill("0")  # nothing weighted: the page says so, no request
             page.get_by_test_id("run").click()
             page.wait_for_selector("body[data-state=error]")

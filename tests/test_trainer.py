@@ -389,3 +389,34 @@ def test_an_unmerged_lora_run_is_refused_by_serve_and_merged_by_merge_lora(tmp_p
     assert stat.S_IMODE((merged / "model.safetensors").stat().st_mode) & 0o044 == 0o044
     again = run_iama("merge-lora", str(adapter), str(merged))
     assert again.returncode == 1 and again.stderr.strip().endswith("exists and is not empty")
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(3600)
+def test_a_rubric_judged_in_process_trains_and_is_probed(tmp_path, tiny_llama):
+    """A judge reward (the tiny model judging in this process) is a reward like any other:
+    training meta-aligns for it, the probe describes it; one without a model or url (the
+    serving engine's) is refused in training, naming it."""
+    judge = {"type": "judge", "rubric": "answers in few, simple words", "model": str(tiny_llama), "dtype": "float32"}
+    rewards = {"short": {"type": "length", "target": 5, "max_length": 20, "unit": "tokens"}, "simple": judge}
+    objective = {
+        "tasks": [
+            {"name": "short", "weights": {"short": 1.0}, "algorithm": "bon", "n": 4},
+            {"name": "simple", "weights": {"simple": 1.0}, "algorithm": "bon", "n": 4},
+        ]
+    }
+    cfg = tiny_config(tmp_path, tiny_llama, "judged", steps=2, rewards=rewards, objective=objective)
+    out = run_iama("train", str(cfg))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [m for m in metrics(tmp_path / "judged") if "rewards/simple/mean" in m]
+    assert len(rows) == 2 and all(0.0 <= m["rewards/simple/mean"] <= 1.0 for m in rows)
+    out = run_iama("probe", str(cfg), "--output-dir", str(tmp_path / "probe"), "--samples-per-prompt", "2",
+                   "--max-tokens", "6", "--engine", "hf")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert set(probe["rewards"]) == {"short", "simple"} and 0 <= probe["rewards"]["simple"]["mean"] <= 1
+
+    served_only = tiny_config(tmp_path, tiny_llama, "bad", rewards={**rewards, "simple": {"type": "judge", "rubric": "x"}},
+                              objective=objective)  # fmt: skip
+    out = run_iama("train", str(served_only))
+    assert out.returncode != 0 and "rewards.simple: a judge in training needs `model`" in out.stderr

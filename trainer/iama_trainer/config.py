@@ -158,6 +158,12 @@ class TrainConfig(_Strict):
                 )
             if any(w < 0 for w in task.weights.values()) or not any(w > 0 for w in task.weights.values()):
                 raise ValueError(f"objective.tasks.{i}.weights must be >= 0 and not all zero")
+        for name, spec in self.rewards.items():
+            if spec.type == "judge" and not (spec.params.get("model") or spec.params.get("url")):
+                raise ValueError(
+                    f"rewards.{name}: a judge in training needs `model` (a causal LM scored in this process) "
+                    "or `url` (an OpenAI-compatible server); without either it is judged by a serving engine"
+                )
         return self
 
     @model_validator(mode="after")

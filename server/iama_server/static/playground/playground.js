@@ -58,6 +58,39 @@ function addRewardSlider(reward, weight) {
   $("rewards").append(row);
 }
 
+let rubricCount = 0;
+
+// A rubric: a name, its text (what the judge reads) and its weight, sent as `rubrics` and
+// weighted in `reward_weights` under its name.
+function addRubric(name = `rubric${rubricCount + 1}`, text = "", weight = 1) {
+  const k = ++rubricCount;
+  const row = el("div", { class: "rubric", "data-testid": `rubric-${k}` });
+  const nameInput = el("input", { class: "rubric-name", "data-testid": `rubric-${k}-name`, value: name, "aria-label": "rubric name" });
+  const textArea = el("textarea", { class: "rubric-text", "data-testid": `rubric-${k}-text`, rows: "2",
+    placeholder: "e.g. answers as you would to a ten-year-old", "aria-label": "rubric text" });
+  textArea.value = text;
+  const slider = el("input", { type: "range", min: "0", max: "2", step: "0.05", value: String(weight),
+    class: "rubric-weight", "data-testid": `rubric-${k}-weight`, "aria-label": "rubric weight" });
+  const out = el("output", { "data-testid": `rubric-${k}-weight-value` }, fmt(weight, 2));
+  slider.addEventListener("input", () => { out.textContent = fmt(Number(slider.value), 2); });
+  const remove = el("button", { type: "button", "data-testid": `rubric-${k}-remove` }, "remove");
+  remove.addEventListener("click", () => row.remove());
+  row.append(nameInput, textArea, slider, out, remove);
+  $("rubrics").append(row);
+  return row;
+}
+
+function rubrics() {
+  const out = {};
+  for (const row of document.querySelectorAll("#rubrics .rubric")) {
+    const name = row.querySelector(".rubric-name").value.trim();
+    const text = row.querySelector(".rubric-text").value.trim();
+    const weight = Number(row.querySelector(".rubric-weight").value);
+    if (name && text && weight !== 0) out[name] = { text, weight };
+  }
+  return out;
+}
+
 async function loadServer() {
   const [models, rewards] = await Promise.all([api("/models"), api("/rewards")]);
   $("model").textContent = models.data.length ? models.data[0].id : "";
@@ -95,6 +128,14 @@ function request() {
     body.prompt = prompt;
     body.raw_prompt = $("raw").checked;
   }
+  const written = rubrics();
+  if (Object.keys(written).length) {
+    body.rubrics = {};
+    for (const [name, r] of Object.entries(written)) {
+      body.rubrics[name] = r.text;
+      body.reward_weights[name] = r.weight;
+    }
+  }
   if (body.algorithm === "soft_bon") body.alignment_temperature = Number($("tau").value);
   if (body.algorithm === "vote") body.vote = { regex: $("vote-regex").value };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
@@ -121,7 +162,8 @@ function summary(d) {
   item("weighted score", fmt(d.weighted_score), "chosen-score");
   item("KL bound", `${fmt(d.kl_bound)} nats`, "kl-bound");
   item("budget", String(d.budget));
-  item("tokens", `${d.usage.completion_tokens} generated, ${d.usage.prompt_tokens} prompt`, "tokens");
+  const judged = d.usage.judge_tokens ? `, ${d.usage.judge_tokens} judge` : "";
+  item("tokens", `${d.usage.completion_tokens} generated, ${d.usage.prompt_tokens} prompt${judged}`, "tokens");
   const t = d.timings;
   item("time", `${fmt(t.total_s, 2)} s (queue ${fmt(t.queue_s, 2)}, generation ${fmt(t.generation_s, 2)}, scoring ${fmt(t.scoring_s, 2)})`, "timings");
   const used = Object.entries(d.reward_weights).map(([k, v]) => `${k}=${v}`).join(", ");
@@ -226,6 +268,7 @@ $("er").addEventListener("change", () => {
   $("er-keep").disabled = !$("er").checked;
 });
 $("run").addEventListener("click", run);
+$("add-rubric").addEventListener("click", () => addRubric());
 loadServer()
   .then(() => { document.body.dataset.state = "ready"; })
   .catch((e) => { $("error").textContent = e.message; document.body.dataset.state = "error"; });
