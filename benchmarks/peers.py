@@ -105,7 +105,10 @@ NOT_LIKE_FOR_LIKE = [
     "ties: its-hub scores only distinct candidates and returns the first when all are identical; "
     "iama, vllm_n and the optillm plugin take the first of the best scores",
     "its-hub sends max_completion_tokens (the same value as everyone's max_tokens) and an 'extra_body' "
-    "field inside the JSON body that vLLM ignores",
+    "field inside the JSON body, which vLLM accepted without effect",
+    "backend counters: vllm:request_success_total counts finished engine requests (n = N counts N); "
+    "candidates that iama_er stops are aborted, not counted there, while their tokens are in "
+    "generation_tokens; prompt tokens count once per candidate, cached prefix or not",
     "optillm's response has no prompt tokens and reports every choice as finish_reason 'stop'",
 ]
 
@@ -412,12 +415,14 @@ def _fraction(rows: list[dict], reason: str) -> float | None:
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     concurrencies = sorted({r["concurrency"] for r in result["runs"]})
-    fig, axes = plt.subplots(1, len(concurrencies), figsize=(6.5 * len(concurrencies), 4.6), squeeze=False)
+    width = max(8.0, 6.5 * len(concurrencies))
+    fig, axes = plt.subplots(1, len(concurrencies), figsize=(width, 4.8), squeeze=False)
     colors = {a: f"C{i}" for i, a in enumerate(ARMS)}
     for ax, c in zip(axes[0], concurrencies, strict=True):
         for arm in ARMS:
@@ -437,15 +442,19 @@ def plot(result: dict, path: Path) -> None:
             for r, xi, yi in zip(runs, x, y, strict=True):
                 ax.annotate(f"N={r['n']}", (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel("latency p50 per request (s, log)")
-        ax.set_ylabel("VADER reward of the chosen answer (mean, 95 % CI by prompt)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("latency p50 per request (s, log scale)")
+        ax.set_ylabel("VADER reward of the chosen answer\n(mean, 95 % CI clustered by prompt)")
         ax.set_title(f"{c} concurrent client{'s' if c > 1 else ''}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     cfg = result["config"]
     fig.suptitle(
-        f"best-of-N by VADER sentiment, {cfg['prompts_used']} prompts, max_tokens {cfg['max_tokens']}, "
-        f"temperature {TEMPERATURE}; optillm_bon_selfrating picks by the model's own rating",
+        f"best-of-N by VADER sentiment: {cfg['prompts_used']} prompts x {cfg['repeats']}, max_tokens "
+        f"{cfg['max_tokens']}, temperature {TEMPERATURE}\noptillm_bon_selfrating picks by the model's own "
+        "rating (another scorer); every point's reward is VADER of the chosen answer",
         fontsize=9,
     )
     fig.tight_layout()
@@ -511,7 +520,11 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--venvs", type=Path, default=Path(os.environ.get("IAMA_PEERS_VENVS", ROOT / "runs" / "peers")))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peers" / "peers.json")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from --out's JSON")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
 
     from iama.dtypes import choose_dtype
     from iama.rewards import create_reward
