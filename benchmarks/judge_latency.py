@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUBRIC = "answers as you would to a ten-year-old: short sentences, simple words"
 STEPS = "vllm:iteration_tokens_total_count"
 FINISHED = "vllm:request_success_total"
+CACHE_QUERIES, CACHE_HITS = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 
 
 def counter(text: str, name: str) -> float:
@@ -51,6 +52,8 @@ def measure(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
         "completion_tokens": d["usage"]["completion_tokens"],
         "engine_steps": counter(after, STEPS) - counter(before, STEPS),
         "engine_requests_finished": counter(after, FINISHED) - counter(before, FINISHED),
+        "prefix_cache_queries": counter(after, CACHE_QUERIES) - counter(before, CACHE_QUERIES),
+        "prefix_cache_hits": counter(after, CACHE_HITS) - counter(before, CACHE_HITS),
         "chosen_index": d["chosen_index"],
         "texts": [c["text"] for c in d["candidates"]],
     }
@@ -60,8 +63,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
     def med(k: str) -> float:
         return statistics.median(r[k] for r in rows)
 
-    return {k: med(k) for k in ("total_s", "generation_s", "scoring_s", "judge_tokens", "engine_steps")} | {
-        "engine_requests_finished": med("engine_requests_finished")
+    keys = ("total_s", "generation_s", "scoring_s", "judge_tokens", "engine_steps", "engine_requests_finished")
+    return {k: med(k) for k in keys} | {
+        "prefix_cache_queries": med("prefix_cache_queries"),
+        "prefix_cache_hits": med("prefix_cache_hits"),
     }
 
 

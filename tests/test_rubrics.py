@@ -83,19 +83,20 @@ async def test_a_rubric_in_the_request_chooses_the_answer_it_describes_in_one_en
 
 async def test_rubrics_on_the_openai_route_and_in_the_config():
     judge = {"type": "judge", "rubric": WEATHER}
-    async with serve(rewards={"sentiment": {"type": "sentiment"}, "weather_judge": judge}) as s:
+    async with serve(rewards={"sentiment": {"type": "sentiment"}, "weather_judge": judge}, token_capacity=4096) as s:
         listed = {r["name"]: r for r in (await s.client.get("/v1/rewards")).json()["data"]}
         assert listed["weather_judge"]["ready"] and listed["weather_judge"]["type"] == "judge"
         chat = {"messages": [{"role": "user", "content": "How was your day?"}], "best_of": 6, "max_tokens": 32}
         r = await s.client.post("/v1/chat/completions", json={**chat, "reward_weights": {"weather_judge": 1}})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == CANDIDATES[3]
-        body = {**chat, "rubrics": {"sad": "sad"}, "reward_weights": {"sad": 1}}
+        body = {**chat, "rubrics": {"sad": "sad"}, "reward_weights": {"sad": 1, "weather_judge": 0}}
         r = await s.client.post("/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
         d = r.json()
         assert d["choices"][0]["message"]["content"] == CANDIDATES[1] and d["usage"]["judge_tokens"] > 0
-        assert d["choices"][0]["alignment"]["scores"]["sad"]["raw"] == pytest.approx(1.0, abs=1e-3)
+        scores = d["choices"][0]["alignment"]["scores"]
+        assert scores["sad"]["raw"] == pytest.approx(1.0, abs=1e-3) and scores["weather_judge"]["raw"] < 0.01
 
 
 @pytest.mark.parametrize(

@@ -271,8 +271,8 @@ class CallBuilder:
             if weights is None or name not in weights:
                 raise APIError(400, f"weight the rubric in reward_weights ({{{name!r}: 1.0}})", where)
         weighted = weights or {}
-        configured = {n: r for n, r in self.rewards.engine_rubrics().items() if weighted.get(n, 0) > 0}
-        return {**configured, **{n: r for n, r in given.items() if weighted[n] > 0}}
+        configured = {n: r for n, r in self.rewards.engine_rubrics().items() if n in weighted}
+        return {**configured, **given}  # a weight of 0 is scored and shown, as for any reward
 
     def _check_judge_context(self, prefix: dict[str, int], max_tokens: int, given: dict[str, str]) -> None:
         """Each judge prompt must fit the model's context with the longest answer in it."""
@@ -316,10 +316,11 @@ class CallBuilder:
         cost, capacity = total_cost(calls), self.settings.effective_token_capacity
         if cost > capacity:
             c = calls[0]
+            judged = f" + {c.budget} × {len(c.rubrics)} judge prompt(s) each holding an answer" if c.rubrics else ""
             raise APIError(
                 400,
                 f"this request needs {cost} tokens of capacity ({len(calls)} prompt(s) × (prompt tokens + "
-                f"{c.budget} candidates × max_tokens {c.sampling.max_tokens})); the server's capacity is "
+                f"{c.budget} candidates × max_tokens {c.sampling.max_tokens}{judged})); the server's capacity is "
                 f"{capacity}: lower {budget_field}, max_tokens or the number of prompts",
                 budget_field,
             )
