@@ -7,6 +7,7 @@ admission, batched scoring with real rewards, selection, rendering, error handle
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -53,6 +54,7 @@ def settings(**overrides: Any) -> ServerSettings:
         "max_concurrent_requests": 2,
         "max_queued_requests": 2,
         "api_keys": [API_KEY],
+        "usage_db": f"sqlite:///{tempfile.mkdtemp(prefix='iama-usage-')}/usage.sqlite3",
     }
     return ServerSettings.model_validate({**base, **overrides})
 

@@ -4,8 +4,10 @@ Capacity is counted in what a request costs the engine, not in requests: its tok
 cache at most, ``prompt tokens + N × max_tokens`` per prompt (``request_cost``), so 16 prompts
 × budget 256 × 2,048 tokens weigh what they are, and "Hi" × 1 next to nothing. A request runs
 when at most ``max_active`` others run and its cost fits in what ``token_capacity`` has left;
-otherwise it waits, first come first served (a large request is not overtaken forever by small
-ones), and at most ``max_queued`` wait: anything beyond is refused at once with 429 +
+otherwise it waits: by its key's priority class, first come first served within a class (a
+large request is not overtaken forever by small ones), and a request that has waited
+``priority_aging_s`` goes before any class, so none starves (``_Turn.rank``). At most
+``max_queued`` wait: anything beyond is refused at once with 429 +
 Retry-After, so overload degrades into fast, retryable answers instead of unbounded queues,
 timeouts or memory growth. A request that costs more than the whole capacity is a 400 before it
 gets here (``calls.py`` names the field). A request that was admitted is never dropped: it waits
@@ -16,9 +18,10 @@ when the client goes away or the server's timeout passes.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prometheus_client import Gauge
@@ -35,16 +38,42 @@ def request_cost(prompt_tokens: int, candidates: int, max_tokens: int) -> int:
     return prompt_tokens + candidates * max_tokens
 
 
+@dataclass(frozen=True, eq=False)
+class _Turn:
+    """A waiting request's place: its class, when it came, and the order it came in."""
+
+    priority: int
+    since: float
+    arrival: int
+
+    def rank(self, now: float, aging_s: float) -> tuple[int, int]:
+        """Strict priority between classes, first come first served within one; a request that
+        has waited ``aging_s`` ranks with the highest class (by its arrival), so a stream of
+        high-priority requests delays a low one by at most that long before it is next."""
+        if now - self.since >= aging_s:
+            return (-1, self.arrival)
+        return (self.priority, self.arrival)
+
+
 class Admission:
-    def __init__(self, max_active: int, max_queued: int, retry_after_s: int, token_capacity: int) -> None:
+    def __init__(
+        self,
+        max_active: int,
+        max_queued: int,
+        retry_after_s: int,
+        token_capacity: int,
+        priority_aging_s: float = 30.0,
+    ) -> None:
         self.max_active = max_active
         self.max_queued = max_queued
         self.retry_after_s = retry_after_s
         self.token_capacity = token_capacity
+        self.priority_aging_s = priority_aging_s
         self.active = 0
         self.waiting = 0
         self.tokens_in_use = 0  # the cost of the running requests
-        self._turns: deque[object] = deque()  # waiting requests, first come first served
+        self._turns: list[_Turn] = []  # waiting requests; the next is the least _Turn.rank
+        self._arrivals = itertools.count()
         self._changed = asyncio.Condition()
 
     def export(self, queue_depth: Gauge, in_flight: Gauge, tokens_in_use: Gauge) -> None:
@@ -54,16 +83,19 @@ class Admission:
         in_flight.set_function(lambda: self.active)
         tokens_in_use.set_function(lambda: self.tokens_in_use)
 
-    def _my_turn(self, ticket: object, cost: int) -> bool:
+    def _next(self) -> _Turn:
+        now = asyncio.get_running_loop().time()
+        return min(self._turns, key=lambda t: t.rank(now, self.priority_aging_s))
+
+    def _my_turn(self, turn: _Turn, cost: int) -> bool:
         return (
-            self._turns[0] is ticket
-            and self.active < self.max_active
-            and self.tokens_in_use + cost <= self.token_capacity
+            self._next() is turn and self.active < self.max_active and self.tokens_in_use + cost <= self.token_capacity
         )
 
     @asynccontextmanager
-    async def slot(self, cost: int = 0) -> AsyncIterator[float]:
-        """Yields the seconds spent queued; ``cost`` (``request_cost``) is held while inside."""
+    async def slot(self, cost: int = 0, priority: int = 1) -> AsyncIterator[float]:
+        """Yields the seconds spent queued; ``cost`` (``request_cost``) is held while inside.
+        ``priority``: the key's class (0 first, as vLLM's ``priority``)."""
         if cost > self.token_capacity:  # calls.py refuses these with a 400 naming the field
             raise ValueError(f"cost {cost} exceeds the whole capacity {self.token_capacity}")
         runs_now = (
@@ -79,13 +111,13 @@ class Admission:
             )
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        ticket = object()
+        ticket = _Turn(priority, t0, next(self._arrivals))
         self._turns.append(ticket)
         self.waiting += 1
         try:
             async with self._changed:
                 await self._changed.wait_for(lambda: self._my_turn(ticket, cost))
-                self._turns.popleft()
+                self._turns.remove(ticket)
                 self.active += 1
                 self.tokens_in_use += cost
                 self._changed.notify_all()  # the next in line may fit beside this one

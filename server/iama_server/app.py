@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from iama_server.body_limit import BodyLimit
 from iama_server.engine import GenerationEngine
 from iama_server.errors import error_type, install_error_handlers
+from iama_server.keys import install_sighup, watch_keys_file
 from iama_server.playground import router as playground
 from iama_server.routes import probes, v1
 from iama_server.settings import ServerSettings
@@ -35,12 +36,21 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.scorer.start()
         starter = asyncio.create_task(state.start())  # /health answers 503 until READY
+        watcher = None
+        if state.settings.keys_file is not None:  # reloaded on change and on SIGHUP (keys.py)
+            watcher = asyncio.create_task(watch_keys_file(state.keys, state.settings.keys_reload_s))
+            install_sighup(asyncio.get_running_loop(), state.keys)
         try:
             yield
         finally:
             starter.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await state.scorer.stop()
+            await state.limiter.aclose()
             await asyncio.to_thread(state.engine.shutdown)
+            if state.usage is not None:
+                state.usage.dispose()
 
     app = FastAPI(title="IAMA server", version="0.1.0", lifespan=lifespan)
     app.state.iama = state

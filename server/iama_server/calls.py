@@ -24,6 +24,7 @@ from iama_server.admission import request_cost
 from iama_server.engine import GenerationEngine, Sampling, StructuredOutput
 from iama_server.errors import APIError, ErrorCode
 from iama_server.judging import JUDGE_TOKEN_MARGIN, EngineJudge
+from iama_server.keys import ANONYMOUS, KeyPolicy
 from iama_server.lifecycle import Lifecycle
 from iama_server.prompts import PromptEncoder
 from iama_server.schemas import (
@@ -67,6 +68,7 @@ class AlignmentCall:
     early_rejection: EarlyRejectionPlan | None = None  # stop weak candidates at checkpoints
     prefer_finished: bool = False  # a candidate cut at max_tokens only when no finished one is
     vote: VoteRequest | None = None  # algorithm "vote": how each candidate's answer is read
+    key: KeyPolicy = ANONYMOUS  # whose request: its limits, priority and usage
     rubrics: dict[str, str] = field(default_factory=dict)  # weighted rewards the served model judges: name -> rubric
     judge_prompt_tokens: int = 0  # the rubrics' judge prompts without the answer, summed (for the cost)
     target_score: float | None = None  # budget "auto": stop sampling once a candidate reaches it
@@ -125,9 +127,9 @@ class CallBuilder:
         self.model_names = model_names  # the served name first; any of them may be asked for
         self.lifecycle = lifecycle
 
-    def align(self, body: AlignRequest, request_id: str) -> AlignmentCall:
+    def align(self, body: AlignRequest, request_id: str, key: KeyPolicy = ANONYMOUS) -> AlignmentCall:
         """``/v1/align``: weights are required (or the server's default), budget defaults."""
-        self._check_ready_and_model(body.model)
+        self._check_ready_and_model(body.model, key)
         ids, text = self.prompts.encode(body.prompt, body.messages, raw=body.raw_prompt)
         call = self._call(
             body,
@@ -138,14 +140,17 @@ class CallBuilder:
             budget=self._requested_budget(body.budget, "budget", body.max_budget),
             algorithm=body.algorithm,
             normalize=body.normalize,
+            key=key,
         )
         self._check_cost([call], "max_budget" if body.budget == "auto" else "budget")
         return call
 
-    def openai(self, body: CompletionRequest | ChatCompletionRequest, request_id: str) -> list[AlignmentCall]:
+    def openai(
+        self, body: CompletionRequest | ChatCompletionRequest, request_id: str, key: KeyPolicy = ANONYMOUS
+    ) -> list[AlignmentCall]:
         """OpenAI routes, one call per prompt: aligned when ``best_of`` or ``reward_weights`` is
         given, plain generation of ``n`` samples otherwise."""
-        self._check_ready_and_model(body.model)
+        self._check_ready_and_model(body.model, key)
         if isinstance(body, ChatCompletionRequest):
             encoded = [self.prompts.encode(None, body.messages, raw=False)]
             logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -182,6 +187,7 @@ class CallBuilder:
                 algorithm=body.alignment,
                 n_returned=body.n,
                 echo=text if echo and isinstance(text, str) else None,
+                key=key,
             )
             for ids, text in encoded
         ]
@@ -212,6 +218,7 @@ class CallBuilder:
         echo: str | None = None,
         logprobs: int | None = None,
         prompt_logprobs: int | None = None,
+        key: KeyPolicy = ANONYMOUS,
     ) -> AlignmentCall:
         """The fields every route fills the same way; the route gives weights, budget, algorithm
         (and the OpenAI routes n, echo and the log-probs asked for)."""
@@ -248,6 +255,7 @@ class CallBuilder:
             vote=self._vote(body.vote),
             rubrics=rubrics,
             judge_prompt_tokens=sum(judge_prefix.values()),
+            key=key,
         )
 
     def _rubrics(self, given: dict[str, str] | None, weights: dict[str, float] | None) -> dict[str, str]:
@@ -312,7 +320,9 @@ class CallBuilder:
 
     def _check_cost(self, calls: list[AlignmentCall], budget_field: str) -> None:
         """A request that could never run (it costs more than the whole capacity) is a 400 now,
-        not a wait that never ends."""
+        not a wait that never ends; one its key may never make (over its ``max_budget``,
+        ``max_tokens``, or a token window it could never fit) a 403 naming the field."""
+        self._check_key(calls, budget_field)
         cost, capacity = total_cost(calls), self.settings.effective_token_capacity
         if cost > capacity:
             c = calls[0]
@@ -325,7 +335,34 @@ class CallBuilder:
                 budget_field,
             )
 
-    def _check_ready_and_model(self, model: str | None) -> None:
+    def _check_key(self, calls: list[AlignmentCall], budget_field: str) -> None:
+        key, c = calls[0].key, calls[0]
+        limits, cost = key.limits, total_cost(calls)
+
+        def refuse(message: str, field: str) -> APIError:
+            return APIError(403, f"key {key.name!r}: {message}", field, ErrorCode.KEY_LIMIT)
+
+        if limits.max_budget is not None and c.budget > limits.max_budget:
+            raise refuse(f"{budget_field} {c.budget} is over this key's max_budget {limits.max_budget}", budget_field)
+        if limits.max_tokens is not None and c.sampling.max_tokens > limits.max_tokens:
+            raise refuse(
+                f"max_tokens {c.sampling.max_tokens} is over this key's max_tokens {limits.max_tokens}", "max_tokens"
+            )
+        for window in ("tokens_per_minute", "tokens_per_day"):
+            allowed = getattr(limits, window)
+            if allowed is not None and cost > allowed:
+                raise refuse(
+                    f"this request may use {cost} tokens, more than this key's {window} of {allowed}: it can "
+                    f"never run; lower {budget_field} or max_tokens",
+                    budget_field,
+                )
+
+    def _check_ready_and_model(self, model: str | None, key: KeyPolicy) -> None:
+        if not key.allows(model or self.model_names[0]):
+            raise APIError(
+                403, f"key {key.name!r} may not call model {model or self.model_names[0]!r}", "model",
+                ErrorCode.MODEL_NOT_ALLOWED,
+            )  # fmt: skip
         if model is not None and model not in self.model_names:
             raise APIError(
                 404,

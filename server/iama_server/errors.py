@@ -41,12 +41,21 @@ class ErrorCode(StrEnum):
     NOT_READY = "not_ready"
     TIMEOUT = "timeout"
     UPSTREAM_ERROR = "upstream_error"  # a remote reward's or judge's server failed
+    # A key's policy (keys.py): a request it may never make (403), or a window or its
+    # concurrency full for now (429 with Retry-After; limits.py).
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    KEY_LIMIT = "key_limit"
+    ADMIN_ONLY = "admin_only"
+    TOKENS_PER_MINUTE = "rate_limit_tokens_per_minute"
+    TOKENS_PER_DAY = "rate_limit_tokens_per_day"
+    CONCURRENCY = "rate_limit_concurrency"
     INTERNAL_ERROR = "internal_error"
 
 
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
@@ -57,6 +66,7 @@ _TYPES = {
 _DEFAULT_CODES = {
     400: ErrorCode.INVALID_VALUE,
     401: ErrorCode.INVALID_API_KEY,
+    403: ErrorCode.KEY_LIMIT,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.REQUEST_TOO_LARGE,

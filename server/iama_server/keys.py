@@ -10,13 +10,16 @@ keys:
     limits: {max_budget: 16, max_tokens: 512, tokens_per_minute: 200000, max_concurrent_requests: 4}
     priority: high                  # high | normal | low (vLLM: lower value scheduled first)
     models: [my-model, my-adapter]  # omitted: every model
+  - name: ops
+    sha256: 9f86d08...
+    admin: true                     # GET /v1/usage for every key, adapters at run time
 ```
 
 Only the SHA-256 of a key is stored, so the file is no secret to guard and a key's plaintext
 appears in no repr, log line or error: hash one with
 ``python -c "import hashlib;print(hashlib.sha256(b'KEY').hexdigest())"`` or :func:`hash_key`.
 Today's plain ``IAMA_API_KEYS`` keep working beside the file: they become ``key-1``, ``key-2``, …
-with no limits at normal priority.
+with no limits at normal priority, and admin (they are the operator's own keys).
 
 :class:`KeyRing` answers "whose key is this?" (:meth:`KeyRing.lookup`). :meth:`KeyRing.reload`
 re-reads the file, from :func:`watch_keys_file` (polling its mtime, size and inode) or SIGHUP
@@ -90,6 +93,7 @@ class KeyPolicy(BaseModel):
     models: tuple[str, ...] | None = Field(
         default=None, min_length=1, description="models or adapters this key may call; omitted: all"
     )
+    admin: bool = Field(default=False, description="may read every key's usage (GET /v1/usage) and manage adapters")
 
     @field_validator("sha256")
     @classmethod
@@ -123,7 +127,7 @@ class KeysFile(BaseModel):
 
 # A server with neither a keys file nor IAMA_API_KEYS is open (as ``auth.key_ok``): every caller
 # gets this policy, so usage and limits need no special case.
-ANONYMOUS = KeyPolicy(name="anonymous", sha256=hash_key(""))
+ANONYMOUS = KeyPolicy(name="anonymous", sha256=hash_key(""), admin=True)
 
 
 def _check_unique(policies: Sequence[KeyPolicy]) -> None:
@@ -144,7 +148,8 @@ def load_keys(path: Path) -> list[KeyPolicy]:
 
 
 def policies_from_api_keys(api_keys: Sequence[str | SecretStr]) -> list[KeyPolicy]:
-    """Plain keys (``IAMA_API_KEYS``) as policies ``key-1``, ``key-2``, …: no limits, normal priority."""
+    """Plain keys (``IAMA_API_KEYS``) as policies ``key-1``, ``key-2``, …: no limits, normal
+    priority, admin (the operator's keys, as they were before keys had policies)."""
     plain = [k.get_secret_value() if isinstance(k, SecretStr) else k for k in api_keys]
     seen: dict[str, int] = {}
     policies = []
@@ -153,7 +158,7 @@ def policies_from_api_keys(api_keys: Sequence[str | SecretStr]) -> list[KeyPolic
         if digest in seen:  # positions only: the message must not carry the key
             raise ConfigError(f"IAMA_API_KEYS: entries {seen[digest]} and {i} are the same key")
         seen[digest] = i
-        policies.append(KeyPolicy(name=f"key-{i}", sha256=digest))
+        policies.append(KeyPolicy(name=f"key-{i}", sha256=digest, admin=True))
     return policies
 
 
@@ -258,4 +263,7 @@ def install_sighup(loop: asyncio.AbstractEventLoop, ring: KeyRing) -> None:
         except Exception:  # a bug must not vanish inside an executor's unread future
             log.exception("reloading the keys file on SIGHUP failed")
 
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload_logged))
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload_logged))
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (a Ray replica): polling only
+        log.info("keys file: no SIGHUP handler in this thread; reloaded on change only")

@@ -63,3 +63,10 @@ class Metrics:
             "iama_reward_warmup_seconds", "Seconds the reward's start-up warm-up took", ["reward"], registry=r
         )
         self.errors = Counter("iama_errors", "Error responses by OpenAI error type", ["type"], registry=r)
+        # Per key: labelled by the key's name from the keys file (bounded by configuration).
+        self.key_requests = Counter(
+            "iama_key_requests", "Requests by key name and HTTP status", ["key", "status"], registry=r
+        )
+        self.key_tokens = Counter(
+            "iama_key_tokens", "Tokens by key name and kind (prompt, completion, judge)", ["key", "kind"], registry=r
+        )

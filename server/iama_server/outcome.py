@@ -54,5 +54,10 @@ class Outcome:
         return selection_kl_bound("soft_bon", self.call.budget)
 
     @property
+    def spent_tokens(self) -> int:
+        """What the call used of the engine: its prompt, every candidate's tokens, the judge's."""
+        return self.generation.prompt_tokens + self.completion_tokens + self.judge_tokens
+
+    @property
     def completion_tokens(self) -> int:
         return sum(c.token_count for c in self.generation.candidates)

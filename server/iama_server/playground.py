@@ -14,7 +14,7 @@ from importlib import resources
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from iama_server.auth import PLAYGROUND_COOKIE, bearer, key_ok
+from iama_server.auth import PLAYGROUND_COOKIE, bearer
 
 ASSETS = {
     "playground.js": "text/javascript; charset=utf-8",
@@ -35,9 +35,8 @@ def _asset(name: str) -> str:
 
 
 def _authorised(request: Request) -> bool:
-    keys = request.app.state.iama.api_keys
     token = bearer(request.headers.get("authorization", "")) or request.cookies.get(PLAYGROUND_COOKIE, "")
-    return key_ok(keys, token)
+    return request.app.state.iama.keys.lookup(token) is not None
 
 
 @router.get("", response_class=HTMLResponse)

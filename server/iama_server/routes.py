@@ -8,14 +8,19 @@ requires an API key when the server has any.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from iama_server.auth import bearer, key_ok
+from iama_server.accounting import Tally
+from iama_server.auth import bearer
 from iama_server.errors import APIError, ErrorCode
 from iama_server.rendering import align_response, now, openai_response, rewards_listing
 from iama_server.schemas import (
@@ -29,6 +34,7 @@ from iama_server.schemas import (
     Health,
     ModelList,
     RewardsList,
+    UsageReport,
 )
 from iama_server.state import ServerState
 from iama_server.streaming import StreamFormat, stream_response
@@ -39,11 +45,14 @@ def server_state(request: Request) -> ServerState:
 
 
 async def require_api_key(request: Request) -> None:
-    """``Authorization: Bearer <key>`` against the configured keys, in constant time."""
-    if not key_ok(server_state(request).api_keys, bearer(request.headers.get("authorization", ""))):
+    """``Authorization: Bearer <key>``: whose key it is (``keys.py``), kept as ``request.state.key``
+    for the request's limits, priority and usage; 401 for an unknown key."""
+    policy = server_state(request).keys.lookup(bearer(request.headers.get("authorization", "")))
+    if policy is None:
         raise APIError(
             401, "missing or invalid API key", code=ErrorCode.INVALID_API_KEY, headers={"WWW-Authenticate": "Bearer"}
         )
+    request.state.key = policy
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -51,10 +60,12 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     what = {
         400: "invalid request: `error.param` names the field",
         401: "missing or invalid API key",
+        403: "this key may not: a limit of its policy, a model it may not call, or an admin route",
         404: "unknown route or model",
         413: "request body over the server's limit",
         429: "at capacity: retry after `Retry-After` seconds",
         500: "unexpected server error (logged; no trace leaves the server)",
+        502: "a remote reward's or judge's server failed",
         503: "starting, or failed and going away: retry after `Retry-After` seconds",
         504: "request exceeded the server's timeout",
     }
@@ -63,7 +74,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 probes = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors(401, 404, 413, 500))
-_RUN_ERRORS = _errors(400, 429, 503, 504)
+_RUN_ERRORS = _errors(400, 403, 429, 502, 503, 504)
 
 
 @probes.get("/health", response_model=Health, responses={503: {"model": Health, "description": "not ready"}})
@@ -104,11 +115,44 @@ async def rewards(request: Request) -> dict[str, Any]:
 @v1.post("/align", response_model=AlignResponse, response_model_exclude_none=True, responses=_RUN_ERRORS)
 async def align(body: AlignRequest, request: Request) -> AlignResponse:
     state, t0 = server_state(request), time.perf_counter()
-    call = state.calls.align(body, request.state.request_id)
-    (outcome,) = await state.service.complete([call], request.receive)
+    async with _recorded(request, body.model) as tally:
+        tally.calls = [state.calls.align(body, request.state.request_id, request.state.key)]
+        tally.outcomes = await state.service.complete(tally.calls, request.receive)
+        (outcome,) = tally.outcomes
+        tally.queue_s = outcome.queue_s
     return align_response(
         outcome, model=state.model_name, return_candidates=body.return_candidates, total_s=time.perf_counter() - t0
     )
+
+
+def _recorded(request: Request, model: str | None) -> AbstractAsyncContextManager[Tally]:
+    """The request's usage row, written as the route leaves (``accounting.py``)."""
+    state = server_state(request)
+    route = request.scope["route"].path
+    return state.accounting.recorded(request.state.key, route, model or state.model_name, request.state.request_id)
+
+
+@v1.get("/usage", response_model=UsageReport, responses=_errors(400, 403))
+async def usage(
+    request: Request,
+    key: Annotated[str | None, Query(max_length=64, description="one key's name; omitted: every key")] = None,
+    since: Annotated[
+        datetime | None, Query(description="ISO 8601 with a zone, inclusive (finished at or after)")
+    ] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601 with a zone, exclusive")] = None,
+    group_by: Annotated[Literal["key", "model", "route", "day"] | None, Query()] = None,
+) -> dict[str, Any]:
+    """Summed usage (admin keys only): requests, prompt, generated and judge tokens, candidates."""
+    state = server_state(request)
+    if not request.state.key.admin:
+        raise APIError(403, "usage is for admin keys only", code=ErrorCode.ADMIN_ONLY)
+    if state.usage is None:
+        raise APIError(400, "this server records no usage (usage_db is null)", "usage_db")
+    for name, when in (("since", since), ("until", until)):
+        if when is not None and when.tzinfo is None:
+            raise APIError(400, "give a time zone (e.g. 2026-12-01T00:00:00Z)", name)
+    totals = await asyncio.to_thread(state.usage.totals, key, since, until, group_by)
+    return {"object": "usage", "group_by": group_by, "data": [asdict(t) for t in totals]}
 
 
 def _openai_responses(model: type) -> dict[int | str, dict[str, Any]]:
@@ -135,8 +179,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 async def _openai(body: CompletionRequest | ChatCompletionRequest, request: Request) -> Response:
     """Both OpenAI routes; they differ only in prompt encoding (the calls) and object names."""
     state, chat, rid = server_state(request), isinstance(body, ChatCompletionRequest), request.state.request_id
-    calls = state.calls.openai(body, rid)
-    if body.stream:
-        return await stream_response(state.service, calls, StreamFormat.of(body, state.model_name), request.receive)
-    outcomes = await state.service.complete(calls, request.receive)
-    return JSONResponse(openai_response(outcomes, chat=chat, model=state.model_name, response_id=rid, created=now()))
+    async with _recorded(request, body.model) as tally:
+        tally.calls = state.calls.openai(body, rid, request.state.key)
+        if body.stream:
+            fmt = StreamFormat.of(body, state.model_name)
+            return await stream_response(state.service, tally, fmt, request.receive, state.accounting)
+        tally.outcomes = await state.service.complete(tally.calls, request.receive)
+        tally.queue_s = tally.outcomes[0].queue_s
+    return JSONResponse(
+        openai_response(tally.outcomes, chat=chat, model=state.model_name, response_id=rid, created=now())
+    )

@@ -41,6 +41,7 @@ from iama_server.engine import Delta, Generation, GenerationEngine, GenerationRe
 from iama_server.errors import APIError, ClientGone, ErrorCode
 from iama_server.judging import EngineJudge
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle
+from iama_server.limits import Limiter, LimitExceeded, limit_error
 from iama_server.metrics import Metrics
 from iama_server.outcome import Outcome, Search
 from iama_server.scoring import BatchedScorer
@@ -49,6 +50,20 @@ from iama_server.settings import ServerSettings
 
 log = logging.getLogger("iama.server")
 T = TypeVar("T")
+
+
+@dataclass
+class Admitted:
+    """What an admitted request holds: its cost, the seconds it queued, and the tokens its key
+    is charged when it ends (the whole cost unless the caller knows better)."""
+
+    cost: int
+    queue_s: float = 0.0
+    spent_tokens: int = -1
+
+    def __post_init__(self) -> None:
+        if self.spent_tokens < 0:
+            self.spent_tokens = self.cost
 
 
 @dataclass
@@ -71,9 +86,10 @@ class AlignmentService:
         metrics: Metrics,
         lifecycle: Lifecycle,
         judge: EngineJudge,
+        limiter: Limiter,
     ) -> None:
         self.engine, self.rewards, self.scorer, self.admission = engine, rewards, scorer, admission
-        self.judge = judge
+        self.judge, self.limiter = judge, limiter
         self.settings, self.metrics, self.lifecycle = settings, metrics, lifecycle
 
     # ------------------------------------------------------------------ a request's life
@@ -81,7 +97,7 @@ class AlignmentService:
         """Admission by the calls' cost over all their prompts (429 when the queue is full), then
         the calls side by side under the request timeout (504) and the client's attention (a
         disconnect aborts them in vLLM: :class:`ClientGone`)."""
-        async with self.admitted(calls) as queued:
+        async with self.admitted(calls) as held:
 
             async def run_all() -> list[Outcome]:
                 tasks = [asyncio.ensure_future(self.run(call)) for call in calls]
@@ -92,13 +108,29 @@ class AlignmentService:
                         task.cancel()
 
             outcomes = await self._watched(run_all(), receive, calls[0].request_id)
-        return [replace(o, queue_s=queued) for o in outcomes]
+            held.spent_tokens = sum(o.spent_tokens for o in outcomes)
+        return [replace(o, queue_s=held.queue_s) for o in outcomes]
 
     @asynccontextmanager
-    async def admitted(self, calls: list[AlignmentCall]) -> AsyncIterator[float]:
-        """Hold the calls' admission slot while inside; yields the seconds spent queued."""
-        async with self.admission.slot(total_cost(calls)) as queued:
-            yield queued
+    async def admitted(self, calls: list[AlignmentCall]) -> AsyncIterator[Admitted]:
+        """Hold the calls' place while inside: their key's limits first (a window or its
+        concurrency full is a 429 with Retry-After, before the request queues), then an
+        admission slot in the key's priority class. Yields what the request holds; its
+        ``spent_tokens`` (set by the caller once known) are what the key is charged in the end,
+        the admission cost until then."""
+        key, cost = calls[0].key, total_cost(calls)
+        try:
+            lease = await self.limiter.acquire(key.name, key.limits, cost)
+        except LimitExceeded as exc:
+            status, message, code, headers = limit_error(exc)
+            raise APIError(status, f"key {key.name!r}: {message}", code=ErrorCode(code), headers=headers) from None
+        held, ran = Admitted(cost), False
+        try:
+            async with self.admission.slot(cost, key.scheduling_priority) as queued:
+                held.queue_s, ran = queued, True
+                yield held
+        finally:  # refused by the queue (429) or gone while queued: nothing ran, nothing charged
+            await self.limiter.release(lease, held.spent_tokens if ran else 0)
 
     async def _watched(self, coro: Coroutine[Any, Any, T], receive: Receive, request_id: str) -> T:
         try:

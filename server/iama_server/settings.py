@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,6 +34,24 @@ class ServerSettings(BaseSettings):
     max_tokens: int = Field(default=512, ge=1)
     default_max_tokens: int = Field(default=128, ge=1)
     max_prompt_tokens: int = Field(default=2048, ge=1)
+    # Tenants: keys with policies, limits shared by replicas, usage that survives restarts.
+    keys_file: Path | None = Field(
+        default=None, description="YAML keys file (iama_server.keys): names, SHA-256 secrets, limits, priorities"
+    )
+    keys_reload_s: float = Field(default=2.0, ge=0.05, le=60, description="how often the keys file is checked")
+    redis_url: str | None = Field(
+        default=None, description="keep per-key limits in Redis (shared by replicas); unset: in this process"
+    )
+    usage_db: str | None = Field(
+        default="sqlite:///iama_usage.sqlite3",
+        description="where usage rows go: a SQLAlchemy URL (sqlite:///file or postgresql+psycopg://...); null: none",
+    )
+    priority_aging_s: float = Field(
+        default=30.0, ge=0, description="a request waiting this long is admitted before any priority class"
+    )
+    scheduling_policy: Literal["fcfs", "priority"] = Field(
+        default="priority", description="vLLM's scheduler: 'priority' runs a key's class first (vLLM's priority)"
+    )
     max_rubrics: int = Field(default=4, ge=0, le=MAX_RUBRICS, description="rubrics one request may write (0: none)")
     max_rubric_chars: int = Field(default=1000, ge=1, le=MAX_RUBRIC_CHARS, description="characters of one rubric")
     max_concurrent_requests: int = Field(default=16, ge=1, description="requests generating at once")

@@ -15,14 +15,18 @@ from pathlib import Path
 from iama.modelcard import ModelCard, load_model_card
 from iama.models import DEFAULT_MODEL_ALIAS, DEFAULT_MODEL_NAME, resolve_model
 from iama.rewards import DEFAULT_REWARDS, RewardSet, RewardSpec, bind_tokenizer
+from iama_server.accounting import Accounting
 from iama_server.admission import Admission
 from iama_server.calls import CallBuilder
 from iama_server.engine import GenerationEngine
+from iama_server.keys import KeyRing
 from iama_server.lifecycle import ENGINE_DIED, Lifecycle, one_line
+from iama_server.limits import Limiter, LocalLimiter, RedisLimiter
 from iama_server.metrics import Metrics
 from iama_server.scoring import BatchedScorer
 from iama_server.service import AlignmentService
 from iama_server.settings import ServerSettings
+from iama_server.usage import UsageStore
 from iama_server.vllm_engine import VLLMEngine
 
 log = logging.getLogger("iama.server")
@@ -38,7 +42,12 @@ class ServerState:
             settings.max_queued_requests,
             settings.retry_after_s,
             settings.effective_token_capacity,
+            settings.priority_aging_s,
         )
+        self.keys = KeyRing(settings.keys_file, settings.api_keys)
+        self.limiter: Limiter = RedisLimiter(settings.redis_url) if settings.redis_url else LocalLimiter()
+        self.usage = UsageStore(settings.usage_db) if settings.usage_db else None
+        self.accounting = Accounting(self.usage, self.metrics)
         self.metrics.token_capacity.set(settings.effective_token_capacity)
         # An injected engine (the tests' fake) brings its own model; vLLM gets a checked one.
         self.model_path = resolve_model(settings.model) if engine is None else settings.model
@@ -60,14 +69,13 @@ class ServerState:
         )
         self.service = AlignmentService(
             self.engine, self.rewards, self.scorer, self.admission, settings, self.metrics, self.lifecycle,
-            self.calls.judge,
+            self.calls.judge, self.limiter,
         )  # fmt: skip
         self.admission.export(self.metrics.queue_depth, self.metrics.in_flight, self.metrics.tokens_in_use)
         engine = self.engine  # what vLLM's scheduler reports, read at every scrape
         self.metrics.engine_unfinished.set_function(engine.unfinished_requests)
         self.metrics.engine_kv_usage.set_function(lambda: engine.stats.kv_cache_usage)
         self.metrics.engine_generated.set_function(lambda: engine.stats.generated_tokens)
-        self.api_keys = [k.get_secret_value() for k in settings.api_keys]
 
     def _count_batch(self, size: int) -> None:
         self.metrics.score_batches.inc()
@@ -78,6 +86,7 @@ class ServerState:
         succeed, a fatal failure naming what broke otherwise. Then watch the engine."""
         results = await asyncio.gather(
             self._start_engine_and_judge(),
+            asyncio.to_thread(self.usage.create) if self.usage is not None else asyncio.sleep(0),
             asyncio.to_thread(self.rewards.warm_up, self._reward_ready),
             return_exceptions=True,
         )

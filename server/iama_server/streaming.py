@@ -30,6 +30,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from iama_server.accounting import CLIENT_GONE, Accounting, Tally
 from iama_server.admission import Receive
 from iama_server.calls import AlignmentCall
 from iama_server.errors import APIError, ErrorCode
@@ -46,7 +47,7 @@ from iama_server.rendering import (
     usage_chunk,
 )
 from iama_server.schemas import ChatCompletionRequest, CompletionRequest, Usage
-from iama_server.service import AlignmentService
+from iama_server.service import Admitted, AlignmentService
 
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 Events = AsyncGenerator[dict[str, Any], None]  # OpenAI chunk objects
@@ -73,39 +74,64 @@ class StreamFormat:
 
 
 async def stream_response(
-    service: AlignmentService, calls: list[AlignmentCall], fmt: StreamFormat, receive: Receive
+    service: AlignmentService, tally: Tally, fmt: StreamFormat, receive: Receive, accounting: Accounting
 ) -> StreamingResponse:
-    """The stream of the call's mode (streams carry one prompt: the schemas refuse more)."""
-    (call,) = calls
+    """The stream of the call's mode (streams carry one prompt: the schemas refuse more). A live
+    stream's usage is recorded when its body ends (``tally``), a selected one's by the route."""
+    (call,) = tally.calls
     created = now()  # the request's arrival, before any wait for admission
     if call.mode == "sample" and call.budget == 1:
-        return await _admitted(service, call, _plain(service, call, fmt, created))
+        return await _admitted(service, tally, accounting, _plain(service, call, fmt, created, tally))
     if call.mode == "early_rejection" and call.sampling.logprobs is None and call.echo is None:
-        return await _admitted(service, call, _searched(service, call, fmt, created))
-    (outcome,) = await service.complete(calls, receive)
+        return await _admitted(service, tally, accounting, _searched(service, call, fmt, created, tally))
+    tally.outcomes = await service.complete(tally.calls, receive)
+    tally.queue_s = tally.outcomes[0].queue_s
+    (outcome,) = tally.outcomes
     return StreamingResponse(_sse(_selected(outcome, fmt)), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class _AdmittedStream(StreamingResponse):
     """A stream that holds an admission slot until the response ends, even when its body never
     starts (the client went away while the headers were sent): the slot is released here, not
-    in the body's generator, whose ``finally`` would then never run."""
+    in the body's generator, whose ``finally`` would then never run. Its usage row is written
+    here too, once the key has been charged what the stream used."""
 
-    def __init__(self, body: AsyncIterator[bytes], slot: AsyncExitStack) -> None:
+    def __init__(self, body: AsyncIterator[bytes], slot: AsyncExitStack, held: Admitted, end: _StreamEnd) -> None:
         super().__init__(body, media_type="text/event-stream", headers=SSE_HEADERS)
-        self.slot = slot
+        self.slot, self.held, self.end = slot, held, end
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
+            tally = self.end.tally
+            if tally.outcomes or tally.generated_tokens is not None:
+                prompt = sum(len(c.prompt_ids) for c in tally.calls)
+                self.held.spent_tokens = sum(o.spent_tokens for o in tally.outcomes) or prompt + (
+                    tally.generated_tokens or 0
+                )
             await self.slot.aclose()
+            await self.end.accounting.finish(tally, self.end.status)
 
 
-async def _admitted(service: AlignmentService, call: AlignmentCall, events: Events) -> StreamingResponse:
+@dataclass
+class _StreamEnd:
+    """How a live stream ended (the status of its error event, if any) and where that goes."""
+
+    tally: Tally
+    accounting: Accounting
+    status: int = 200
+
+
+async def _admitted(
+    service: AlignmentService, tally: Tally, accounting: Accounting, events: Events
+) -> StreamingResponse:
     """Every live stream's admission and error policy (the module docstring)."""
+    (call,) = tally.calls
     slot = AsyncExitStack()
-    await slot.enter_async_context(service.admitted([call]))
+    held = await slot.enter_async_context(service.admitted([call]))
+    tally.queue_s, tally.streaming = held.queue_s, True
+    end = _StreamEnd(tally, accounting)
     deadline = asyncio.get_running_loop().time() + service.settings.request_timeout_s
 
     async def guarded() -> AsyncIterator[bytes]:
@@ -120,16 +146,19 @@ async def _admitted(service: AlignmentService, call: AlignmentCall, events: Even
             yield SSE_DONE
         except TimeoutError:
             service.cancelled("timeout", call.request_id, stream=True)
+            end.status = 504
             yield sse(APIError(504, "request exceeded the server's timeout", code=ErrorCode.TIMEOUT).body())
             yield SSE_DONE
         except APIError as exc:
+            end.status = exc.status
             yield sse(exc.body())
             yield SSE_DONE
         except asyncio.CancelledError:
+            end.status = CLIENT_GONE
             service.cancelled("disconnect", call.request_id, stream=True)
             raise
 
-    return _AdmittedStream(guarded(), slot)
+    return _AdmittedStream(guarded(), slot, held, end)
 
 
 async def _sse(events: Events) -> AsyncIterator[bytes]:
@@ -138,7 +167,9 @@ async def _sse(events: Events) -> AsyncIterator[bytes]:
     yield SSE_DONE
 
 
-async def _plain(service: AlignmentService, call: AlignmentCall, fmt: StreamFormat, created: int) -> Events:
+async def _plain(
+    service: AlignmentService, call: AlignmentCall, fmt: StreamFormat, created: int, tally: Tally
+) -> Events:
     """Plain generation streamed token by token, as vLLM produces it."""
     base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=created)
     if fmt.chat:
@@ -162,13 +193,16 @@ async def _plain(service: AlignmentService, call: AlignmentCall, fmt: StreamForm
                 yield chunk
                 at += len(delta.text)
             if delta.finish_reason is not None:
+                tally.generated_tokens = delta.tokens
                 yield stream_chunk(base, chat=fmt.chat, text=None if fmt.chat else "", finish=delta.finish_reason)
                 if fmt.include_usage:
                     p, n = delta.prompt_tokens, delta.tokens
                     yield usage_chunk(base, Usage(prompt_tokens=p, completion_tokens=n, total_tokens=p + n))
 
 
-async def _searched(service: AlignmentService, call: AlignmentCall, fmt: StreamFormat, created: int) -> Events:
+async def _searched(
+    service: AlignmentService, call: AlignmentCall, fmt: StreamFormat, created: int, tally: Tally
+) -> Events:
     """Early rejection, the sole survivor's text streamed as it is generated."""
     base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=created)
     pieces: asyncio.Queue[str] = asyncio.Queue()
@@ -189,6 +223,7 @@ async def _searched(service: AlignmentService, call: AlignmentCall, fmt: StreamF
                 continue
             yield stream_chunk(base, chat=fmt.chat, text=getter.result())
             streamed = True
+        tally.outcomes = [task.result()]
         chunks = stream_chunks(
             task.result(), chat=fmt.chat, model=fmt.model, response_id=call.request_id,
             created=base["created"], include_usage=fmt.include_usage,

@@ -5,8 +5,8 @@
         ├── APIConnectionError      the server was not reached, or did not answer
         │   └── APITimeoutError
         └── APIStatusError          the server answered 4xx/5xx: status_code, retry_after
-            ├── BadRequestError (400, 422), AuthenticationError (401, 403), NotFoundError (404),
-            │   RequestTooLargeError (413), RateLimitError (429)
+            ├── BadRequestError (400, 422), AuthenticationError (401), PermissionDeniedError (403),
+            │   NotFoundError (404), RequestTooLargeError (413), RateLimitError (429)
             └── InternalServerError (5xx)
                 ├── ServiceUnavailableError (503)
                 └── ServerTimeoutError (504)
@@ -33,6 +33,13 @@ ERROR_CODES = (
     "overloaded",
     "not_ready",
     "timeout",
+    "upstream_error",
+    "model_not_allowed",
+    "key_limit",
+    "admin_only",
+    "rate_limit_tokens_per_minute",
+    "rate_limit_tokens_per_day",
+    "rate_limit_concurrency",
     "internal_error",
 )
 
@@ -91,7 +98,12 @@ class BadRequestError(APIStatusError):
 
 
 class AuthenticationError(APIStatusError):
-    """401/403: missing or wrong API key."""
+    """401: missing or wrong API key."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: this key may not: over a limit of its policy (``code`` ``key_limit``, ``param`` the
+    field), a model it may not call (``model_not_allowed``), or an admin route (``admin_only``)."""
 
 
 class NotFoundError(APIStatusError):
@@ -103,7 +115,8 @@ class RequestTooLargeError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: the server is at capacity; ``retry_after`` says when to come back."""
+    """429: the server is at capacity, or the key's tokens per minute/day or concurrency are
+    used up for now (``code`` names which); ``retry_after`` says when to come back."""
 
 
 class InternalServerError(APIStatusError):
@@ -121,7 +134,7 @@ class ServerTimeoutError(InternalServerError):
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
-    403: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     413: RequestTooLargeError,
     422: BadRequestError,

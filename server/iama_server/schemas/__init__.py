@@ -26,6 +26,8 @@ from iama_server.schemas.common import (
     SamplingFields,
     ServedAlgorithm,
     Usage,
+    UsageReport,
+    UsageTotals,
     VoteReport,
     VoteRequest,
 )
@@ -78,6 +80,8 @@ __all__ = [
     "StreamOptions",
     "Timings",
     "Usage",
+    "UsageReport",
+    "UsageTotals",
     "VoteReport",
     "VoteRequest",
 ]

@@ -420,3 +420,20 @@ class Health(BaseModel):
     status: Literal["ok", "starting", "failed"]
     model: str | None = None
     detail: str | None = None
+
+
+class UsageTotals(BaseModel):
+    group: str | None = Field(description="the key, model, route or UTC day (YYYY-MM-DD); null without group_by")
+    requests: int
+    prompt_tokens: int
+    generated_tokens: int = Field(description="every candidate's tokens, the discarded ones too")
+    judge_tokens: int
+    candidates: int = Field(description="candidates started")
+
+
+class UsageReport(BaseModel):
+    """``GET /v1/usage``: sums over the usage rows (admin keys only)."""
+
+    object: Literal["usage"] = "usage"
+    group_by: Literal["key", "model", "route", "day"] | None
+    data: list[UsageTotals]
