@@ -179,7 +179,7 @@ class FakeEngine:
         return GenerationResult(len(prompt_ids), out, self._prompt_logprobs(prompt_ids, sampling))
 
     async def next_token_logprobs(
-        self, prompts: list[list[int]], token_ids: list[int], request_id: str
+        self, prompts: list[list[int]], token_ids: list[int], request_id: str, priority: int = 0
     ) -> list[dict[int, float]]:
         """A judge that rates 9 an answer sharing a word with the rubric, 0 one that shares none
         (the other digits at log-prob -30), read after :meth:`hold` like a generation."""

@@ -52,7 +52,7 @@ def start_server(
     """Start ``iama serve``; ``kv_cache_gb=None`` leaves the KV cache to the server's default."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    full_env = {**os.environ, **(env or {})}
+    full_env = {"IAMA_USAGE_DB": f"sqlite:///{log_dir.resolve()}/usage-{port}.sqlite3", **os.environ, **(env or {})}
     full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if kv_cache_gb is not None:
         full_env["VLLM_CPU_KVCACHE_SPACE"] = kv_cache_gb

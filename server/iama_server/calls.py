@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from iama.algorithms import checkpoints_in_tokens, oversampled_budget
@@ -222,7 +222,7 @@ class CallBuilder:
     ) -> AlignmentCall:
         """The fields every route fills the same way; the route gives weights, budget, algorithm
         (and the OpenAI routes n, echo and the log-probs asked for)."""
-        sampling = self._sampling(body, len(ids), logprobs, prompt_logprobs)
+        sampling = replace(self._sampling(body, len(ids), logprobs, prompt_logprobs), priority=key.scheduling_priority)
         rubrics = self._rubrics(body.rubrics, weights)
         judge_prefix = {n: self.judge.prefix_tokens(r, text) for n, r in rubrics.items()}
         self._check_judge_context(judge_prefix, sampling.max_tokens, body.rubrics or {})

@@ -29,6 +29,8 @@ class Sampling:
 
     ``logprobs``: return each generated token's log-probability and the ``logprobs`` most likely
     alternatives (0: the token's own only); ``prompt_logprobs`` the same for the prompt's tokens.
+    ``priority``: vLLM's scheduling priority (lower is scheduled first; the request key's class,
+    ``keys.PRIORITIES``), honoured when the engine runs ``scheduling_policy: priority``.
     """
 
     temperature: float
@@ -44,6 +46,7 @@ class Sampling:
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ class GenerationEngine(Protocol):
     def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]: ...
 
     async def next_token_logprobs(
-        self, prompts: list[list[int]], token_ids: list[int], request_id: str
+        self, prompts: list[list[int]], token_ids: list[int], request_id: str, priority: int = 0
     ) -> list[dict[int, float]]:
         """The log-probs of ``token_ids`` at each prompt's next token, all prompts in one round
         (what a rubric judge reads: ``judging.py``)."""

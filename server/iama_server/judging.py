@@ -58,7 +58,7 @@ class EngineJudge:
         return len(self.prompt_ids(rubric, prompt, ""))
 
     async def score(
-        self, prompt: Prompt, texts: Sequence[str], rubrics: Mapping[str, str], request_id: str
+        self, prompt: Prompt, texts: Sequence[str], rubrics: Mapping[str, str], request_id: str, priority: int = 0
     ) -> tuple[dict[str, np.ndarray], int]:
         """Each rubric's rating of each text, in [0, 1], from one engine round; and the judge
         prompt tokens that round read."""
@@ -67,7 +67,7 @@ class EngineJudge:
         if not prompts:
             return {}, 0
         ratings = self.ratings()
-        rows = await self.engine.next_token_logprobs(prompts, sorted(ratings), f"{request_id}-judge")
+        rows = await self.engine.next_token_logprobs(prompts, sorted(ratings), f"{request_id}-judge", priority)
         scores = expected_ratings(rows, ratings)
         k = len(texts)
         return {n: scores[i * k : (i + 1) * k] for i, n in enumerate(names)}, sum(map(len, prompts))

@@ -242,7 +242,9 @@ class AlignmentService:
         async def judged() -> dict[str, np.ndarray]:
             if not rubrics:
                 return {}
-            scores, tokens = await self.judge.score(call.prompt, texts, rubrics, call.request_id)
+            scores, tokens = await self.judge.score(
+                call.prompt, texts, rubrics, call.request_id, call.sampling.priority
+            )
             self.metrics.tokens.labels("judge").inc(tokens)
             if spend is not None:
                 spend.judge_tokens += tokens

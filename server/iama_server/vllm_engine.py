@@ -100,6 +100,7 @@ class VLLMEngine:
             tensor_parallel_size=s.tensor_parallel_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
             seed=s.seed,
+            scheduling_policy=s.scheduling_policy,  # "priority": a key's class runs first (vLLM's priority)
             disable_log_stats=False,  # the scheduler's stats feed EngineStats (and vLLM's periodic log line)
             **machine,
         )
@@ -158,7 +159,8 @@ class VLLMEngine:
         final = None
         with _client_errors(sampling):
             params = _sampling_params(sampling, n, RequestOutputKind.FINAL_ONLY)
-            async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
+            engine_input = await self._engine_input(prompt_ids)
+            async for out in self._llm.generate(engine_input, params, request_id, priority=sampling.priority):
                 final = out
         if final is None:
             raise RuntimeError("engine returned no output")
@@ -179,7 +181,7 @@ class VLLMEngine:
         )
 
     async def next_token_logprobs(
-        self, prompts: list[list[int]], token_ids: list[int], request_id: str
+        self, prompts: list[list[int]], token_ids: list[int], request_id: str, priority: int = 0
     ) -> list[dict[int, float]]:
         """One step of every prompt, submitted together (the scheduler runs them in one batch):
         the full-vocabulary log-probs of ``token_ids`` at the next token (vLLM's
@@ -193,7 +195,9 @@ class VLLMEngine:
         )
         with _client_errors(None):
             inputs = [await self._engine_input(p) for p in prompts]
-            reads = await next_token_label_reads(self._llm, inputs, [params] * len(prompts), request_id)
+            reads = await next_token_label_reads(
+                self._llm, inputs, [params] * len(prompts), request_id, priority=priority
+            )
         return [dict(zip(token_ids, read.logprobs, strict=True)) for read in reads]
 
     async def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]:
@@ -205,7 +209,8 @@ class VLLMEngine:
         first = True
         with _client_errors(sampling):
             params = _sampling_params(sampling, 1, RequestOutputKind.DELTA)
-            async for out in self._llm.generate(await self._engine_input(prompt_ids), params, request_id):
+            engine_input = await self._engine_input(prompt_ids)
+            async for out in self._llm.generate(engine_input, params, request_id, priority=sampling.priority):
                 o = out.outputs[0]
                 tokens += len(o.token_ids)
                 lps = () if k is None else token_logprobs(list(o.token_ids), list(o.logprobs or []), k)
