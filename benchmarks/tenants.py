@@ -67,13 +67,15 @@ async def overhead(requests: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="iama-tenants-"))
     common = {
         "model": "fake", "default_rewards": False, "rewards": {"short": {"type": "length", "target": 3}},
-        "max_budget": 4, "max_tokens": 16, "max_concurrent_requests": 4, "max_queued_requests": 8,
+        "max_budget": 4, "max_tokens": 16, "default_max_tokens": 16, "max_concurrent_requests": 4,
+        "max_queued_requests": 8,
     }  # fmt: skip
+    keys = str(keys_file(tmp / "keys.yaml", "high", "low"))
     configs = {
         "none": {**common, "api_keys": [GOLD], "usage_db": None},
-        "tenancy": {**common, "keys_file": str(keys_file(tmp / "keys.yaml", "high", "low")),
-                    "usage_db": f"sqlite:///{tmp}/usage.sqlite3"},
-    }  # fmt: skip
+        "keys": {**common, "keys_file": keys, "usage_db": None},
+        "tenancy": {**common, "keys_file": keys, "usage_db": f"sqlite:///{tmp}/usage.sqlite3"},
+    }
     body = {"prompt": "Hi", "reward_weights": {"short": 1}, "budget": 2, "max_tokens": 8}
     apps = {k: create_app(ServerSettings.model_validate(v), engine=FakeEngine()) for k, v in configs.items()}
     times: dict[str, list[float]] = {k: [] for k in apps}
@@ -118,6 +120,8 @@ async def overhead(requests: int) -> dict[str, Any]:
         "median_s": med,
         "p95_s": {k: quantile(v, 0.95) for k, v in times.items()},
         "overhead_p50_ms": 1000 * (med["tenancy"] - med["none"]),
+        "keys_and_limits_p50_ms": 1000 * (med["keys"] - med["none"]),
+        "usage_log_p50_ms": 1000 * (med["tenancy"] - med["keys"]),
         "components_ms": {
             "key_lookup": 1000 * lookup_s,
             "limiter_acquire_and_release": 1000 * lease_s,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +54,9 @@ class Tally:
 class Accounting:
     def __init__(self, store: UsageStore | None, metrics: Metrics) -> None:
         self.store, self.metrics = store, metrics
+        # One writer thread: commits are serial anyway (SQLite has one writer), and one thread
+        # keeps one connection warm instead of a pool's worth.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="iama-usage")
 
     @asynccontextmanager
     async def recorded(self, key: KeyPolicy, route: str, model: str, request_id: str) -> AsyncIterator[Tally]:
@@ -75,6 +79,9 @@ class Accounting:
         finally:
             if not tally.streaming or status != 200:
                 await self.finish(tally, status)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)  # rows being written are written
 
     async def finish(self, tally: Tally, status: int) -> None:
         await self.record(
@@ -130,7 +137,7 @@ class Accounting:
         if self.store is None:
             return
         try:
-            await asyncio.to_thread(self.store.record, row)
+            await asyncio.get_running_loop().run_in_executor(self._writer, self.store.record, row)
         except Exception as exc:  # the database: down, full, refusing
             log.error("request %s: usage not recorded: %s: %s", request_id, type(exc).__name__, str(exc)[:300])
             raise APIError(

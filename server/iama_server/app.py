@@ -49,6 +49,7 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
             await state.scorer.stop()
             await state.limiter.aclose()
             await asyncio.to_thread(state.engine.shutdown)
+            state.accounting.close()
             if state.usage is not None:
                 state.usage.dispose()
 

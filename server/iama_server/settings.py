@@ -46,6 +46,9 @@ class ServerSettings(BaseSettings):
         default="sqlite:///iama_usage.sqlite3",
         description="where usage rows go: a SQLAlchemy URL (sqlite:///file or postgresql+psycopg://...); null: none",
     )
+    usage_fsync: bool = Field(
+        default=False, description="SQLite usage: fsync every row (survives power loss, not only a killed server)"
+    )
     priority_aging_s: float = Field(
         default=30.0, ge=0, description="a request waiting this long is admitted before any priority class"
     )

@@ -46,7 +46,7 @@ class ServerState:
         )
         self.keys = KeyRing(settings.keys_file, settings.api_keys)
         self.limiter: Limiter = RedisLimiter(settings.redis_url) if settings.redis_url else LocalLimiter()
-        self.usage = UsageStore(settings.usage_db) if settings.usage_db else None
+        self.usage = UsageStore(settings.usage_db, fsync=settings.usage_fsync) if settings.usage_db else None
         self.accounting = Accounting(self.usage, self.metrics)
         self.metrics.token_capacity.set(settings.effective_token_capacity)
         # An injected engine (the tests' fake) brings its own model; vLLM gets a checked one.

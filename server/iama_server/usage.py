@@ -9,12 +9,15 @@ quotas.
 One SQLAlchemy Core table serves both stores: SQLite, the default (a file next to the server),
 or PostgreSQL (``postgresql+psycopg://user@host/db``) shared by replicas. :meth:`UsageStore.record`
 commits before it returns, and the server calls it before it sends the response, so a request
-that was answered has its row on disk. SQLite runs with ``journal_mode=WAL`` (writers from
-several threads or workers do not block readers) and ``synchronous=FULL``: WAL with NORMAL
-already survives a killed process (the commit is in the OS's page cache), but a power cut or
-kernel crash could lose the last commits of requests already answered; FULL fsyncs the WAL at
-each commit, one fsync per request, nothing beside a generation. PostgreSQL's default
-``synchronous_commit=on`` gives the same.
+that was answered has its row in the database. SQLite runs with ``journal_mode=WAL`` (writers
+from several threads or workers do not block readers) and, by default, ``synchronous=NORMAL``:
+a committed row is in the WAL in the OS's page cache, which survives the server being killed
+(``kill -9``, an OOM kill, a crash), the case ``tests/test_usage.py`` checks. It does not
+survive the *machine* losing power or the kernel crashing before the OS writes the page back;
+``fsync=True`` (the server's ``usage_fsync``) runs ``synchronous=FULL``, one fsync per commit:
+1.6 ms per request on this project's CPU machines (``benchmarks/tenants.py``), against the
+< 1 ms the whole policy and usage log are meant to cost. PostgreSQL's default
+``synchronous_commit=on`` fsyncs at every commit, on its own server.
 """
 
 from __future__ import annotations
@@ -166,22 +169,26 @@ def usage_table(metadata: MetaData, name: str = DEFAULT_TABLE) -> Table:
     )
 
 
-def _sqlite_durability(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # why FULL, not NORMAL: the module's docstring
-    cursor.execute("PRAGMA busy_timeout=10000")  # another worker's commit: wait, do not fail
-    cursor.close()
+def _sqlite_durability(fsync: bool) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")  # which: the module's docstring
+        cursor.execute("PRAGMA busy_timeout=10000")  # another worker's commit: wait, do not fail
+        cursor.close()
+
+    return on_connect
 
 
 class UsageStore:
     """Usage rows in the database at ``url`` (SQLAlchemy URL), in table ``table``."""
 
-    def __init__(self, url: str = DEFAULT_URL, table: str = DEFAULT_TABLE) -> None:
+    def __init__(self, url: str = DEFAULT_URL, table: str = DEFAULT_TABLE, *, fsync: bool = False) -> None:
         self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_durability)
+            event.listen(self.engine, "connect", _sqlite_durability(fsync))
         self.table = usage_table(MetaData(), table)
+        self._insert = self.table.insert()
 
     def create(self) -> None:
         """Create the table and its indexes where missing (idempotent)."""
@@ -189,8 +196,8 @@ class UsageStore:
 
     def record(self, row: UsageRow) -> None:
         """Insert ``row``, committed (durable) when this returns. Blocking: call it in a thread."""
-        with self.engine.begin() as conn:
-            conn.execute(self.table.insert().values(**dataclasses.asdict(row)))
+        with self.engine.begin() as conn:  # one statement, compiled once (SQLAlchemy caches it), its values bound
+            conn.execute(self._insert, dataclasses.asdict(row))
 
     def totals(
         self,
