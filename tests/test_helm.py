@@ -193,3 +193,37 @@ def test_the_settings_reach_the_server_as_it_parses_them(helm):
     s = ServerSettings.model_validate(plain)
     assert s.model == "/models/length/model" and s.max_budget == 64 and s.served_model_name == "iama-length"
     assert s.host == "0.0.0.0" and s.gpu_memory_utilization == 0.85
+
+
+def test_tenants_keys_file_from_a_secret_redis_and_usage_urls_and_adapters_reach_the_server(helm):
+    """The tenants example: the keys file in a Secret mounted where IAMA_KEYS_FILE points (and
+    loadable by the server's own reader), Redis and the usage store from Secrets, adapters as a
+    setting the server parses; no key's plaintext anywhere, only SHA-256s."""
+    from iama_server.keys import KeysFile
+    from iama_server.settings import ServerSettings
+
+    kinds = by_kind(render(helm, CHART / "examples" / "tenants.yaml"))
+    (keys_secret,) = [s for s in kinds["Secret"] if "keys.yaml" in s.get("stringData", {})]
+    keys = KeysFile.model_validate(yaml.safe_load(keys_secret["stringData"]["keys.yaml"]))
+    assert [k.name for k in keys.keys] == ["acme", "free-tier", "ops"] and keys.keys[1].priority == "low"
+    pod = kinds["Deployment"][0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "keys")
+    assert env["IAMA_KEYS_FILE"]["value"] == mount["mountPath"] + "/keys.yaml" and mount["readOnly"]
+    assert (
+        next(v for v in pod["volumes"] if v["name"] == "keys")["secret"]["secretName"]
+        == keys_secret["metadata"]["name"]
+    )
+    assert env["IAMA_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "iama-redis", "key": "url"}
+    assert env["IAMA_USAGE_DB"]["valueFrom"]["secretKeyRef"] == {"name": "iama-usage", "key": "url"}
+    plain = {e["name"].removeprefix("IAMA_").lower(): e["value"] for e in container["env"] if "value" in e}
+    plain = {k: v for k, v in plain.items() if k in ServerSettings.model_fields}
+    s = ServerSettings.model_validate(plain)
+    assert s.adapters == {"length-short": "/models/length-short/model", "tone-warm": "/models/tone-warm/model"}
+    assert str(s.keys_file) == "/etc/iama/keys/keys.yaml"
+    default = {e["name"]: e for e in by_kind(render(helm, None))["Deployment"][0]["spec"]["template"]["spec"]
+               ["containers"][0]["env"]}  # fmt: skip
+    assert (
+        default["IAMA_USAGE_DB"]["value"] == "sqlite:////cache/iama_usage.sqlite3" and "IAMA_KEYS_FILE" not in default
+    )

@@ -41,6 +41,45 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.apiKeys.existingSecret .Values.apiKeys.keys }}true{{ end }}
 {{- end }}
 
+{{- define "iama.keysSecret" -}}
+{{- if .Values.tenants.keysFile.existingSecret }}{{ .Values.tenants.keysFile.existingSecret }}{{ else }}{{ include "iama.fullname" . }}-keys{{ end }}
+{{- end }}
+
+{{- define "iama.hasKeysFile" -}}
+{{- if or .Values.tenants.keysFile.existingSecret .Values.tenants.keysFile.keys }}true{{ end }}
+{{- end }}
+
+{{/* A URL setting from a Secret's key `url` or a plain value: IAMA_<NAME>. */}}
+{{- define "iama.urlEnv" -}}
+{{- if .from.existingSecret }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .from.existingSecret }}
+      key: url
+{{- else if .from.url }}
+- name: {{ .name }}
+  value: {{ .from.url | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The keys file's volume and its mount, for every pod that runs iama_server. */}}
+{{- define "iama.keysVolume" -}}
+{{- if include "iama.hasKeysFile" . }}
+- name: keys
+  secret:
+    secretName: {{ include "iama.keysSecret" . }}
+{{- end }}
+{{- end }}
+
+{{- define "iama.keysMount" -}}
+{{- if include "iama.hasKeysFile" . }}
+- name: keys
+  mountPath: /etc/iama/keys
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{- define "iama.modelClaim" -}}
 {{- if .Values.model.volume.existingClaim }}{{ .Values.model.volume.existingClaim }}{{ else }}{{ include "iama.fullname" . }}-models{{ end }}
 {{- end }}
@@ -95,6 +134,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
     secretKeyRef:
       name: {{ include "iama.apiKeysSecret" . }}
       key: api-keys
+{{- end }}
+{{- if include "iama.hasKeysFile" . }}
+- name: IAMA_KEYS_FILE
+  value: /etc/iama/keys/keys.yaml
+{{- end }}
+{{- include "iama.urlEnv" (dict "name" "IAMA_REDIS_URL" "from" .Values.tenants.redis) }}
+{{- if or .Values.tenants.usage.existingSecret .Values.tenants.usage.url }}
+{{- include "iama.urlEnv" (dict "name" "IAMA_USAGE_DB" "from" .Values.tenants.usage) }}
+{{- else }}
+- name: IAMA_USAGE_DB
+  value: sqlite:////cache/iama_usage.sqlite3
+{{- end }}
+{{- with .Values.adapters }}
+- name: IAMA_ADAPTERS
+  value: {{ toJson . | quote }}
 {{- end }}
 {{- with .Values.model.hfTokenSecret }}
 - name: HF_TOKEN
