@@ -179,6 +179,7 @@ async def _plain(
     deltas = service.stream(call)
     async with contextlib.aclosing(deltas):  # closing it aborts the generation at once
         async for delta in deltas:
+            tally.generated_tokens = delta.tokens  # so far: a stream cut short is recorded with what it generated
             if call.echo is not None and at == 0:
                 prompt = delta.prompt_logprobs
                 lps = None if prompt is None else piece_logprobs(prompt, chat=False)
@@ -193,7 +194,6 @@ async def _plain(
                 yield chunk
                 at += len(delta.text)
             if delta.finish_reason is not None:
-                tally.generated_tokens = delta.tokens
                 yield stream_chunk(base, chat=fmt.chat, text=None if fmt.chat else "", finish=delta.finish_reason)
                 if fmt.include_usage:
                     p, n = delta.prompt_tokens, delta.tokens
