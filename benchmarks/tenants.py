@@ -162,7 +162,12 @@ class contextlib_stack:
 
 # ---------------------------------------------------------------------------------- priorities
 async def load(url: str, per_key: int, seconds: float, body: dict[str, Any]) -> dict[str, list[float]]:
-    """``per_key`` clients of each key, back to back for ``seconds``; latencies per key."""
+    """``per_key`` clients of each key, back to back for ``seconds``; latencies per key. Each
+    client walks the natural prompts from its own place: answers of different lengths keep the
+    requests from finishing in lockstep (then every freed slot would find exactly one waiter per
+    slot, and no order would matter)."""
+    lines = (ROOT / "benchmarks" / "natural_prompts.jsonl").read_text().splitlines()
+    prompts = [json.loads(x)["prompt"] for x in lines if x.strip()]
     out: dict[str, list[float]] = {"gold": [], "free": []}
     deadline = time.perf_counter() + seconds
 
@@ -171,7 +176,8 @@ async def load(url: str, per_key: int, seconds: float, body: dict[str, Any]) -> 
             k = 0
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                r = await c.post("/v1/align", json={**body, "seed": 10_000 * i + k})
+                prompt = prompts[(7 * i + k + (0 if name == "gold" else 3)) % len(prompts)]
+                r = await c.post("/v1/align", json={**body, "prompt": prompt, "seed": 10_000 * i + k})
                 r.raise_for_status()
                 out[name].append(time.perf_counter() - t0)
                 k += 1
@@ -185,8 +191,7 @@ def priorities(capacity: int, seconds: float, budget: int, max_tokens: int) -> d
     from servers import start_bench_server
 
     tmp = Path(tempfile.mkdtemp(prefix="iama-tenants-"))
-    body = {"prompt": "Describe your ideal weekend.", "reward_weights": {"sentiment": 1.0},
-            "budget": budget, "max_tokens": max_tokens, "temperature": 1.0}  # fmt: skip
+    body = {"reward_weights": {"sentiment": 1.0}, "budget": budget, "max_tokens": max_tokens, "temperature": 1.0}
     runs = {}
     for label, gold, free in (("priorities", "high", "low"), ("no_priorities", "normal", "normal")):
         env = {
@@ -214,7 +219,7 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--budget", type=int, default=4)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.what == "overhead":
