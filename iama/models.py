@@ -112,9 +112,10 @@ class ModelNotFound(ValueError):
     """A ``--model`` that cannot be loaded; the message says why and what to give instead."""
 
 
-def resolve_model(model: str | None) -> str:
+def resolve_model(model: str | None, *, adapter_ok: bool = False) -> str:
     """``None``/``"default"`` → the prepared default checkpoint; a local directory → its absolute
-    path, once :func:`check_model_dir` accepts it; anything else is a hub id passed through
+    path, once :func:`check_model_dir` accepts it (a LoRA adapter's directory only with
+    ``adapter_ok``: the server serves it on its base); anything else is a hub id passed through
     (loaders download hub ids where a hub is reachable).
 
     A value that names a local path (absolute, ``./``, ``~``, or more than one ``/``) but does
@@ -124,7 +125,7 @@ def resolve_model(model: str | None) -> str:
         return str(prepare_default_model())
     expanded = Path(model).expanduser()
     if expanded.exists():
-        check_model_dir(expanded)
+        check_model_dir(expanded, adapter_ok=adapter_ok)
         return str(expanded.resolve())
     if _looks_like_path(model):
         raise ModelNotFound(f"model {model!r} does not exist (not a local directory, and not a hub id)")
@@ -146,8 +147,9 @@ def _hub_cache_lacks(repo_id: str) -> bool:
         return False
 
 
-def check_model_dir(path: Path) -> None:
-    """A local model must be a Hugging Face checkpoint directory; say precisely what it is if not."""
+def check_model_dir(path: Path, *, adapter_ok: bool = False) -> None:
+    """A local model must be a Hugging Face checkpoint directory, or with ``adapter_ok`` a LoRA
+    adapter's (``iama serve`` serves its base with the adapter); say precisely what it is if not."""
     if path.is_file():
         raise ModelNotFound(f"model {str(path)!r} is a file; give the checkpoint's directory")
     if (path / "config.json").is_file():
@@ -155,8 +157,10 @@ def check_model_dir(path: Path) -> None:
     if (path / "model" / "config.json").is_file() or (path / "model" / "adapter_config.json").is_file():
         raise ModelNotFound(f"{str(path)!r} is a training run directory; serve its model: {str(path / 'model')!r}")
     if (path / "adapter_config.json").is_file():
+        if adapter_ok:
+            return
         raise ModelNotFound(
-            f"{str(path)!r} holds a LoRA adapter, not a full model: merge it into its base first "
-            f"(iama merge-lora {path} OUTPUT_DIR), or train with lora.merge: true"
+            f"{str(path)!r} holds a LoRA adapter, not a full model: serve it on its base (iama serve --model "
+            f"{path}), merge it into its base (iama merge-lora {path} OUTPUT_DIR), or train with lora.merge: true"
         )
     raise ModelNotFound(f"{str(path)!r} is not a Hugging Face model directory (no config.json)")

@@ -28,6 +28,7 @@ timings  # unused variable (server/iama_server/schemas/align.py:113)
 strict  # unused variable (server/iama_server/schemas/common.py:108)
 candidates_started  # unused variable (server/iama_server/schemas/common.py:239)
 meta_aligned_for  # unused variable (server/iama_server/schemas/common.py:273)
+deleted  # unused variable (server/iama_server/schemas/common.py: DELETE /v1/adapters/{name}'s answer)
 tools  # unused variable (server/iama_server/schemas/openai.py:86)
 tool_choice  # unused variable (server/iama_server/schemas/openai.py:87)
 function_call  # unused variable (server/iama_server/schemas/openai.py:89)
@@ -129,6 +130,9 @@ _.wait_until_ready  # unused method (clients/python/iama_client/client.py:255)
 candidate_seed  # unused function (iama/seeds.py:33)
 token_id  # unused variable (server/iama_server/engine.py:51)
 UNSUPPORTED_PARAMETER  # unused variable (server/iama_server/errors.py:35)
+TOKENS_PER_MINUTE  # unused variable (server/iama_server/errors.py: raised by value, limits.py's codes)
+TOKENS_PER_DAY  # unused variable (server/iama_server/errors.py: raised by value, limits.py's codes)
+CONCURRENCY  # unused variable (server/iama_server/errors.py: raised by value, limits.py's codes)
 
 # Tenants ("Many tenants"): framework hooks in keys.py and usage.py, called by pydantic (validators) and by SQLAlchemy
 # (a TypeDecorator's impl/cache_ok/process_* hooks, a FunctionElement's inherit_cache, @compiles renderers).

@@ -4,6 +4,10 @@ It lets the whole request path (routes, validation, admission, scoring, selectio
 run in-process in milliseconds, without vLLM. Behaviour that needs time is built in, not
 raced: ``hold()`` keeps every generation waiting until ``release()``, so a timeout or a
 disconnect happens *by construction*, and cancellations are recorded as aborts.
+
+Adapters: ``add_adapter`` / ``remove_adapter`` record what is loaded (``adapters``); a request
+through an adapter (``Sampling.adapter``) gets the candidates in reverse order, so a test sees
+which model generated, and ``judged_with`` records the adapter of each judge round.
 """
 
 from __future__ import annotations
@@ -13,7 +17,16 @@ import json
 import zlib
 from collections.abc import AsyncGenerator
 
-from iama_server.engine import Delta, EngineStats, Generation, GenerationResult, Logprobs, Sampling, TokenLogprob
+from iama_server.engine import (
+    Adapter,
+    Delta,
+    EngineStats,
+    Generation,
+    GenerationResult,
+    Logprobs,
+    Sampling,
+    TokenLogprob,
+)
 
 CANDIDATES = [
     "I love this wonderful day, it is great.",
@@ -88,6 +101,9 @@ class FakeEngine:
         self._vocab: dict[int, str] = {}
         self.encode_text(" ".join("0123456789"))  # the digits, for a judge's ratings
         self.judged: list[list[int]] = []  # every judge prompt read
+        self.judged_with: list[Adapter | None] = []  # each judge round's adapter
+        self.adapters: dict[str, Adapter] = {}  # loaded, by name
+        self.removed: list[Adapter] = []
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -150,6 +166,21 @@ class FakeEngine:
         self._limit_changed.set()
         self._limit_changed = asyncio.Event()
 
+    async def add_adapter(self, adapter: Adapter) -> None:
+        self.adapters[adapter.name] = adapter
+
+    async def remove_adapter(self, adapter: Adapter) -> None:
+        assert self.adapters.get(adapter.name) == adapter, f"{adapter} was not loaded"
+        del self.adapters[adapter.name]
+        self.removed.append(adapter)
+
+    def _candidates(self, sampling: Sampling) -> list[str]:
+        """The base's candidates; through an adapter, reversed (what shows it was applied)."""
+        if sampling.adapter is None:
+            return self.candidates
+        assert self.adapters.get(sampling.adapter.name) == sampling.adapter, f"{sampling.adapter} is not loaded"
+        return self.candidates[::-1]
+
     def die(self) -> None:
         """What vLLM does when its engine core process is killed: not ready, and every running
         generation fails (vLLM raises EngineDeadError)."""
@@ -168,10 +199,11 @@ class FakeEngine:
             self.running.discard(request_id)
         if not self.started:
             raise RuntimeError("EngineDeadError: engine core process died")
-        shift = (sampling.seed or 0) % len(self.candidates)
+        candidates = self._candidates(sampling)
+        shift = (sampling.seed or 0) % len(candidates)
         out = []
         for i in range(n):
-            words = _words_of(self.candidates[(shift + i) % len(self.candidates)], sampling)
+            words = _words_of(candidates[(shift + i) % len(candidates)], sampling)
             finish = "length" if len(words) > sampling.max_tokens else "stop"
             kept = words[: sampling.max_tokens]
             lps = None if sampling.logprobs is None else _scored(_tokens(kept), sampling.logprobs)
@@ -179,7 +211,12 @@ class FakeEngine:
         return GenerationResult(len(prompt_ids), out, self._prompt_logprobs(prompt_ids, sampling))
 
     async def next_token_logprobs(
-        self, prompts: list[list[int]], token_ids: list[int], request_id: str, priority: int = 0
+        self,
+        prompts: list[list[int]],
+        token_ids: list[int],
+        request_id: str,
+        priority: int = 0,
+        adapter: Adapter | None = None,
     ) -> list[dict[int, float]]:
         """A judge that rates 9 an answer sharing a word with the rubric, 0 one that shares none
         (the other digits at log-prob -30), read after :meth:`hold` like a generation."""
@@ -194,6 +231,7 @@ class FakeEngine:
         if not self.started:
             raise RuntimeError("EngineDeadError: engine core process died")
         self.judged += prompts
+        self.judged_with.append(adapter)
         out = []
         for ids in prompts:
             text = self.decode(ids)
@@ -207,7 +245,8 @@ class FakeEngine:
         """The first candidate, a word at a time; ``hold()`` stops it after the first word."""
         self.calls.append((prompt_ids, sampling, 1, request_id))
         self.running.add(request_id)
-        words = _words_of(self.candidates[(sampling.seed or 0) % len(self.candidates)], sampling)
+        candidates = self._candidates(sampling)
+        words = _words_of(candidates[(sampling.seed or 0) % len(candidates)], sampling)
         words = words[: sampling.max_tokens]
         try:
             for i, piece in enumerate(_tokens(words)):

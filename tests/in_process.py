@@ -7,8 +7,8 @@ admission, batched scoring with real rewards, selection, rendering, error handle
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import inspect
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +49,17 @@ def start_server(
     env: dict[str, str] | None = None,
     wait_s: float = 300,
     kv_cache_gb: str | None = "1",
+    args: Sequence[str] = (),
 ) -> ServerProc:
-    """Start ``iama serve``; ``kv_cache_gb=None`` leaves the KV cache to the server's default."""
+    """Start ``iama serve`` (with more flags: ``args``); ``kv_cache_gb=None`` leaves the KV cache
+    to the server's default."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
     full_env = {"IAMA_USAGE_DB": f"sqlite:///{log_dir.resolve()}/usage-{port}.sqlite3", **os.environ, **(env or {})}
     full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if kv_cache_gb is not None:
         full_env["VLLM_CPU_KVCACHE_SPACE"] = kv_cache_gb
-    cmd = [IAMA, "serve", "--model", model, "--port", str(port), "--log-level", "info"]
+    cmd = [IAMA, "serve", "--model", model, "--port", str(port), "--log-level", "info", *args]
     return spawn_until_healthy(cmd, port, log, full_env, wait_s)
 
 

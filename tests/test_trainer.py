@@ -362,10 +362,15 @@ def test_cli_rejects_bad_config_and_existing_output(tmp_path, tiny_llama):
 
 @pytest.mark.engine
 @pytest.mark.timeout(3600)
-def test_an_unmerged_lora_run_is_refused_by_serve_and_merged_by_merge_lora(tmp_path, tiny_llama):
+def test_an_unmerged_lora_run_is_served_on_its_base_and_merged_by_merge_lora(tmp_path, tiny_llama):
+    """``iama serve --model runs/run/model`` (an adapter) serves its base with the adapter, named
+    after the run, as the model of requests that name none, scored with its iama.json's rewards
+    (tests/test_adapters.py: adapters in depth); ``iama merge-lora`` makes it one checkpoint."""
     import stat
 
+    import httpx
     from peft import LoraConfig, get_peft_model
+    from servers import start_server
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter = tmp_path / "run" / "model"
@@ -373,10 +378,21 @@ def test_an_unmerged_lora_run_is_refused_by_serve_and_merged_by_merge_lora(tmp_p
     get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).save_pretrained(adapter)
     AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(adapter)
     (adapter / "iama.json").write_text(json.dumps({"base_model": "tiny", "rewards": {"s": {"type": "sentiment"}}}))
+    (tmp_path / "run" / "run.json").write_text("{}")
 
-    out = subprocess.run([IAMA, "serve", "--model", str(adapter)], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "holds a LoRA adapter, not a full model" in out.stderr.strip().splitlines()[-1]
+    only_length = {"IAMA_DEFAULT_REWARDS": "false", "IAMA_REWARDS": '{"short": {"type": "length"}}'}
+    srv = start_server(str(adapter), tmp_path, env=only_length)
+    try:
+        models = httpx.get(f"{srv.url}/v1/models", timeout=60).json()["data"]
+        assert [(m["id"], m["parent"]) for m in models] == [(str(tiny_llama), None), ("run", str(tiny_llama))]
+        assert httpx.get(f"{srv.url}/health", timeout=60).json() == {"status": "ok", "model": "run"}
+        body = {"prompt": "Hi", "reward_weights": {"s": 1.0}, "budget": 2, "max_tokens": 4}
+        r = httpx.post(f"{srv.url}/v1/align", json=body, timeout=300)
+        assert r.status_code == 200 and r.json()["model"] == "run", r.text
+        r = httpx.post(f"{srv.url}/v1/align", json={**body, "model": str(tiny_llama)}, timeout=300)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "reward_weights.s"  # the base's rewards
+    finally:
+        srv.stop()
 
     merged = tmp_path / "merged"
     out = run_iama("merge-lora", str(adapter), str(merged))

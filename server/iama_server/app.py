@@ -34,7 +34,8 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.scorer.start()
+        for scorer in state.all_scorers():  # the base's, and each adapter's own
+            scorer.start()
         starter = asyncio.create_task(state.start())  # /health answers 503 until READY
         watcher = None
         if state.settings.keys_file is not None:  # reloaded on change and on SIGHUP (keys.py)
@@ -46,7 +47,8 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
             starter.cancel()
             if watcher is not None:
                 watcher.cancel()
-            await state.scorer.stop()
+            for scorer in state.all_scorers():
+                await scorer.stop()
             await state.limiter.aclose()
             await asyncio.to_thread(state.engine.shutdown)
             state.accounting.close()

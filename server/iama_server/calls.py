@@ -3,9 +3,11 @@ whatever endpoint it came from. Every 4xx about a body is raised here, before ad
 nothing below has to check a request again.
 
 ``/v1/align`` gives one call; the OpenAI routes one per prompt. A call carries what execution
-needs and nothing it must recompute: the encoded prompt, the sampling, the validated weights,
-the resolved early-rejection plan (checkpoints in tokens, keep, candidates to start), its
-:attr:`AlignmentCall.mode` and its :attr:`AlignmentCall.cost` for admission.
+needs and nothing it must recompute: the model it asked for (``adapters.ServedModel``: the base
+or an adapter, with that model's rewards), the encoded prompt, the sampling (with the adapter
+the engine runs it through), the validated weights, the resolved early-rejection plan
+(checkpoints in tokens, keep, candidates to start), its :attr:`AlignmentCall.mode` and its
+:attr:`AlignmentCall.cost` for admission.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from iama.algorithms import checkpoints_in_tokens, oversampled_budget
-from iama.modelcard import ModelCard
-from iama.rewards import Prompt, RewardSet, WeightError, validate_weights
+from iama.rewards import Prompt, WeightError, validate_weights
 from iama.seeds import candidate_base_seed
+from iama_server.adapters import ServedModel, ServedModels
 from iama_server.admission import request_cost
 from iama_server.engine import GenerationEngine, Sampling, StructuredOutput
 from iama_server.errors import APIError, ErrorCode
@@ -61,8 +63,9 @@ class AlignmentCall:
     budget: int  # N candidates sampled (with budget "auto": the most the search may sample)
     algorithm: ServedAlgorithm
     tau: float
-    sampling: Sampling
+    sampling: Sampling  # its adapter: the model's (None for the base)
     request_id: str  # the client's X-Request-Id, or one made up for it
+    model: ServedModel  # what the request's `model` selected: its rewards score the candidates
     normalize: bool = True
     n_returned: int = 1  # OpenAI's n: how many of the N come back, the chosen one first
     early_rejection: EarlyRejectionPlan | None = None  # stop weak candidates at checkpoints
@@ -109,34 +112,29 @@ def total_cost(calls: list[AlignmentCall]) -> int:
 
 class CallBuilder:
     """Request bodies → :class:`AlignmentCall` s, raising :class:`APIError` for every problem
-    with a body: a model not served, the server not ready, weights, budgets, lengths, greedy
-    best-of-N, early-rejection checkpoints that collide, a cost over the whole capacity."""
+    with a body: a model not served (or not this key's), the server not ready, weights (against
+    the requested model's rewards), budgets, lengths, greedy best-of-N, early-rejection
+    checkpoints that collide, a cost over the whole capacity."""
 
     def __init__(
-        self,
-        engine: GenerationEngine,
-        rewards: RewardSet,
-        settings: ServerSettings,
-        card: ModelCard | None,
-        model_names: tuple[str, ...],
-        lifecycle: Lifecycle,
+        self, engine: GenerationEngine, models: ServedModels, settings: ServerSettings, lifecycle: Lifecycle
     ) -> None:
-        self.engine, self.rewards, self.settings, self.card = engine, rewards, settings, card
+        self.engine, self.models, self.settings = engine, models, settings
         self.prompts = PromptEncoder(engine, settings)
         self.judge = EngineJudge(engine)
-        self.model_names = model_names  # the served name first; any of them may be asked for
         self.lifecycle = lifecycle
 
     def align(self, body: AlignRequest, request_id: str, key: KeyPolicy = ANONYMOUS) -> AlignmentCall:
-        """``/v1/align``: weights are required (or the server's default), budget defaults."""
-        self._check_ready_and_model(body.model, key)
+        """``/v1/align``: weights are required (or the model's default), budget defaults."""
+        model = self._check_ready_and_model(body.model, key)
         ids, text = self.prompts.encode(body.prompt, body.messages, raw=body.raw_prompt)
         call = self._call(
             body,
+            model,
             ids,
             text,
             request_id,
-            weights=self._weights(body.reward_weights, required=True, rubrics=body.rubrics),
+            weights=self._weights(model, body.reward_weights, required=True, rubrics=body.rubrics),
             budget=self._requested_budget(body.budget, "budget", body.max_budget),
             algorithm=body.algorithm,
             normalize=body.normalize,
@@ -150,7 +148,7 @@ class CallBuilder:
     ) -> list[AlignmentCall]:
         """OpenAI routes, one call per prompt: aligned when ``best_of`` or ``reward_weights`` is
         given, plain generation of ``n`` samples otherwise."""
-        self._check_ready_and_model(body.model, key)
+        model = self._check_ready_and_model(body.model, key)
         if isinstance(body, ChatCompletionRequest):
             encoded = [self.prompts.encode(None, body.messages, raw=False)]
             logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -173,10 +171,11 @@ class CallBuilder:
         if body.rubrics and not aligned:
             raise APIError(400, "rubrics are scored only with reward_weights that weight them", "rubrics")
         required = budget > body.n or searching
-        weights = self._weights(body.reward_weights, required, body.rubrics) if aligned else None
+        weights = self._weights(model, body.reward_weights, required, body.rubrics) if aligned else None
         calls = [
             self._call(
                 body,
+                model,
                 ids,
                 text,
                 request_id,
@@ -195,17 +194,22 @@ class CallBuilder:
         self._check_cost(calls, budget_field)
         return calls
 
-    def default_weights(self) -> dict[str, float] | None:
-        if self.settings.default_reward_weights:
-            return dict(self.settings.default_reward_weights)
-        if self.card and self.card.objective and self.card.objective.tasks:
-            return dict(self.card.objective.tasks[0].weights) or None
-        return None
+    def default_weights(self, model: ServedModel) -> dict[str, float] | None:
+        """The weights of a request that gives none. The base: the server's
+        ``default_reward_weights``, else its card's first task's. An adapter: its card's first,
+        as it was meta-aligned for them, else the server's."""
+        server = dict(self.settings.default_reward_weights) if self.settings.default_reward_weights else None
+        tasks = model.card.objective.tasks if model.card is not None and model.card.objective is not None else []
+        from_card = (dict(tasks[0].weights) or None) if tasks else None
+        if model.adapter is None:
+            return server or from_card
+        return from_card or server
 
     # ------------------------------------------------------------------ the fields
     def _call(
         self,
         body: AlignRequest | CompletionRequest | ChatCompletionRequest,
+        model: ServedModel,
         ids: list[int],
         text: Prompt,
         request_id: str,
@@ -222,8 +226,12 @@ class CallBuilder:
     ) -> AlignmentCall:
         """The fields every route fills the same way; the route gives weights, budget, algorithm
         (and the OpenAI routes n, echo and the log-probs asked for)."""
-        sampling = replace(self._sampling(body, len(ids), logprobs, prompt_logprobs), priority=key.scheduling_priority)
-        rubrics = self._rubrics(body.rubrics, weights)
+        sampling = replace(
+            self._sampling(body, len(ids), logprobs, prompt_logprobs),
+            priority=key.scheduling_priority,
+            adapter=model.adapter,
+        )
+        rubrics = self._rubrics(model, body.rubrics, weights)
         judge_prefix = {n: self.judge.prefix_tokens(r, text) for n, r in rubrics.items()}
         self._check_judge_context(judge_prefix, sampling.max_tokens, body.rubrics or {})
         er = body.early_rejection
@@ -244,6 +252,7 @@ class CallBuilder:
             tau=body.alignment_temperature or self.settings.default_alignment_temperature,
             sampling=sampling,
             request_id=request_id,
+            model=model,
             normalize=normalize,
             n_returned=n_returned,
             early_rejection=plan,
@@ -252,13 +261,15 @@ class CallBuilder:
             prefer_finished=(
                 body.prefer_finished if body.prefer_finished is not None else sampling.structured is not None
             ),
-            vote=self._vote(body.vote),
+            vote=self._vote(model, body.vote),
             rubrics=rubrics,
             judge_prompt_tokens=sum(judge_prefix.values()),
             key=key,
         )
 
-    def _rubrics(self, given: dict[str, str] | None, weights: dict[str, float] | None) -> dict[str, str]:
+    def _rubrics(
+        self, model: ServedModel, given: dict[str, str] | None, weights: dict[str, float] | None
+    ) -> dict[str, str]:
         """The weighted rewards the served model judges: the request's rubrics (each weighted,
         none named like an installed reward, within the server's limits) and the config's
         ``judge`` rewards without a model or url."""
@@ -269,7 +280,7 @@ class CallBuilder:
             )
         for name, text in given.items():
             where = f"rubrics.{name}"
-            if name in self.rewards.specs:
+            if name in model.rewards.specs:
                 raise APIError(400, f"{name!r} is an installed reward's name; give the rubric another name", where)
             if not text.strip():
                 raise APIError(400, "a rubric must say something", where)
@@ -279,7 +290,7 @@ class CallBuilder:
             if weights is None or name not in weights:
                 raise APIError(400, f"weight the rubric in reward_weights ({{{name!r}: 1.0}})", where)
         weighted = weights or {}
-        configured = {n: r for n, r in self.rewards.engine_rubrics().items() if n in weighted}
+        configured = {n: r for n, r in model.rewards.engine_rubrics().items() if n in weighted}
         return {**configured, **given}  # a weight of 0 is scored and shown, as for any reward
 
     def _check_judge_context(self, prefix: dict[str, int], max_tokens: int, given: dict[str, str]) -> None:
@@ -295,10 +306,10 @@ class CallBuilder:
                     f"rubrics.{name}" if name in given else f"reward_weights.{name}",
                 )
 
-    def _vote(self, vote: VoteRequest | None) -> VoteRequest | None:
+    def _vote(self, model: ServedModel, vote: VoteRequest | None) -> VoteRequest | None:
         """A vote on a reward's value needs a reward that reads one number (a scalar reward)."""
-        if vote is not None and vote.reward is not None and vote.reward not in self.rewards.scalar_rewards():
-            scalars = sorted(self.rewards.scalar_rewards())
+        if vote is not None and vote.reward is not None and vote.reward not in model.rewards.scalar_rewards():
+            scalars = sorted(model.rewards.scalar_rewards())
             raise APIError(400, f"vote.reward must be a reward that reads one value: one of {scalars}", "vote.reward")
         return vote
 
@@ -357,36 +368,35 @@ class CallBuilder:
                     budget_field,
                 )
 
-    def _check_ready_and_model(self, model: str | None, key: KeyPolicy) -> None:
-        if not key.allows(model or self.model_names[0]):
-            raise APIError(
-                403, f"key {key.name!r} may not call model {model or self.model_names[0]!r}", "model",
-                ErrorCode.MODEL_NOT_ALLOWED,
-            )  # fmt: skip
-        if model is not None and model not in self.model_names:
-            raise APIError(
-                404,
-                f"model {model!r} is not served here; use {self.model_names[0]!r}",
-                "model",
-                ErrorCode.MODEL_NOT_FOUND,
-            )
+    def _check_ready_and_model(self, name: str | None, key: KeyPolicy) -> ServedModel:
+        """The model the request names (the base, or an adapter by its name), once its key may
+        call it (a key's ``models`` lists base and adapter names alike) and the server is ready."""
+        asked = name or self.models.default
+        if not key.allows(asked):
+            raise APIError(403, f"key {key.name!r} may not call model {asked!r}", "model", ErrorCode.MODEL_NOT_ALLOWED)
+        model = self.models.get(name)
         if not self.lifecycle.ready:  # starting (no tokenizer yet, rewards cold) or failed
             message = f"server is {self.lifecycle.phase.value}" + (
                 f": {self.lifecycle.detail}" if self.lifecycle.detail else ""
             )
             raise APIError(503, message, code=ErrorCode.NOT_READY, headers={"Retry-After": "5"})
+        return model
 
     def _weights(
-        self, weights: dict[str, float] | None, required: bool, rubrics: dict[str, str] | None = None
+        self,
+        model: ServedModel,
+        weights: dict[str, float] | None,
+        required: bool,
+        rubrics: dict[str, str] | None = None,
     ) -> dict[str, float] | None:
         if weights is None:
-            weights = self.default_weights()
+            weights = self.default_weights(model)
             if weights is None:
                 if required:
                     raise APIError(400, "reward_weights is required (this server has no default)", "reward_weights")
                 return None
         try:
-            return validate_weights(weights, [*self.rewards.names, *(rubrics or {})])
+            return validate_weights(weights, [*model.rewards.names, *(rubrics or {})])
         except WeightError as exc:
             raise APIError(400, str(exc), exc.field, ErrorCode.INVALID_REWARD_WEIGHTS) from None
 

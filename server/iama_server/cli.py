@@ -61,7 +61,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    model: Annotated[str | None, typer.Option(help="'default', a local path or a hub id")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="'default', a local path or a hub id; or an adapter's directory (a lora.merge: false run's "
+            "model/): its base is served, with the adapter, named after the run, as the default model"
+        ),
+    ] = None,
     served_model_name: Annotated[
         str | None, typer.Option(help="the model name clients send and see (default: the model's name)")
     ] = None,
@@ -72,6 +78,14 @@ def serve(
     ] = None,
     max_budget: Annotated[int | None, typer.Option(help="largest N a request may ask for")] = None,
     api_key: Annotated[list[str] | None, typer.Option(help="accepted API key (repeatable); or IAMA_API_KEYS")] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME=PATH",
+            help="serve the IAMA adapter (a LoRA run with lora.merge: false) at PATH on the base as model NAME, "
+            "with the rewards of its iama.json (repeatable; replaces the config's `adapters`)",
+        ),
+    ] = None,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="log level")] = LogLevel.info,
     ray: Annotated[
         bool, typer.Option("--ray", help="serve on Ray Serve: replicas of the app behind its router")
@@ -95,6 +109,7 @@ def serve(
     from iama_server.lifecycle import one_line
     from iama_server.settings import ServerSettings
 
+    adapters = _adapter_flags(adapter or [])
     try:
         settings = ServerSettings.load(
             config,
@@ -104,13 +119,15 @@ def serve(
             port=port,
             max_budget=max_budget,
             api_keys=api_key or None,
+            adapters=adapters,
         )
     except ConfigError as exc:
         _exit(str(exc), 2)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ray:
         overrides = {"model": model, "served_model_name": served_model_name, "max_budget": max_budget}
-        flags = {k: v for k, v in overrides.items() if v is not None} | ({"api_keys": api_key} if api_key else {})
+        flags: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
+        flags |= ({"api_keys": api_key} if api_key else {}) | ({"adapters": adapters} if adapters else {})
         file_values = {} if config is None else _read_config(config)
         _serve_on_ray(
             settings, {**file_values, **flags}, replicas, max_replicas, target_ongoing_requests, gpus_per_replica
@@ -133,6 +150,19 @@ def serve(
     server.run(sockets=[sock])
     if lifecycle.exit_code:
         _exit(lifecycle.detail or "failed", lifecycle.exit_code)
+
+
+def _adapter_flags(values: list[str]) -> dict[str, str] | None:
+    """``--adapter NAME=PATH`` flags as the ``adapters`` setting (None: no flag given)."""
+    adapters: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            _exit(f"--adapter: expected NAME=PATH, got {value!r}", 2)
+        if name in adapters:
+            _exit(f"--adapter: {name!r} is given twice", 2)
+        adapters[name] = path
+    return adapters or None
 
 
 def _read_config(path: Path) -> dict:

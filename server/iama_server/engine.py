@@ -5,7 +5,9 @@ tests' fast tier with fixed candidates (``tests/fake_engine.py``), so the reques
 in-process without vLLM. Rendering and the searches read these value types without importing
 vLLM. ``generate`` samples N candidates in one request; ``stream`` yields one completion as it
 is produced; ``next_token_logprobs`` reads one step of many prompts (a rubric judge's rating).
-Cancelling any of them (client gone, timeout) must abort the request inside the engine.
+Cancelling any of them (client gone, timeout) must abort the request inside the engine. A
+request may run through a LoRA :class:`Adapter` on the served base (``Sampling.adapter``);
+``add_adapter`` / ``remove_adapter`` load and drop one at run time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ class StructuredOutput:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter on the served base, as the engine knows it (vLLM's ``LoRARequest``)."""
+
+    name: str  # what requests send as ``model``
+    id: int  # >= 1, never reused within a server's life (vLLM's lora_int_id)
+    path: str  # the adapter's directory (adapter_config.json + weights)
+
+
+@dataclass(frozen=True)
 class Sampling:
     """How each of the N candidates is sampled (vLLM's ``SamplingParams`` minus ``n``).
 
@@ -31,6 +42,7 @@ class Sampling:
     alternatives (0: the token's own only); ``prompt_logprobs`` the same for the prompt's tokens.
     ``priority``: vLLM's scheduling priority (lower is scheduled first; the request key's class,
     ``keys.PRIORITIES``), honoured when the engine runs ``scheduling_policy: priority``.
+    ``adapter``: the LoRA adapter the request runs through (``None``: the base model).
     """
 
     temperature: float
@@ -47,6 +59,7 @@ class Sampling:
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     priority: int = 0
+    adapter: Adapter | None = None
 
 
 @dataclass(frozen=True)
@@ -146,8 +159,22 @@ class GenerationEngine(Protocol):
     def stream(self, prompt_ids: list[int], sampling: Sampling, request_id: str) -> AsyncGenerator[Delta, None]: ...
 
     async def next_token_logprobs(
-        self, prompts: list[list[int]], token_ids: list[int], request_id: str, priority: int = 0
+        self,
+        prompts: list[list[int]],
+        token_ids: list[int],
+        request_id: str,
+        priority: int = 0,
+        adapter: Adapter | None = None,
     ) -> list[dict[int, float]]:
         """The log-probs of ``token_ids`` at each prompt's next token, all prompts in one round
-        (what a rubric judge reads: ``judging.py``)."""
+        (what a rubric judge reads: ``judging.py``), through ``adapter`` when given."""
+        ...
+
+    async def add_adapter(self, adapter: Adapter) -> None:
+        """Load a LoRA adapter so that requests may run through it (the engine was started
+        with LoRA enabled)."""
+        ...
+
+    async def remove_adapter(self, adapter: Adapter) -> None:
+        """Drop a loaded adapter; no request runs through it any more."""
         ...

@@ -17,7 +17,7 @@ import numpy as np
 
 from iama.judging import expected_ratings, judge_messages, rating_token_ids, vocabulary
 from iama.rewards import Prompt, reward_prompt
-from iama_server.engine import GenerationEngine
+from iama_server.engine import Adapter, GenerationEngine
 
 # Re-encoding an answer's text inside the judge prompt may take a few more tokens than it was
 # generated with (tokens merge differently across the join): room kept in the cost and context.
@@ -58,16 +58,23 @@ class EngineJudge:
         return len(self.prompt_ids(rubric, prompt, ""))
 
     async def score(
-        self, prompt: Prompt, texts: Sequence[str], rubrics: Mapping[str, str], request_id: str, priority: int = 0
+        self,
+        prompt: Prompt,
+        texts: Sequence[str],
+        rubrics: Mapping[str, str],
+        request_id: str,
+        priority: int = 0,
+        adapter: Adapter | None = None,
     ) -> tuple[dict[str, np.ndarray], int]:
         """Each rubric's rating of each text, in [0, 1], from one engine round; and the judge
-        prompt tokens that round read."""
+        prompt tokens that round read. ``adapter``: the request's model judges (an adapter's
+        requests are judged through that adapter, as they were generated)."""
         names = list(rubrics)
         prompts = [self.prompt_ids(rubrics[n], prompt, t) for n in names for t in texts]
         if not prompts:
             return {}, 0
         ratings = self.ratings()
-        rows = await self.engine.next_token_logprobs(prompts, sorted(ratings), f"{request_id}-judge", priority)
+        rows = await self.engine.next_token_logprobs(prompts, sorted(ratings), f"{request_id}-judge", priority, adapter)
         scores = expected_ratings(rows, ratings)
         k = len(texts)
         return {n: scores[i * k : (i + 1) * k] for i, n in enumerate(names)}, sum(map(len, prompts))

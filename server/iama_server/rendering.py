@@ -1,7 +1,8 @@
 """Pure functions from an :class:`Outcome` (or the served state) to response bodies.
 
 No I/O here: ``/v1/align``'s response, the OpenAI completion objects, their SSE chunks and
-the ``/v1/rewards`` listing are built from values alone, so each is tested without a server.
+the ``/v1/models`` and ``/v1/rewards`` listings are built from values alone, so each is tested
+without a server.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from iama.modelcard import ModelCard
 from iama.rewards import RewardSet, available_rewards
+from iama_server.adapters import ServedModel
 from iama_server.engine import Generation, Logprobs, TokenLogprob
 from iama_server.outcome import Outcome
 from iama_server.schemas import (
@@ -299,6 +301,12 @@ def sse(chunk: dict[str, Any]) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"  # the last event of every stream, as OpenAI's clients expect
+
+
+def model_card(model: ServedModel, base: str) -> dict[str, Any]:
+    """One ``/v1/models`` entry, as vLLM lists a LoRA adapter: ``parent`` is its base's id."""
+    parent = base if model.adapter is not None else None
+    return {"id": model.name, "object": "model", "created": 0, "owned_by": "iama", "root": model.root, "parent": parent}
 
 
 def rewards_listing(

@@ -3,7 +3,8 @@ raised there), run it (``service.py``: admission, timeout, disconnect, the call'
 ``streaming.py``), render the outcome (``rendering.py``, pure).
 
 ``/health`` and ``/metrics`` stay open for probes and scrapers; everything under ``/v1``
-requires an API key when the server has any.
+requires an API key when the server has any. A request's ``model`` picks the base or one of its
+adapters (``adapters.py``); admin keys load and unload adapters at run time (``/v1/adapters``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from iama_server.accounting import Tally
 from iama_server.auth import bearer
 from iama_server.errors import APIError, ErrorCode
-from iama_server.rendering import align_response, now, openai_response, rewards_listing
+from iama_server.rendering import align_response, model_card, now, openai_response, rewards_listing
 from iama_server.schemas import (
+    AdapterDeleted,
+    AdapterLoad,
     AlignRequest,
     AlignResponse,
     ChatCompletionRequest,
@@ -32,6 +35,7 @@ from iama_server.schemas import (
     CompletionResponse,
     ErrorResponse,
     Health,
+    ModelCardInfo,
     ModelList,
     RewardsList,
     UsageReport,
@@ -98,18 +102,47 @@ async def metrics(request: Request) -> Response:
 
 @v1.get("/models", response_model=ModelList)
 async def models(request: Request) -> dict[str, Any]:
-    state = server_state(request)
-    model = {"id": state.model_name, "object": "model", "created": 0, "owned_by": "iama", "root": state.model_path}
-    return {"object": "list", "data": [model]}
+    """The base, then every adapter served on it (``parent``: the base's id)."""
+    served = server_state(request).models
+    return {"object": "list", "data": [model_card(m, served.base.name) for m in [served.base, *served.adapters]]}
 
 
-@v1.get("/rewards", response_model=RewardsList)
-async def rewards(request: Request) -> dict[str, Any]:
+@v1.get("/rewards", response_model=RewardsList, responses=_errors(400))
+async def rewards(
+    request: Request,
+    model: Annotated[
+        str | None, Query(max_length=256, description="the base or an adapter; omitted: the default")
+    ] = None,
+) -> dict[str, Any]:
+    """What can be weighted for ``model`` (an adapter's come from its iama.json)."""
     state = server_state(request)
+    served = state.models.get(model)
     limits = {"max_budget": state.settings.max_budget, "max_tokens": state.settings.max_tokens}
-    return rewards_listing(
-        state.rewards, state.card, state.calls.default_weights(), limits, state.lifecycle.ready_rewards
-    )
+    weights = state.calls.default_weights(served)
+    return rewards_listing(served.rewards, served.card, weights, limits, state.lifecycle.ready_rewards)
+
+
+def _admin_only(request: Request, what: str) -> None:
+    if not request.state.key.admin:
+        raise APIError(403, f"{what} is for admin keys only", code=ErrorCode.ADMIN_ONLY)
+
+
+@v1.post("/adapters", response_model=ModelCardInfo, responses=_errors(400, 403, 503))
+async def load_adapter(body: AdapterLoad, request: Request) -> dict[str, Any]:
+    """Serve an IAMA adapter on the base from now on (admin keys only): its rewards warmed up,
+    its weights loaded into the engine; then requests may name it as their ``model``."""
+    _admin_only(request, "loading adapters")
+    state = server_state(request)
+    return model_card(await state.load_adapter(body.name, body.path), state.models.base.name)
+
+
+@v1.delete("/adapters/{name}", response_model=AdapterDeleted, responses=_errors(400, 403))
+async def unload_adapter(name: str, request: Request) -> dict[str, Any]:
+    """Stop serving an adapter (admin keys only): no new request reaches it; the engine drops it
+    once the requests running through it have finished (waited for up to the request timeout)."""
+    _admin_only(request, "unloading adapters")
+    await server_state(request).unload_adapter(name)
+    return {"id": name, "object": "model", "deleted": True}
 
 
 @v1.post("/align", response_model=AlignResponse, response_model_exclude_none=True, responses=_RUN_ERRORS)
@@ -121,7 +154,10 @@ async def align(body: AlignRequest, request: Request) -> AlignResponse:
         (outcome,) = tally.outcomes
         tally.queue_s = outcome.queue_s
     return align_response(
-        outcome, model=state.model_name, return_candidates=body.return_candidates, total_s=time.perf_counter() - t0
+        outcome,
+        model=outcome.call.model.name,
+        return_candidates=body.return_candidates,
+        total_s=time.perf_counter() - t0,
     )
 
 
@@ -144,8 +180,7 @@ async def usage(
 ) -> dict[str, Any]:
     """Summed usage (admin keys only): requests, prompt, generated and judge tokens, candidates."""
     state = server_state(request)
-    if not request.state.key.admin:
-        raise APIError(403, "usage is for admin keys only", code=ErrorCode.ADMIN_ONLY)
+    _admin_only(request, "usage")
     if state.usage is None:
         raise APIError(400, "this server records no usage (usage_db is null)", "usage_db")
     for name, when in (("since", since), ("until", until)):
@@ -181,11 +216,10 @@ async def _openai(body: CompletionRequest | ChatCompletionRequest, request: Requ
     state, chat, rid = server_state(request), isinstance(body, ChatCompletionRequest), request.state.request_id
     async with _recorded(request, body.model) as tally:
         tally.calls = state.calls.openai(body, rid, request.state.key)
+        model = tally.calls[0].model.name
         if body.stream:
-            fmt = StreamFormat.of(body, state.model_name)
+            fmt = StreamFormat.of(body, model)
             return await stream_response(state.service, tally, fmt, request.receive, state.accounting)
         tally.outcomes = await state.service.complete(tally.calls, request.receive)
         tally.queue_s = tally.outcomes[0].queue_s
-    return JSONResponse(
-        openai_response(tally.outcomes, chat=chat, model=state.model_name, response_id=rid, created=now())
-    )
+    return JSONResponse(openai_response(tally.outcomes, chat=chat, model=model, response_id=rid, created=now()))

@@ -8,9 +8,10 @@ slot through :meth:`AlignmentService.admitted` instead (``streaming.py``).
 :meth:`AlignmentService.run` executes one call by its mode (``calls.AlignmentCall.mode``):
 
 * ``sample``: one engine request with n = N, nothing scored (plain generation);
-* ``bon``: one engine request with n = N → score every candidate (batched across requests,
-  ``scoring.py``) → normalise + weight (:func:`iama.rewards.weighted_score`) → select
-  (:func:`iama.algorithms.select_in_tiers`: the request's rules, ``eligibility``, before the scores);
+* ``bon``: one engine request with n = N → score every candidate with the call's model's rewards
+  (the base's or an adapter's; batched across requests, ``scoring.py``) → normalise + weight
+  (:func:`iama.rewards.weighted_score`) → select (:func:`iama.algorithms.select_in_tiers`: the
+  request's rules, ``eligibility``, before the scores);
 * ``early_rejection`` / ``adaptive``: a search (``searches.py``) that scores as it goes, then the
   same selection.
 
@@ -31,9 +32,10 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from iama.algorithms import budget_waves, select_in_tiers, soft_best_of_n_probabilities
-from iama.rewards import RewardSet, RewardStats, normalize_scores, weighted_score
+from iama.rewards import RewardStats, normalize_scores, weighted_score
 from iama.rewards.remote import RemoteRewardError
 from iama.voting import Vote, json_path_answers, plurality, regex_answers, scalar_answers
+from iama_server.adapters import ServedModels
 from iama_server.admission import Admission, Receive, cancel_on_disconnect_or_timeout
 from iama_server.calls import AlignmentCall, total_cost
 from iama_server.eligibility import candidate_tiers, rules_apply
@@ -44,7 +46,6 @@ from iama_server.lifecycle import ENGINE_DIED, Lifecycle
 from iama_server.limits import Limiter, LimitExceeded, limit_error
 from iama_server.metrics import Metrics
 from iama_server.outcome import Outcome, Search
-from iama_server.scoring import BatchedScorer
 from iama_server.searches import Scored, Sink, adaptive_budget, early_rejection
 from iama_server.settings import ServerSettings
 
@@ -79,8 +80,7 @@ class AlignmentService:
     def __init__(
         self,
         engine: GenerationEngine,
-        rewards: RewardSet,
-        scorer: BatchedScorer,
+        models: ServedModels,
         admission: Admission,
         settings: ServerSettings,
         metrics: Metrics,
@@ -88,7 +88,7 @@ class AlignmentService:
         judge: EngineJudge,
         limiter: Limiter,
     ) -> None:
-        self.engine, self.rewards, self.scorer, self.admission = engine, rewards, scorer, admission
+        self.engine, self.models, self.admission = engine, models, admission
         self.judge, self.limiter = judge, limiter
         self.settings, self.metrics, self.lifecycle = settings, metrics, lifecycle
 
@@ -117,20 +117,22 @@ class AlignmentService:
         concurrency full is a 429 with Retry-After, before the request queues), then an
         admission slot in the key's priority class. Yields what the request holds; its
         ``spent_tokens`` (set by the caller once known) are what the key is charged in the end,
-        the admission cost until then."""
+        the admission cost until then. An adapter the calls run through is counted as in use
+        from here to the end (``adapters.ServedModels.using``: unloading it waits for them)."""
         key, cost = calls[0].key, total_cost(calls)
-        try:
-            lease = await self.limiter.acquire(key.name, key.limits, cost)
-        except LimitExceeded as exc:
-            status, message, code, headers = limit_error(exc)
-            raise APIError(status, f"key {key.name!r}: {message}", code=ErrorCode(code), headers=headers) from None
-        held, ran = Admitted(cost), False
-        try:
-            async with self.admission.slot(cost, key.scheduling_priority) as queued:
-                held.queue_s, ran = queued, True
-                yield held
-        finally:  # refused by the queue (429) or gone while queued: nothing ran, nothing charged
-            await self.limiter.release(lease, held.spent_tokens if ran else 0)
+        with self.models.using([c.model for c in calls]):  # before any await: a drain never misses it
+            try:
+                lease = await self.limiter.acquire(key.name, key.limits, cost)
+            except LimitExceeded as exc:
+                status, message, code, headers = limit_error(exc)
+                raise APIError(status, f"key {key.name!r}: {message}", code=ErrorCode(code), headers=headers) from None
+            held, ran = Admitted(cost), False
+            try:
+                async with self.admission.slot(cost, key.scheduling_priority) as queued:
+                    held.queue_s, ran = queued, True
+                    yield held
+            finally:  # refused by the queue (429) or gone while queued: nothing ran, nothing charged
+                await self.limiter.release(lease, held.spent_tokens if ran else 0)
 
     async def _watched(self, coro: Coroutine[Any, Any, T], receive: Receive, request_id: str) -> T:
         try:
@@ -219,7 +221,7 @@ class AlignmentService:
             answers = json_path_answers(texts, spec.json_path)
         else:
             assert spec.reward is not None
-            reader = self.rewards.scalar_rewards()[spec.reward]
+            reader = call.model.rewards.scalar_rewards()[spec.reward]
             answers = scalar_answers(reader.scalar(texts, [c.token_count for c in candidates]))
         scored = ~np.isnan(weighted)
         best = tiers[scored].min() if scored.any() else 0
@@ -228,7 +230,7 @@ class AlignmentService:
         return plurality(answers, voters, probs)
 
     def _stats(self, call: AlignmentCall) -> Mapping[str, RewardStats] | None:
-        return self.rewards.stats if call.normalize else None
+        return call.model.rewards.stats if call.normalize else None
 
     async def _raw_scores(
         self, call: AlignmentCall, texts: list[str], names: list[str], spend: _Spend | None
@@ -243,7 +245,7 @@ class AlignmentService:
             if not rubrics:
                 return {}
             scores, tokens = await self.judge.score(
-                call.prompt, texts, rubrics, call.request_id, call.sampling.priority
+                call.prompt, texts, rubrics, call.request_id, call.sampling.priority, call.sampling.adapter
             )
             self.metrics.tokens.labels("judge").inc(tokens)
             if spend is not None:
@@ -254,7 +256,7 @@ class AlignmentService:
             if not others:
                 return {}
             try:
-                return await self.scorer.score([call.prompt] * len(texts), texts, others)
+                return await call.model.scorer.score([call.prompt] * len(texts), texts, others)
             except RemoteRewardError as exc:  # its server's address stays in the log, not in the answer
                 log.warning("request %s: %s", call.request_id, exc)
                 raise APIError(
@@ -296,7 +298,7 @@ class AlignmentService:
         assert call.early_rejection is not None and call.weights is not None
         weights = call.weights
         installed = [n for n in weights if n not in call.rubrics]
-        judges = [n for n in self.rewards.judging_partial_text(installed) if weights[n] > 0]
+        judges = [n for n in call.model.rewards.judging_partial_text(installed) if weights[n] > 0]
 
         async def score(texts: list[str]) -> Scored:
             return await self._score(call, texts, judges, None)

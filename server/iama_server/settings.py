@@ -106,6 +106,26 @@ class ServerSettings(BaseSettings):
         description="worker processes for the rule-based rewards, off this process's GIL (0: the scoring thread)",
     )
 
+    # IAMA adapters: LoRA runs (lora.merge: false) served on the one base (iama_server.adapters).
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="adapters served on the base, name -> directory (adapter_config.json, weights, iama.json): "
+        "a request's `model` picks one, with the rewards and statistics of its iama.json",
+    )
+    enable_lora: bool | None = Field(
+        default=None,
+        description="start vLLM with LoRA, so that adapters can be served and loaded at run time "
+        "(POST /v1/adapters); default: on when `adapters` are configured or --model is an adapter",
+    )
+    max_loras: int | None = Field(
+        default=None, ge=1, description="adapters one engine batch may mix; default: the number of adapters (>= 1)"
+    )
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = Field(
+        default=None,
+        description="the largest adapter rank r the engine takes (a size vLLM accepts); default: the next size "
+        "up from the configured adapters' r, 16 without any",
+    )
+
     # vLLM engine.
     max_model_len: int | None = None
     dtype: Dtype = Field(
@@ -142,6 +162,8 @@ class ServerSettings(BaseSettings):
     def _defaults_within_limits(self) -> ServerSettings:
         if self.default_budget > self.max_budget:
             raise ValueError(f"default_budget ({self.default_budget}) must be <= max_budget ({self.max_budget})")
+        if self.enable_lora is False and self.adapters:
+            raise ValueError(f"adapters {sorted(self.adapters)} need enable_lora; leave it unset or true")
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens ({self.max_tokens})"

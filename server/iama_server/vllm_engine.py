@@ -4,8 +4,10 @@
 Best-of-N sends one vLLM request with ``n = N``: the prompt's KV cache is computed once and
 forked for the N sequences. Cancelling :meth:`VLLMEngine.generate` or :meth:`VLLMEngine.stream`
 (client gone, timeout) aborts the request inside vLLM, so abandoned work stops consuming the
-batch. vLLM's own views (token log-probs, scheduler stats, client errors) become the engine's
-value types here and nowhere else.
+batch. With LoRA enabled (``adapters.LoraLimits``) a request's ``Sampling.adapter`` becomes its
+``LoRARequest``: vLLM batches requests through different adapters on the one base. vLLM's own
+views (token log-probs, scheduler stats, client errors) become the engine's value types here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from iama.vllm_settings import vllm_engine_kwargs
+from iama_server.adapters import LoraLimits
 from iama_server.engine import (
+    Adapter,
     Delta,
     EngineStats,
     Generation,
@@ -75,9 +79,10 @@ def _stats_logger(stats: EngineStats) -> Any:
 class VLLMEngine:
     """Thin owner of ``vllm.v1.engine.async_llm.AsyncLLM`` and the model's tokenizer."""
 
-    def __init__(self, model_path: str, settings: ServerSettings) -> None:
+    def __init__(self, model_path: str, settings: ServerSettings, lora: LoraLimits | None = None) -> None:
         self.model_path = model_path
         self.settings = settings
+        self.lora = lora  # None: started without LoRA
         self._llm: Any = None
         self.tokenizer: Any = None
         self.max_model_len: int = 0
@@ -93,6 +98,13 @@ class VLLMEngine:
         machine = vllm_engine_kwargs(s.kv_cache_gb, s.dtype)
         if s.enforce_eager is not None:
             machine["enforce_eager"] = s.enforce_eager
+        if self.lora is not None:
+            machine |= {
+                "enable_lora": True,
+                "max_loras": self.lora.max_loras,
+                "max_lora_rank": self.lora.max_lora_rank,
+                "max_cpu_loras": self.lora.max_cpu_loras,
+            }
         args = AsyncEngineArgs(
             model=self.model_path,
             served_model_name=s.served_model_name,
@@ -160,7 +172,9 @@ class VLLMEngine:
         with _client_errors(sampling):
             params = _sampling_params(sampling, n, RequestOutputKind.FINAL_ONLY)
             engine_input = await self._engine_input(prompt_ids)
-            async for out in self._llm.generate(engine_input, params, request_id, priority=sampling.priority):
+            async for out in self._llm.generate(
+                engine_input, params, request_id, priority=sampling.priority, lora_request=_lora(sampling.adapter)
+            ):
                 final = out
         if final is None:
             raise RuntimeError("engine returned no output")
@@ -181,7 +195,12 @@ class VLLMEngine:
         )
 
     async def next_token_logprobs(
-        self, prompts: list[list[int]], token_ids: list[int], request_id: str, priority: int = 0
+        self,
+        prompts: list[list[int]],
+        token_ids: list[int],
+        request_id: str,
+        priority: int = 0,
+        adapter: Adapter | None = None,
     ) -> list[dict[int, float]]:
         """One step of every prompt, submitted together (the scheduler runs them in one batch):
         the full-vocabulary log-probs of ``token_ids`` at the next token (vLLM's
@@ -196,7 +215,7 @@ class VLLMEngine:
         with _client_errors(None):
             inputs = [await self._engine_input(p) for p in prompts]
             reads = await next_token_label_reads(
-                self._llm, inputs, [params] * len(prompts), request_id, priority=priority
+                self._llm, inputs, [params] * len(prompts), request_id, priority=priority, lora_request=_lora(adapter)
             )
         return [dict(zip(token_ids, read.logprobs, strict=True)) for read in reads]
 
@@ -210,7 +229,9 @@ class VLLMEngine:
         with _client_errors(sampling):
             params = _sampling_params(sampling, 1, RequestOutputKind.DELTA)
             engine_input = await self._engine_input(prompt_ids)
-            async for out in self._llm.generate(engine_input, params, request_id, priority=sampling.priority):
+            async for out in self._llm.generate(
+                engine_input, params, request_id, priority=sampling.priority, lora_request=_lora(sampling.adapter)
+            ):
                 o = out.outputs[0]
                 tokens += len(o.token_ids)
                 lps = () if k is None else token_logprobs(list(o.token_ids), list(o.logprobs or []), k)
@@ -227,10 +248,28 @@ class VLLMEngine:
         first = self.decode(ids[:1])
         return token_logprobs(ids, list(out.prompt_logprobs), sampling.prompt_logprobs, first)
 
+    async def add_adapter(self, adapter: Adapter) -> None:
+        """Load the adapter's weights now (vLLM checks them against the base), not on the
+        first request that names it."""
+        if not await self._llm.add_lora(_lora(adapter)):
+            raise RuntimeError(f"vLLM did not load adapter {adapter.name!r}")
+
+    async def remove_adapter(self, adapter: Adapter) -> None:
+        await self._llm.remove_lora(adapter.id)
+
     def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _lora(adapter: Adapter | None) -> Any:
+    """vLLM's ``LoRARequest`` for an adapter (its name and id, and the path vLLM loads from)."""
+    if adapter is None:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(adapter.name, adapter.id, adapter.path)
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """What both API surfaces share: request fields (sampling, response format, early rejection,
 the adaptive budget, reward weights), the scores and reports both return, and the info bodies
-(``/health``, ``/v1/rewards``).
+(``/health``, ``/v1/rewards``, ``/v1/adapters``).
 
 Declarative only, as vLLM's ``protocol.py``: fields, bounds and validators. Every number has a
 range (a seed of 2^80 or a NaN temperature is a 400 naming the field, never an engine error),
@@ -429,6 +429,33 @@ class UsageTotals(BaseModel):
     generated_tokens: int = Field(description="every candidate's tokens, the discarded ones too")
     judge_tokens: int
     candidates: int = Field(description="candidates started")
+
+
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class AdapterLoad(BaseModel):
+    """``POST /v1/adapters`` (admin keys only): serve an IAMA adapter on the base from now on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=ADAPTER_NAME_PATTERN, description="the `model` requests name it by: letters, digits, '.', '_', '-'"
+    )
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="the adapter's directory on the server (adapter_config.json, weights, iama.json), trained on "
+        "this server's base",
+    )
+
+
+class AdapterDeleted(BaseModel):
+    """``DELETE /v1/adapters/{name}``: gone once the requests that ran through it finished."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
 
 
 class UsageReport(BaseModel):

@@ -280,7 +280,8 @@ class ModelCardInfo(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    root: str
+    root: str = Field(description="the base's path or hub id, or the adapter's directory")
+    parent: str | None = Field(default=None, description="an adapter's base model (its id); null for the base")
 
 
 class ModelList(BaseModel):
