@@ -54,8 +54,11 @@ class Tally:
 class Accounting:
     def __init__(self, store: UsageStore | None, metrics: Metrics) -> None:
         self.store, self.metrics = store, metrics
-        # One writer thread: commits are serial anyway (SQLite has one writer), and one thread
-        # keeps one connection warm instead of a pool's worth.
+        self._writer: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        """One writer thread per app lifespan: commits are serial anyway (SQLite has one
+        writer), and one thread keeps one connection warm instead of a pool's worth."""
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="iama-usage")
 
     @asynccontextmanager
@@ -81,7 +84,9 @@ class Accounting:
                 await self.finish(tally, status)
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)  # rows being written are written
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # rows being written are written
+            self._writer = None
 
     async def finish(self, tally: Tally, status: int) -> None:
         await self.record(
@@ -137,7 +142,9 @@ class Accounting:
         if self.store is None:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(self._writer, self.store.record, row)
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, self.store.record, row
+            )  # None: a fresh thread
         except Exception as exc:  # the database: down, full, refusing
             log.error("request %s: usage not recorded: %s: %s", request_id, type(exc).__name__, str(exc)[:300])
             raise APIError(

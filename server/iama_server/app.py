@@ -36,6 +36,7 @@ def create_app(settings: ServerSettings | None = None, engine: GenerationEngine 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for scorer in state.all_scorers():  # the base's, and each adapter's own
             scorer.start()
+        state.accounting.start()
         starter = asyncio.create_task(state.start())  # /health answers 503 until READY
         watcher = None
         if state.settings.keys_file is not None:  # reloaded on change and on SIGHUP (keys.py)

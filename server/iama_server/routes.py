@@ -168,14 +168,34 @@ def _recorded(request: Request, model: str | None) -> AbstractAsyncContextManage
     return state.accounting.recorded(request.state.key, route, model or state.model_name, request.state.request_id)
 
 
+_WHEN = "ISO 8601 with a time zone, e.g. 2026-12-01T00:00:00Z (usage rows by when they finished)"
+_ISO = {"format": "date-time"}
+
+
+def _instant(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time with a zone, or a 400 naming the parameter (no bare numbers: a Unix
+    time given by mistake would be read as 1970)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise APIError(400, f"not an ISO 8601 time: {value[:64]!r}", name) from None
+    if when.tzinfo is None:
+        raise APIError(400, "give a time zone (e.g. 2026-12-01T00:00:00Z)", name)
+    return when
+
+
 @v1.get("/usage", response_model=UsageReport, responses=_errors(400, 403))
 async def usage(
     request: Request,
     key: Annotated[str | None, Query(max_length=64, description="one key's name; omitted: every key")] = None,
     since: Annotated[
-        datetime | None, Query(description="ISO 8601 with a zone, inclusive (finished at or after)")
+        str | None, Query(max_length=64, description=_WHEN + ", inclusive", json_schema_extra=_ISO)
     ] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601 with a zone, exclusive")] = None,
+    until: Annotated[
+        str | None, Query(max_length=64, description=_WHEN + ", exclusive", json_schema_extra=_ISO)
+    ] = None,
     group_by: Annotated[Literal["key", "model", "route", "day"] | None, Query()] = None,
 ) -> dict[str, Any]:
     """Summed usage (admin keys only): requests, prompt, generated and judge tokens, candidates."""
@@ -183,10 +203,8 @@ async def usage(
     _admin_only(request, "usage")
     if state.usage is None:
         raise APIError(400, "this server records no usage (usage_db is null)", "usage_db")
-    for name, when in (("since", since), ("until", until)):
-        if when is not None and when.tzinfo is None:
-            raise APIError(400, "give a time zone (e.g. 2026-12-01T00:00:00Z)", name)
-    totals = await asyncio.to_thread(state.usage.totals, key, since, until, group_by)
+    start, end = _instant(since, "since"), _instant(until, "until")
+    totals = await asyncio.to_thread(state.usage.totals, key, start, end, group_by)
     return {"object": "usage", "group_by": group_by, "data": [asdict(t) for t in totals]}
 
 
