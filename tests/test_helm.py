@@ -7,6 +7,7 @@ the pods, keys only from Secrets, GPUs and tensor parallel that agree, settings 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -195,7 +196,7 @@ def test_the_settings_reach_the_server_as_it_parses_them(helm):
     assert s.host == "0.0.0.0" and s.gpu_memory_utilization == 0.85
 
 
-def test_tenants_keys_file_from_a_secret_redis_and_usage_urls_and_adapters_reach_the_server(helm):
+def test_tenants_keys_file_from_a_secret_redis_and_usage_urls_and_adapters_reach_the_server(helm, monkeypatch):
     """The tenants example: the keys file in a Secret mounted where IAMA_KEYS_FILE points (and
     loadable by the server's own reader), Redis and the usage store from Secrets, adapters as a
     setting the server parses; no key's plaintext anywhere, only SHA-256s."""
@@ -217,9 +218,12 @@ def test_tenants_keys_file_from_a_secret_redis_and_usage_urls_and_adapters_reach
     )
     assert env["IAMA_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "iama-redis", "key": "url"}
     assert env["IAMA_USAGE_DB"]["valueFrom"]["secretKeyRef"] == {"name": "iama-usage", "key": "url"}
-    plain = {e["name"].removeprefix("IAMA_").lower(): e["value"] for e in container["env"] if "value" in e}
-    plain = {k: v for k, v in plain.items() if k in ServerSettings.model_fields}
-    s = ServerSettings.model_validate(plain)
+    for name in [n for n in os.environ if n.startswith("IAMA_")]:
+        monkeypatch.delenv(name)
+    for e in container["env"]:  # as the pod's process sees them: IAMA_ADAPTERS is JSON
+        if "value" in e and e["name"].removeprefix("IAMA_").lower() in ServerSettings.model_fields:
+            monkeypatch.setenv(e["name"], e["value"])
+    s = ServerSettings()
     assert s.adapters == {"length-short": "/models/length-short/model", "tone-warm": "/models/tone-warm/model"}
     assert str(s.keys_file) == "/etc/iama/keys/keys.yaml"
     default = {e["name"]: e for e in by_kind(render(helm, None))["Deployment"][0]["spec"]["template"]["spec"]
