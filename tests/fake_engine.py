@@ -187,8 +187,9 @@ class FakeEngine:
         self.started = False
         self.release()
 
-    async def generate(self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str) -> GenerationResult:
-        self.calls.append((prompt_ids, sampling, n, request_id))
+    async def _admitted(self, request_id: str) -> None:
+        """Wait while held (recorded as running; an abort if cancelled), then fail as vLLM does
+        if the engine died meanwhile."""
         self.running.add(request_id)
         try:
             await self._open.wait()
@@ -199,6 +200,10 @@ class FakeEngine:
             self.running.discard(request_id)
         if not self.started:
             raise RuntimeError("EngineDeadError: engine core process died")
+
+    async def generate(self, prompt_ids: list[int], sampling: Sampling, n: int, request_id: str) -> GenerationResult:
+        self.calls.append((prompt_ids, sampling, n, request_id))
+        await self._admitted(request_id)
         candidates = self._candidates(sampling)
         shift = (sampling.seed or 0) % len(candidates)
         out = []
@@ -220,16 +225,7 @@ class FakeEngine:
     ) -> list[dict[int, float]]:
         """A judge that rates 9 an answer sharing a word with the rubric, 0 one that shares none
         (the other digits at log-prob -30), read after :meth:`hold` like a generation."""
-        self.running.add(request_id)
-        try:
-            await self._open.wait()
-        except asyncio.CancelledError:
-            self.aborted.append(request_id)
-            raise
-        finally:
-            self.running.discard(request_id)
-        if not self.started:
-            raise RuntimeError("EngineDeadError: engine core process died")
+        await self._admitted(request_id)
         self.judged += prompts
         self.judged_with.append(adapter)
         out = []

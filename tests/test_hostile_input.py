@@ -166,3 +166,14 @@ async def test_penalties_reach_the_engine():
         assert sampling.stop_token_ids == [7, 9] and sampling.include_stop_str_in_output  # vLLM's too
         r = await s.client.post("/v1/chat/completions", json={**CHAT, "stop_token_ids": [-1]})
         assert r.status_code == 400 and r.json()["error"]["param"].startswith("stop_token_ids")
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [({"until": "0.5"}, "until"), ({"since": "2026-12-01T00:00:00"}, "since"), ({"key": "k" * 65}, "key"),
+     ({"group_by": "user"}, "group_by"), ({"since": "x" * 100}, "since")],
+)  # fmt: skip
+async def test_usage_queries_are_bounded_and_named(query, param):
+    async with serve() as s:
+        r = await s.client.get("/v1/usage", params=query)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

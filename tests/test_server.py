@@ -404,3 +404,20 @@ def test_a_remote_judge_reads_the_top_logprobs_of_an_openai_compatible_server(ti
         expect.append(rating_of_alternatives([(tok.decode([int(i)]), float(v)) for v, i in zip(*top, strict=True)]))
     assert list(got) == pytest.approx(expect, abs=1e-4)
     assert "api_key" not in judge.params
+
+
+def test_usage_is_recorded_and_summed_on_the_real_engine(tiny_server):
+    """Every answered request leaves a usage row (the server's SQLite file): an admin key's
+    /v1/usage sums them, and the per-key counters count them, by the key's name only."""
+    before = httpx.get(f"{tiny_server.url}/v1/usage", params={"group_by": "route"}, headers=AUTH).json()
+    body = {"prompt": "Hi", "reward_weights": {"short": 1.0}, "budget": 2, "max_tokens": 8, "seed": 1}
+    d = post(tiny_server, "/v1/align", body).json()
+    after = httpx.get(f"{tiny_server.url}/v1/usage", params={"group_by": "route"}, headers=AUTH).json()
+
+    def align_row(report: dict) -> dict:
+        return next((t for t in report["data"] if t["group"] == "/v1/align"), {"requests": 0, "generated_tokens": 0})
+
+    grew = {k: align_row(after)[k] - align_row(before)[k] for k in ("requests", "generated_tokens")}
+    assert grew == {"requests": 1, "generated_tokens": d["usage"]["completion_tokens"]}
+    text = httpx.get(f"{tiny_server.url}/metrics").text
+    assert 'iama_key_requests_total{key="key-2",status="200"}' in text and API_KEY not in text

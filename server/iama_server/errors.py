@@ -122,7 +122,7 @@ _TYPE_TAG = re.compile(
 
 
 def _loc_to_param(loc: tuple[object, ...]) -> str | None:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in (loc[1:] if loc[:1] in (("body",), ("query",), ("path",)) else loc)]
     return ".".join(p for p in parts if not _TYPE_TAG.search(p)) or None
 
 
