@@ -1,6 +1,6 @@
 """Best-of-N with one reward in IAMA and in its peers, on the same model and vLLM engine settings.
 
-    .venv/bin/python benchmarks/peers.py --venvs /work/peers-venvs      # writes benchmarks/results/peers/
+    .venv/bin/python benchmarks/peers.py --venvs DIR   # peers' venvs (default runs/peers) -> results/peers/
 
 One reward, the project's ``sentiment`` (VADER compound, ``iama.rewards.create_reward``), picks
 the best of N candidates in every arm:
@@ -483,6 +483,13 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def portable_command(args: argparse.Namespace) -> str:
+    """The command as committed beside its results: paths of this machine (the checkout, the
+    peers' venvs) left out, so the raw file names no one's disk."""
+    words = [w.replace(str(ROOT) + "/", "") for w in sys.argv]
+    return " ".join(w.replace(str(args.venvs), "VENVS") for w in words)
+
+
 # --- resumable JSON ------------------------------------------------------------------------------
 
 # config fields that must match for a resume: a result measured under other values would not belong
@@ -702,11 +709,13 @@ def main() -> None:
     prompts = read_prompts(args.prompts, args.limit)
     defaults = ServerSettings()
     config: dict[str, Any] = {
-        "command": " ".join(sys.argv),
+        "command": portable_command(args),
         "model": args.model,
         "dtype": choose_dtype().dtype,
         "max_model_len": MAX_MODEL_LEN,
-        "prompts": str(args.prompts),
+        "prompts": str(Path(args.prompts).resolve().relative_to(ROOT))
+        if Path(args.prompts).resolve().is_relative_to(ROOT)
+        else Path(args.prompts).name,
         "prompts_used": len(prompts),
         "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
         "repeats": args.repeats,
@@ -771,7 +780,7 @@ def main() -> None:
         {
             "session": len(sessions) + 1,
             "started_utc": utc_now(),
-            "command": " ".join(sys.argv),
+            "command": portable_command(args),
             "versions": now_versions,
             "results_before": len(result["runs"]),
             "results": 0,
