@@ -15,7 +15,8 @@ read in one step. Every token that decodes to a digit, with or without a leading
 digits, so the mass the judge puts elsewhere does not lower the score.
 
 The prompt puts the rubric and the question first and the answer last, so the N answers of
-one request share their prompt up to the answer (vLLM's prefix caching computes it once).
+one request share their prompt up to the answer: a prefix cache can reuse it across rounds
+(within one round of reads vLLM computes it for each: ``benchmarks/results/judge``).
 """
 
 from __future__ import annotations

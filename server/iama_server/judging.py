@@ -4,8 +4,10 @@ A request's ``rubrics`` (and the config's ``judge`` rewards that name no model o
 scored here, not by the scorer's thread: the judge is the model vLLM already holds, so its
 ratings cost one engine round for all of a request's answers and rubrics together
 (:meth:`GenerationEngine.next_token_logprobs`: one step each, submitted at once, batched by
-vLLM's scheduler). The rubric and the question open every judge prompt and the answer closes
-it, so vLLM's prefix caching computes the shared part once. The rating is the expectation over
+vLLM's scheduler, measured at 2 engine steps for 8 reads). The rubric and the question open
+every judge prompt and the answer closes it, so the shared part is a cacheable prefix; within
+one round vLLM does not reuse it (reads scheduled together share no block still being computed:
+0 prefix-cache hits measured), so each read computes it. The rating is the expectation over
 the digit tokens' exact log-probs (:mod:`iama.judging`).
 """
 
