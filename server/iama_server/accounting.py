@@ -50,6 +50,15 @@ class Tally:
     queue_s: float = 0.0
     streaming: bool = False  # a live stream records when its body ends, not when the route returns
 
+    def spent_tokens(self) -> int | None:
+        """What the request used of the engine once known (None: nothing known yet): its
+        outcomes' tokens, or a live stream's prompt and the tokens it generated."""
+        if self.outcomes:
+            return sum(o.spent_tokens for o in self.outcomes)
+        if self.generated_tokens is not None:
+            return sum(len(c.prompt_ids) for c in self.calls) + self.generated_tokens
+        return None
+
 
 class Accounting:
     def __init__(self, store: UsageStore | None, metrics: Metrics) -> None:

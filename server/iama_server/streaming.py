@@ -105,11 +105,9 @@ class _AdmittedStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             tally = self.end.tally
-            if tally.outcomes or tally.generated_tokens is not None:
-                prompt = sum(len(c.prompt_ids) for c in tally.calls)
-                self.held.spent_tokens = sum(o.spent_tokens for o in tally.outcomes) or prompt + (
-                    tally.generated_tokens or 0
-                )
+            spent = tally.spent_tokens()
+            if spent is not None:  # else the key stays charged the admission cost
+                self.held.spent_tokens = spent
             await self.slot.aclose()
             await self.end.accounting.finish(tally, self.end.status)
 
