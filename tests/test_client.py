@@ -50,6 +50,8 @@ def test_sync_happy_paths(client):
     assert r.scores["sentiment"].raw == r.candidates[r.chosen_index].scores["sentiment"].raw
     chat = client.chat([{"role": "user", "content": "hi"}], reward_weights={"short": 1.0}, best_of=2, max_tokens=6)
     assert chat.choices[0].alignment.budget == 2 and isinstance(chat.text, str)
+    by_route = {t.group: t for t in client.usage(group_by="route").data}  # this key is an admin
+    assert by_route["/v1/align"].requests >= 1 and by_route["/v1/chat/completions"].candidates >= 2
 
 
 def test_logprobs_and_response_format_through_the_sdk(client):

@@ -102,12 +102,14 @@ async def metrics(request: Request) -> Response:
 
 @v1.get("/models", response_model=ModelList)
 async def models(request: Request) -> dict[str, Any]:
-    """The base, then every adapter served on it (``parent``: the base's id)."""
-    served = server_state(request).models
-    return {"object": "list", "data": [model_card(m, served.base.name) for m in [served.base, *served.adapters]]}
+    """The base, then every adapter served on it (``parent``: the base's id), as far as the
+    caller's key may call them: a tenant does not learn another tenant's adapter names."""
+    served, key = server_state(request).models, request.state.key
+    listed = [m for m in [served.base, *served.adapters] if key.allows(m.name)]
+    return {"object": "list", "data": [model_card(m, served.base.name) for m in listed]}
 
 
-@v1.get("/rewards", response_model=RewardsList, responses=_errors(400))
+@v1.get("/rewards", response_model=RewardsList, responses=_errors(400, 403, 404))
 async def rewards(
     request: Request,
     model: Annotated[
@@ -115,7 +117,10 @@ async def rewards(
     ] = None,
 ) -> dict[str, Any]:
     """What can be weighted for ``model`` (an adapter's come from its iama.json)."""
-    state = server_state(request)
+    state, key = server_state(request), request.state.key
+    asked = model or state.models.default
+    if not key.allows(asked):  # the rewards an adapter was aligned for are its owner's to see
+        raise APIError(403, f"key {key.name!r} may not call model {asked!r}", "model", ErrorCode.MODEL_NOT_ALLOWED)
     served = state.models.get(model)
     limits = {"max_budget": state.settings.max_budget, "max_tokens": state.settings.max_tokens}
     weights = state.calls.default_weights(served)

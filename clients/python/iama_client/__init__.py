@@ -19,6 +19,7 @@ from iama_client.errors import (
     ServiceUnavailableError,
 )
 from iama_client.models import (
+    AdapterDeleted,
     AlignParams,
     AlignResponse,
     Candidate,
@@ -28,10 +29,13 @@ from iama_client.models import (
     EarlyRejection,
     EarlyRejectionReport,
     Health,
+    ModelInfo,
     ModelList,
     RewardScore,
     RewardsList,
     Usage,
+    UsageReport,
+    UsageTotals,
 )
 
 __version__ = "0.1.0"
@@ -41,6 +45,7 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AdapterDeleted",
     "AlignParams",
     "AlignResponse",
     "AsyncClient",
@@ -56,6 +61,7 @@ __all__ = [
     "Health",
     "IAMAError",
     "InternalServerError",
+    "ModelInfo",
     "ModelList",
     "NotFoundError",
     "PermissionDeniedError",
@@ -66,4 +72,6 @@ __all__ = [
     "ServerTimeoutError",
     "ServiceUnavailableError",
     "Usage",
+    "UsageReport",
+    "UsageTotals",
 ]

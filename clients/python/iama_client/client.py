@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from iama_client import calls
 from iama_client.calls import Call, R
 from iama_client.errors import APIConnectionError, APIError, APITimeoutError
 from iama_client.models import (
+    AdapterDeleted,
     AlignParams,
     AlignResponse,
     ChatCompletion,
@@ -26,8 +28,11 @@ from iama_client.models import (
     ChatParams,
     Health,
     MessagesLike,
+    ModelInfo,
     ModelList,
     RewardsList,
+    UsageGroup,
+    UsageReport,
 )
 from iama_client.transport import (
     DONE,
@@ -80,7 +85,12 @@ class Client:
         for attempt in range(self.config.max_retries + 1):
             try:
                 resp = self._http.request(
-                    call.method, url, json=call.body, headers=self.config.headers(), timeout=self._timeout(timeout)
+                    call.method,
+                    url,
+                    json=call.body,
+                    params=call.params,
+                    headers=self.config.headers(),
+                    timeout=self._timeout(timeout),
                 )
                 raise_for_status(resp)
                 return call.response.model_validate(resp.json())
@@ -125,11 +135,33 @@ class Client:
         for event in self._events(calls.chat(messages, params, stream=True), timeout):
             yield ChatCompletionChunk.model_validate(event)
 
-    def rewards(self, *, timeout: Timeout | None = None) -> RewardsList:
-        return self._send(calls.REWARDS, timeout)
+    def rewards(self, model: str | None = None, *, timeout: Timeout | None = None) -> RewardsList:
+        """What can be weighted for ``model`` (an adapter's own rewards); None: the default model."""
+        return self._send(calls.rewards(model), timeout)
 
     def models(self, *, timeout: Timeout | None = None) -> ModelList:
+        """The models this key may call: the base, then the adapters served on it."""
         return self._send(calls.MODELS, timeout)
+
+    def load_adapter(self, name: str, path: str, *, timeout: Timeout | None = None) -> ModelInfo:
+        """Serve an IAMA adapter (a directory on the server) as model ``name`` from now on (admin keys)."""
+        return self._send(calls.load_adapter(name, path), timeout)
+
+    def unload_adapter(self, name: str, *, timeout: Timeout | None = None) -> AdapterDeleted:
+        """Stop routing requests to adapter ``name`` (admin keys); running requests finish."""
+        return self._send(calls.unload_adapter(name), timeout)
+
+    def usage(
+        self,
+        *,
+        key: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        group_by: UsageGroup | None = None,
+        timeout: Timeout | None = None,
+    ) -> UsageReport:
+        """Summed usage rows (admin keys): ``since`` inclusive, ``until`` exclusive, both with a zone."""
+        return self._send(calls.usage(key, since, until, group_by), timeout)
 
     def health(self, *, timeout: Timeout | None = None) -> Health:
         """Never raises for 503: a starting server is a normal answer here."""
@@ -189,7 +221,12 @@ class AsyncClient:
         for attempt in range(self.config.max_retries + 1):
             try:
                 resp = await self._http.request(
-                    call.method, url, json=call.body, headers=self.config.headers(), timeout=self._timeout(timeout)
+                    call.method,
+                    url,
+                    json=call.body,
+                    params=call.params,
+                    headers=self.config.headers(),
+                    timeout=self._timeout(timeout),
                 )
                 raise_for_status(resp)
                 return call.response.model_validate(resp.json())
@@ -239,11 +276,33 @@ class AsyncClient:
         async for event in self._events(calls.chat(messages, params, stream=True), timeout):
             yield ChatCompletionChunk.model_validate(event)
 
-    async def rewards(self, *, timeout: Timeout | None = None) -> RewardsList:
-        return await self._send(calls.REWARDS, timeout)
+    async def rewards(self, model: str | None = None, *, timeout: Timeout | None = None) -> RewardsList:
+        """What can be weighted for ``model`` (an adapter's own rewards); None: the default model."""
+        return await self._send(calls.rewards(model), timeout)
 
     async def models(self, *, timeout: Timeout | None = None) -> ModelList:
+        """The models this key may call: the base, then the adapters served on it."""
         return await self._send(calls.MODELS, timeout)
+
+    async def load_adapter(self, name: str, path: str, *, timeout: Timeout | None = None) -> ModelInfo:
+        """Serve an IAMA adapter (a directory on the server) as model ``name`` from now on (admin keys)."""
+        return await self._send(calls.load_adapter(name, path), timeout)
+
+    async def unload_adapter(self, name: str, *, timeout: Timeout | None = None) -> AdapterDeleted:
+        """Stop routing requests to adapter ``name`` (admin keys); running requests finish."""
+        return await self._send(calls.unload_adapter(name), timeout)
+
+    async def usage(
+        self,
+        *,
+        key: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        group_by: UsageGroup | None = None,
+        timeout: Timeout | None = None,
+    ) -> UsageReport:
+        """Summed usage rows (admin keys): ``since`` inclusive, ``until`` exclusive, both with a zone."""
+        return await self._send(calls.usage(key, since, until, group_by), timeout)
 
     async def health(self, *, timeout: Timeout | None = None) -> Health:
         url = self.config.url("/health")

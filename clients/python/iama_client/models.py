@@ -129,10 +129,40 @@ class ModelInfo(_Model):
     id: str
     object: str = "model"
     owned_by: str | None = None
+    root: str | None = None  # the base's path or hub id, or the adapter's directory
+    parent: str | None = None  # an adapter's base (its id); None for the base
 
 
 class ModelList(_Model):
     data: list[ModelInfo]
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.data]
+
+
+class AdapterDeleted(_Model):
+    id: str
+    object: str = "model"
+    deleted: bool
+
+
+UsageGroup = Literal["key", "model", "route", "day"]
+
+
+class UsageTotals(_Model):
+    group: str | None = None  # the key, model, route or UTC day (YYYY-MM-DD); None without group_by
+    requests: int
+    prompt_tokens: int
+    generated_tokens: int  # every candidate's tokens, the discarded ones too
+    judge_tokens: int
+    candidates: int  # candidates started
+
+
+class UsageReport(_Model):
+    object: str = "usage"
+    group_by: UsageGroup | None = None
+    data: list[UsageTotals]
 
 
 class Health(_Model):
@@ -297,6 +327,7 @@ class _Search(TypedDict, total=False):
 class AlignParams(_Sampling, _Search, total=False):
     """Keyword arguments of ``align`` (besides ``prompt``); see the server's ``/v1/align``."""
 
+    model: str  # the base or an adapter served on it (``models()``); omitted: the server's default
     messages: MessagesLike
     reward_weights: dict[str, float]
     budget: int | Literal["auto"]
