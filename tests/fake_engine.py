@@ -94,6 +94,7 @@ class FakeEngine:
         self.calls: list[tuple[list[int], Sampling, int, str]] = []
         self.running: set[str] = set()
         self.aborted: list[str] = []
+        self.streamed_tokens = 0  # every token ``stream`` has yielded, over all its calls
         self._open = asyncio.Event()
         self._open.set()
         self.token_limit: int | None = None  # streams pause before exceeding it (see limit_tokens)
@@ -255,6 +256,7 @@ class FakeEngine:
                 last = i == len(words) - 1
                 lps = () if sampling.logprobs is None else _scored([piece], sampling.logprobs)
                 prompt_lps = self._prompt_logprobs(prompt_ids, sampling) if i == 0 else None
+                self.streamed_tokens += 1
                 yield Delta(piece, i + 1, "stop" if last else None, len(prompt_ids), lps, prompt_lps)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)

@@ -204,7 +204,11 @@ async def _searched(
     """Early rejection, the sole survivor's text streamed as it is generated."""
     base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=created)
     pieces: asyncio.Queue[str] = asyncio.Queue()
-    task = asyncio.ensure_future(service.run(call, sink=pieces.put_nowait))
+
+    def spent(tokens: int) -> None:  # so far, every candidate: a stream left mid-search is charged them
+        tally.generated_tokens = (tally.generated_tokens or 0) + tokens
+
+    task = asyncio.ensure_future(service.run(call, sink=pieces.put_nowait, spent=spent))
     try:
         if fmt.chat:
             yield stream_chunk(base, chat=True, text="", role=True)
