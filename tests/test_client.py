@@ -8,6 +8,7 @@ import concurrent.futures
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ def client(tiny_server):
 
 
 def test_sync_happy_paths(client):
+    since = datetime.now(UTC)  # the server is shared: count only the requests this test makes
     assert client.health().ready
     assert client.models().data[0].id
     rewards = client.rewards()
@@ -50,8 +52,9 @@ def test_sync_happy_paths(client):
     assert r.scores["sentiment"].raw == r.candidates[r.chosen_index].scores["sentiment"].raw
     chat = client.chat([{"role": "user", "content": "hi"}], reward_weights={"short": 1.0}, best_of=2, max_tokens=6)
     assert chat.choices[0].alignment.budget == 2 and isinstance(chat.text, str)
-    by_route = {t.group: t for t in client.usage(group_by="route").data}  # this key is an admin
-    assert by_route["/v1/align"].requests >= 1 and by_route["/v1/chat/completions"].candidates >= 2
+    by_route = {t.group: t for t in client.usage(since=since, group_by="route").data}  # this key is an admin
+    assert (by_route["/v1/align"].requests, by_route["/v1/align"].candidates) == (1, 3)
+    assert (by_route["/v1/chat/completions"].requests, by_route["/v1/chat/completions"].candidates) == (1, 2)
 
 
 def test_logprobs_and_response_format_through_the_sdk(client):

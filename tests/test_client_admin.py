@@ -1,46 +1,40 @@
 """The client SDK's model and operator calls against the real app in-process (``FakeEngine``):
 ``models()`` and ``rewards(model)`` as a key sees them, ``load_adapter`` / ``unload_adapter`` and
 ``usage(...)`` for admin keys, and the typed errors the others get. The async client talks to the
-app over ``httpx.ASGITransport``; the sync one shares every call definition (``calls.py``) and is
-exercised against vLLM in test_client.py."""
+app over ``httpx.ASGITransport`` (it has no sync twin); that the sync client sends the same
+requests is test_client_transport.py's, and its ``usage()`` runs against vLLM in test_client.py."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from in_process import API_KEY, serve
-from test_adapters import USER_KEY, WARM_REWARDS, adapter_dir
+from in_process import API_KEY, InProcess, serve
+from test_adapters import USER_KEY, WARM_REWARDS, adapter_dir, keys_file
 
 from iama_client import AsyncClient, NotFoundError, PermissionDeniedError
-from iama_server.keys import hash_key
 
 pytestmark = pytest.mark.inprocess
 
 
-def _keys_file(tmp_path: Path) -> Path:
-    entries = [
-        {"name": "ops", "sha256": hash_key(API_KEY), "admin": True},
-        {"name": "user", "sha256": hash_key(USER_KEY), "models": ["warm"]},
-    ]
-    path = tmp_path / "keys.yaml"
-    path.write_text(yaml.safe_dump({"keys": entries}))
-    return path
-
-
-def _client(s, key: str) -> AsyncClient:
-    """The SDK over the app's ASGI transport (closed with the server's lifespan's event loop)."""
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=s.app))
-    return AsyncClient(base_url="http://iama", api_key=key, max_retries=0, http_client=http)
+@asynccontextmanager
+async def sdk(s: InProcess, key: str) -> AsyncIterator[AsyncClient]:
+    """The SDK over the app's ASGI transport."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=s.app)) as http:
+        yield AsyncClient(base_url="http://iama", api_key=key, max_retries=0, http_client=http)
 
 
 async def test_an_admin_loads_an_adapter_reads_usage_and_unloads_it_through_the_sdk(tmp_path: Path):
     warm = adapter_dir(tmp_path / "warm")
-    async with serve(enable_lora=True, api_keys=[], keys_file=_keys_file(tmp_path)) as s:
-        ops, user = _client(s, API_KEY), _client(s, USER_KEY)
+    async with (
+        serve(enable_lora=True, api_keys=[], keys_file=keys_file(tmp_path)) as s,
+        sdk(s, API_KEY) as ops,
+        sdk(s, USER_KEY) as user,
+    ):
         assert (await ops.models()).ids == ["fake"]
 
         card = await ops.load_adapter("warm", str(warm))
@@ -74,17 +68,13 @@ async def test_an_admin_loads_an_adapter_reads_usage_and_unloads_it_through_the_
         with pytest.raises(NotFoundError) as missing:
             await ops.unload_adapter("warm")
         assert missing.value.param == "name"
-        for c in (ops, user):
-            await c.close()
 
 
 async def test_usage_refuses_a_time_without_a_zone_before_sending_it():
-    async with serve() as s:
-        ops = _client(s, API_KEY)
+    async with serve() as s, sdk(s, API_KEY) as ops:
         with pytest.raises(TypeError, match=r"'since'.*time zone"):
             await ops.usage(since=datetime(2026, 12, 1))
         await ops.align(prompt="Hi", reward_weights={"sentiment": 1.0}, budget=2, max_tokens=4)
         (before_2000,) = (await ops.usage(until="2000-01-01T00:00:00+00:00")).data
         (since_2000,) = (await ops.usage(since="2000-01-01T00:00:00Z")).data
         assert (before_2000.group, before_2000.requests, since_2000.requests) == (None, 0, 1)
-        await ops.close()

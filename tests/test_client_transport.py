@@ -199,3 +199,48 @@ def test_a_stream_refused_is_retried_but_an_error_mid_stream_is_raised_not_retri
         for chunk in client(transport, max_retries=3).chat_stream([{"role": "user", "content": "hi"}]):
             got.append(chunk.text)
     assert got == ["a"] and err.value.code == "timeout" and len(seen) == 2
+
+
+def test_operator_calls_send_the_same_requests_from_both_clients():
+    """Method, path (an adapter name quoted whole), query (None left out) and body of the
+    operator calls, from the sync and the async client alike (one definition in ``calls.py``)."""
+    usage = {"object": "usage", "group_by": "day", "data": []}
+    card = {"id": "a/b", "object": "model", "created": 0, "owned_by": "iama", "root": "/m", "parent": "base"}
+
+    def answers() -> list[httpx.Response]:
+        deleted = {"id": "a/b", "object": "model", "deleted": True}
+        return [httpx.Response(200, json=usage), httpx.Response(200, json=card), httpx.Response(200, json=deleted)]
+
+    def calls(c):
+        return [
+            lambda: c.usage(key="acme", since="2026-12-01T00:00:00+01:00", group_by="day"),
+            lambda: c.load_adapter("a/b", "/m"),
+            lambda: c.unload_adapter("a/b"),
+        ]
+
+    def shape(seen: list[httpx.Request]) -> list[tuple[str, str, dict[str, str], bytes]]:
+        return [(r.method, r.url.raw_path.decode().split("?")[0], dict(r.url.params), r.content) for r in seen]
+
+    seen_sync, transport = scripted(*answers())
+    with client(transport) as c:
+        results = [call() for call in calls(c)]
+    assert results[0].group_by == "day" and results[1].parent == "base" and results[2].deleted
+
+    seen_async, atransport = scripted(*answers())
+
+    async def run() -> None:
+        http = httpx.AsyncClient(transport=atransport)
+        async with http, AsyncClient(base_url="http://iama", api_key="k", http_client=http) as c:
+            for call in calls(c):
+                await call()
+
+    asyncio.run(run())
+    assert (
+        shape(seen_sync)
+        == shape(seen_async)
+        == [
+            ("GET", "/v1/usage", {"key": "acme", "since": "2026-12-01T00:00:00+01:00", "group_by": "day"}, b""),
+            ("POST", "/v1/adapters", {}, b'{"name":"a/b","path":"/m"}'),
+            ("DELETE", "/v1/adapters/a%2Fb", {}, b""),
+        ]
+    )

@@ -258,6 +258,8 @@ async def test_a_sole_survivor_streams_as_it_is_generated():
         events, text = streamed()
         assert call.status() == 200 and call.body().endswith(b"data: [DONE]\n\n")
         assert events[-1]["usage"]["completion_tokens"] > 0
+        (recorded,) = s.state.usage.totals(None, None, None, None)  # the outcome's count, not the stream's tally
+        assert (recorded.requests, recorded.generated_tokens) == (1, events[-1]["usage"]["completion_tokens"])
         assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
         unstreamed = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         same = (await s.client.post("/v1/chat/completions", json=unstreamed)).json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,13 @@ def test_sdk_models_mirror_the_server():
     names = ("AlignResponse", "Candidate", "RewardScore", "Usage", "Timings", "AlignmentInfo", "EarlyRejectionReport")
     for name in (*names, "CheckpointReport"):
         assert set(getattr(sdk, name).model_fields) == set(getattr(srv, name).model_fields), name
-    assert set(AlignParams.__annotations__) | {"prompt", "model"} == set(srv.AlignRequest.model_fields)
+    for name in ("UsageTotals", "UsageReport", "AdapterDeleted"):
+        assert set(getattr(sdk, name).model_fields) == set(getattr(srv, name).model_fields), name
+    # ModelInfo leaves out `created` (a number no caller reads) and keeps unknown fields anyway
+    assert set(sdk.ModelInfo.model_fields) | {"created"} == set(srv.ModelCardInfo.model_fields)
+    group_by, _none = typing.get_args(srv.UsageReport.model_fields["group_by"].annotation)
+    assert typing.get_args(sdk.UsageGroup) == typing.get_args(group_by)
+    assert set(AlignParams.__annotations__) | {"prompt"} == set(srv.AlignRequest.model_fields)
     assert set(sdk.EarlyRejection.__annotations__) == set(srv.EarlyRejection.model_fields)
     from iama_server.schemas import UNSUPPORTED
 

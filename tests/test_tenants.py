@@ -35,8 +35,8 @@ from servers import ServerProc, free_port, spawn_until_healthy
 from sqlalchemy import select
 
 from iama_server.admission import request_cost
-from iama_server.keys import hash_key
-from iama_server.limits import DAY_S, LocalLimiter
+from iama_server.keys import Limits, hash_key
+from iama_server.limits import DAY_S, LimitExceeded, LocalLimiter
 from iama_server.usage import UsageStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -388,20 +388,24 @@ async def test_a_stream_its_client_leaves_is_recorded_with_the_tokens_it_was_sen
 @pytest.mark.inprocess
 async def test_an_early_rejection_stream_left_mid_search_is_recorded_with_every_candidates_tokens(keys_file: Path):
     """The search had not ended (no outcome): the row still has what the candidates generated,
-    and the key is refunded to it rather than charged the admission cost."""
+    and the key is refunded to that rather than charged the admission cost."""
     er = {"checkpoints": [4], "keep": 0.5}
     body = {**CHAT, "best_of": 4, "stream": True, "early_rejection": er}
     async with serve(keys_file=keys_file) as s:
+        freeze_limits(s)
         s.engine.limit_tokens(2)  # every candidate pauses at 2 tokens: the checkpoint at 4 is never reached
-        call = raw_post(s.app, "/v1/chat/completions", body, headers=as_key("acme", **{"x-request-id": "left-er"}))
+        call = raw_post(s.app, "/v1/chat/completions", body, headers=as_key("metered", **{"x-request-id": "left-er"}))
         await until(lambda: s.engine.streamed_tokens == 8, "every candidate at its 2 tokens")
         call.gone.set()
         await call.task
         s.engine.limit_tokens(None)
         prompt_ids = s.engine.calls[0][0]
         (row,) = usage_rows(s.state.usage)
+        with pytest.raises(LimitExceeded) as charged:  # a probe asking for the whole minute: refused, saying
+            await s.state.limiter.acquire("metered", Limits(tokens_per_minute=100), 100)
     assert (row["request_id"], row["status"], row["outcome"]) == ("left-er", 499, "cancelled")
     assert (row["prompt_tokens"], row["generated_tokens"]) == (len(prompt_ids), 8)
+    assert charged.value.used == len(prompt_ids) + 8 < request_cost(len(prompt_ids), 4, CHAT["max_tokens"])
 
 
 # --- secrets ------------------------------------------------------------------------------------

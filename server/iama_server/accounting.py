@@ -119,10 +119,11 @@ class Accounting:
         queue_s: float = 0.0,
     ) -> None:
         """Count and store one request's usage. ``calls`` and ``outcomes`` are what is known of
-        it (none for a request refused before its calls were built); a stream passes the tokens
-        it generated as ``generated_tokens``."""
+        it (none for a request refused before its calls were built); a live stream passes the
+        tokens it generated so far as ``generated_tokens``, used only where no outcome says more
+        (a search streamed to its end has both: its outcome counts, as ``Tally.spent_tokens``)."""
         first = calls[0] if calls else None
-        generated = generated_tokens if generated_tokens is not None else sum(o.completion_tokens for o in outcomes)
+        generated = sum(o.completion_tokens for o in outcomes) if outcomes else (generated_tokens or 0)
         prompt = sum(o.generation.prompt_tokens for o in outcomes) or sum(len(c.prompt_ids) for c in calls)
         judge = sum(o.judge_tokens for o in outcomes)
         row = UsageRow(

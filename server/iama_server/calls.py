@@ -368,13 +368,18 @@ class CallBuilder:
                     budget_field,
                 )
 
-    def _check_ready_and_model(self, name: str | None, key: KeyPolicy) -> ServedModel:
-        """The model the request names (the base, or an adapter by its name), once its key may
-        call it (a key's ``models`` lists base and adapter names alike) and the server is ready."""
+    def served_model(self, name: str | None, key: KeyPolicy) -> ServedModel:
+        """The model ``name`` picks (the base, or an adapter by its name; None: the default), once
+        ``key`` may call it (a key's ``models`` lists base and adapter names alike): a 403 first,
+        so a key restricted to its own models learns nothing of the others, then a 404."""
         asked = name or self.models.default
         if not key.allows(asked):
             raise APIError(403, f"key {key.name!r} may not call model {asked!r}", "model", ErrorCode.MODEL_NOT_ALLOWED)
-        model = self.models.get(name)
+        return self.models.get(name)
+
+    def _check_ready_and_model(self, name: str | None, key: KeyPolicy) -> ServedModel:
+        """The model the request names (:meth:`served_model`), once the server is ready."""
+        model = self.served_model(name, key)
         if not self.lifecycle.ready:  # starting (no tokenizer yet, rewards cold) or failed
             message = f"server is {self.lifecycle.phase.value}" + (
                 f": {self.lifecycle.detail}" if self.lifecycle.detail else ""

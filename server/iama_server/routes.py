@@ -105,7 +105,8 @@ async def models(request: Request) -> dict[str, Any]:
     """The base, then every adapter served on it (``parent``: the base's id), as far as the
     caller's key may call them: a tenant does not learn another tenant's adapter names."""
     served, key = server_state(request).models, request.state.key
-    listed = [m for m in [served.base, *served.adapters] if key.allows(m.name)]
+    base = any(key.allows(name) for name in (served.base.name, *served.aliases))  # a key may name an alias
+    listed = [served.base] * base + [m for m in served.adapters if key.allows(m.name)]
     return {"object": "list", "data": [model_card(m, served.base.name) for m in listed]}
 
 
@@ -117,11 +118,8 @@ async def rewards(
     ] = None,
 ) -> dict[str, Any]:
     """What can be weighted for ``model`` (an adapter's come from its iama.json)."""
-    state, key = server_state(request), request.state.key
-    asked = model or state.models.default
-    if not key.allows(asked):  # the rewards an adapter was aligned for are its owner's to see
-        raise APIError(403, f"key {key.name!r} may not call model {asked!r}", "model", ErrorCode.MODEL_NOT_ALLOWED)
-    served = state.models.get(model)
+    state = server_state(request)
+    served = state.calls.served_model(model, request.state.key)  # an adapter's rewards are its tenant's to see
     limits = {"max_budget": state.settings.max_budget, "max_tokens": state.settings.max_tokens}
     weights = state.calls.default_weights(served)
     return rewards_listing(served.rewards, served.card, weights, limits, state.lifecycle.ready_rewards)

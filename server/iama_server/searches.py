@@ -41,7 +41,7 @@ class Scored:
 
 ScoreTexts = Callable[[list[str]], Awaitable[Scored]]
 Sink = Callable[[str], None]  # receives the sole survivor's text, piece by piece
-Spent = Callable[[int], None]  # receives each new token's count as vLLM produces it (every candidate)
+OnTokens = Callable[[int], None]  # receives each new token count as vLLM produces it (every candidate)
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ async def early_rejection(
     request_id: str,
     score: ScoreTexts | None,
     sink: Sink | None = None,
-    spent: Spent | None = None,
+    on_tokens: OnTokens | None = None,
 ) -> EarlyRejectionRun:
     """Start ``plan.candidates`` candidates, pruning to the best ``plan.keep`` fraction of the
     running ones at every checkpoint. ``score`` is None when none of the request's rewards can
@@ -118,7 +118,7 @@ async def early_rejection(
     still running, that candidate *is* the answer; its text so far, then every new piece, goes
     to ``sink`` as vLLM produces it (a stream's first token no longer waits for the end).
 
-    ``spent``: the tokens each candidate adds, as they come, so a stream cut short before the
+    ``on_tokens``: the tokens each candidate adds, as they come, so a stream cut short before the
     search ends is still charged what it generated (``Tally.generated_tokens``)."""
     cands = [_Candidate(i) for i in range(plan.candidates)]
     progress = asyncio.Condition()
@@ -131,8 +131,8 @@ async def early_rejection(
                 c.text += d.text
                 if sink is not None and streaming and streaming[0] is c and d.text:
                     sink(d.text)
-                if spent is not None and d.tokens > c.tokens:
-                    spent(d.tokens - c.tokens)
+                if on_tokens is not None and d.tokens > c.tokens:
+                    on_tokens(d.tokens - c.tokens)
                 c.tokens = d.tokens
                 c.logprobs += d.logprobs
                 if d.prompt_logprobs is not None:

@@ -46,7 +46,7 @@ from iama_server.lifecycle import ENGINE_DIED, Lifecycle
 from iama_server.limits import Limiter, LimitExceeded, limit_error
 from iama_server.metrics import Metrics
 from iama_server.outcome import Outcome, Search
-from iama_server.searches import Scored, Sink, Spent, adaptive_budget, early_rejection
+from iama_server.searches import OnTokens, Scored, Sink, adaptive_budget, early_rejection
 from iama_server.settings import ServerSettings
 
 log = logging.getLogger("iama.server")
@@ -156,16 +156,16 @@ class AlignmentService:
             log.info("request %s: timed out; generation aborted", request_id)
 
     # ------------------------------------------------------------------ one call
-    async def run(self, call: AlignmentCall, sink: Sink | None = None, spent: Spent | None = None) -> Outcome:
+    async def run(self, call: AlignmentCall, sink: Sink | None = None, on_tokens: OnTokens | None = None) -> Outcome:
         """``sink`` (early rejection only) receives the answer's text as it is generated, once a
-        checkpoint has left one candidate, and ``spent`` every candidate's new tokens as they
+        checkpoint has left one candidate, and ``on_tokens`` every candidate's new tokens as they
         come (``searches.early_rejection``)."""
         self.metrics.budget.observe(call.budget)
         t0 = time.perf_counter()
         search, scored, spend = Search(), None, _Spend()
         with self._engine_errors():
             if call.mode == "early_rejection":
-                gen, search = await self._early_rejection(call, sink, spent)
+                gen, search = await self._early_rejection(call, sink, on_tokens)
             elif call.mode == "adaptive":
                 gen, search, scored = await self._adaptive(call, spend)
             else:
@@ -296,7 +296,7 @@ class AlignmentService:
         return Scored(raw, weighted_score(raw, call.weights, self._stats(call)))
 
     async def _early_rejection(
-        self, call: AlignmentCall, sink: Sink | None, spent: Spent | None
+        self, call: AlignmentCall, sink: Sink | None, on_tokens: OnTokens | None
     ) -> tuple[GenerationResult, Search]:
         assert call.early_rejection is not None and call.weights is not None
         weights = call.weights
@@ -315,7 +315,7 @@ class AlignmentService:
             call.engine_request_id(),
             score if judges else None,
             sink if call.n_returned == 1 else None,
-            spent,
+            on_tokens,
         )
         self.metrics.candidates_aborted.inc(len(run.rejected))
         self.metrics.tokens_saved.inc(sum(call.sampling.max_tokens - r.tokens for r in run.rejected.values()))

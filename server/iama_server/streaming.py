@@ -205,10 +205,10 @@ async def _searched(
     base = chunk_base(chat=fmt.chat, model=fmt.model, response_id=call.request_id, created=created)
     pieces: asyncio.Queue[str] = asyncio.Queue()
 
-    def spent(tokens: int) -> None:  # so far, every candidate: a stream left mid-search is charged them
+    def generated(tokens: int) -> None:  # every candidate's, so far: a stream ended mid-search is charged them
         tally.generated_tokens = (tally.generated_tokens or 0) + tokens
 
-    task = asyncio.ensure_future(service.run(call, sink=pieces.put_nowait, spent=spent))
+    task = asyncio.ensure_future(service.run(call, sink=pieces.put_nowait, on_tokens=generated))
     try:
         if fmt.chat:
             yield stream_chunk(base, chat=True, text="", role=True)
