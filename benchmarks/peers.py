@@ -36,12 +36,17 @@ The run is resumable. The JSON is rewritten (atomically: a temporary file, then 
 after every (arm, N, concurrency) result, and a later call with the same ``--out`` keeps those
 results and runs only the missing ones, in the same schedule, starting engines only for phases
 that still have work. It resumes by default when ``--out`` exists and was written with the same
-settings (prompts, repeats, N, concurrency, max_tokens, arms, model, dtype, ...); other settings
+settings (the machine's CPU, prompts, repeats, N, concurrency, max_tokens, arms, model, dtype,
+``--max-n`` caps, ...): latencies from two CPUs are never mixed in one file. Other settings
 are an error unless ``--fresh`` (start over; the old file is kept as ``<out>.bak``). ``--resume``
 insists on an existing JSON. Every result records its session (``sessions`` in the JSON: one
 entry per sitting, with its command, versions and time) and when it was measured (UTC); a result
 cut off by an interruption is lost and runs again. SIGTERM and SIGHUP stop the servers as SIGINT
 does; after SIGKILL they outlive the script (each runs in its own session).
+
+``--max-n ARM=N`` runs an arm only up to budget N (e.g. optillm's self-rating ``bon``, whose N
+sequential rating calls make it the slowest arm by far); ``--table`` prints the README's table
+from the JSON and ``--plot-only`` redraws the figure.
 """
 
 from __future__ import annotations
@@ -113,7 +118,9 @@ NOT_LIKE_FOR_LIKE = [
     "one HTTP request with n = N; its-hub N separate HTTP requests with n = 1, sent concurrently; "
     "optillm's stock bon adds N sequential rating calls of up to 256 tokens each",
     "engine: iama embeds vLLM's AsyncLLM in its server process; the peers use vLLM's OpenAI server "
-    "(same model, dtype, max_model_len, CPU KV cache, eager mode, chunked prefill off) in another process",
+    "(same model, dtype, max_model_len, CPU KV cache, eager mode, chunked prefill off) in another process; "
+    "iama serve runs its default scheduling_policy 'priority' (every request here at the same priority), "
+    "vllm serve its default 'fcfs'",
     "scoring: iama scores in its server (batched scoring thread), vllm_n in this process, its-hub in its "
     "driver, optillm in its proxy; all through iama.rewards' sentiment with the same vaderSentiment version",
     "ties: its-hub scores only distinct candidates and returns the first when all are identical; "
@@ -265,6 +272,7 @@ def iama_call(client, n: int, max_tokens: int, early_rejection: bool) -> Call:
             "finish_reason": d["finish_reason"],
             "usage": d["usage"],
             "early_rejection": d.get("early_rejection"),
+            "timings": d.get("timings"),  # the server's own split: queue, generation, scoring, total
         }
 
     return call
@@ -470,10 +478,13 @@ def plot(result: dict, path: Path) -> None:
     cfg = result["config"]
     done = result.get("progress")
     partial = f" (partial: {done['done']} of {done['total']} results)" if done and not done["complete"] else ""
+    machine = cfg.get("machine") or {}
+    where = f"{machine.get('cpu', 'unrecorded CPU')}, {cfg['dtype']}"
+    capped = "".join(f"; {a} at N <= {n} only" for a, n in (cfg.get("max_n") or {}).items())
     fig.suptitle(
         f"best-of-N by VADER sentiment: {cfg['prompts_used']} prompts x {cfg['repeats']}, max_tokens "
-        f"{cfg['max_tokens']}, temperature {TEMPERATURE}{partial}\noptillm_bon_selfrating picks by the "
-        "model's own rating (another scorer); every point's reward is VADER of the chosen answer",
+        f"{cfg['max_tokens']}, temperature {TEMPERATURE}, {where}{partial}\noptillm_bon_selfrating picks by the "
+        f"model's own rating (another scorer){capped}; every point's reward is VADER of the chosen answer",
         fontsize=9,
     )
     fig.tight_layout()
@@ -481,6 +492,35 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(tmp, dpi=120, format="png")
     os.replace(tmp, path)
     plt.close(fig)
+
+
+def table(result: dict) -> str:
+    """The README's table, from the raw file: one row per (N, concurrency, arm), latencies also
+    as ratios to ``iama_bon``'s in the same cell (the same machine and run: ratios travel, seconds
+    do not)."""
+    runs = {(r["arm"], r["n"], r["concurrency"]): r["summary"] for r in result["runs"]}
+    head = (
+        "| N | clients | arm | p50 (s) | p50 / iama_bon | p95 (s) | req/s | req/s / iama_bon | "
+        "reward (95 % CI) | backend requests | prompt tok | generated tok |"
+    )
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for n in sorted({k[1] for k in runs}):
+        for c in sorted({k[2] for k in runs}):
+            ref = runs.get(("iama_bon", n, c))
+            for arm in ARMS:
+                v = runs.get((arm, n, c))
+                if v is None:
+                    continue
+                lo, hi = v["reward_ci95"]
+                p50_ratio = f"{v['latency_p50_s'] / ref['latency_p50_s']:.2f}" if ref else "–"
+                rps_ratio = f"{v['requests_per_s'] / ref['requests_per_s']:.2f}" if ref else "–"
+                lines.append(
+                    f"| {n} | {c} | {arm} | {v['latency_p50_s']:.2f} | {p50_ratio} | {v['latency_p95_s']:.2f} | "
+                    f"{v['requests_per_s']:.3f} | {rps_ratio} | {v['reward_mean']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                    f"{v['backend_requests_per_request']:.2f} | {v['prompt_tokens_per_request']:.0f} | "
+                    f"{v['generation_tokens_per_request']:.0f} |"
+                )
+    return "\n".join(lines)
 
 
 def portable_command(args: argparse.Namespace) -> str:
@@ -494,6 +534,7 @@ def portable_command(args: argparse.Namespace) -> str:
 
 # config fields that must match for a resume: a result measured under other values would not belong
 SETTINGS = (
+    "machine",
     "model",
     "dtype",
     "max_model_len",
@@ -507,7 +548,39 @@ SETTINGS = (
     "reward",
     "early_rejection_defaults",
     "arm_order",
+    "max_n",
+    "iama_env",
 )
+
+
+def machine() -> dict[str, Any]:
+    """The CPU the timings were taken on: latencies from two machines are never compared, so a resume
+    on another CPU (AVX2-only vs AVX-512 with AMX, another core count) is refused like other settings."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
+    }
+
+
+def iama_env() -> dict[str, str]:
+    """The ``IAMA_*`` settings this process passes on to ``iama serve`` (e.g.
+    ``IAMA_SCHEDULING_POLICY=fcfs``), recorded as settings: they change what the iama arms measure.
+    Paths (the model cache, the peers' venvs) are left out."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("IAMA_") and k not in _PATH_VARS}
+
+
+_PATH_VARS = frozenset({"IAMA_CACHE_DIR", "IAMA_PEERS_VENVS"})
 
 
 def utc_now() -> str:
@@ -563,12 +636,20 @@ def result_key(run: dict) -> tuple[str, int, int]:
     return run["arm"], run["n"], run["concurrency"]
 
 
-def pending_phases(phases: list[dict], concurrencies: list[int], done: set[tuple[str, int, int]]) -> list[dict]:
+def wanted(cfg: dict, arm: str, n: int) -> bool:
+    """Whether ``arm`` runs at budget ``n``: every arm at every N unless ``--max-n`` capped it."""
+    return n <= (cfg.get("max_n") or {}).get(arm, n)
+
+
+def pending_phases(
+    phases: list[dict], cfg: dict, concurrencies: list[int], done: set[tuple[str, int, int]]
+) -> list[dict]:
     """The schedule's phases that still have work, each with its missing (arm, concurrency) pairs in
     the schedule's order; phases with none left are dropped."""
     todo = []
     for phase in phases:
-        work = [(a, c) for a in phase["arms"] for c in concurrencies if (a, phase["n"], c) not in done]
+        n = phase["n"]
+        work = [(a, c) for a in phase["arms"] for c in concurrencies if wanted(cfg, a, n) and (a, n, c) not in done]
         if work:
             todo.append({**phase, "work": work})
     return todo
@@ -576,7 +657,7 @@ def pending_phases(phases: list[dict], concurrencies: list[int], done: set[tuple
 
 def progress(result: dict) -> dict[str, Any]:
     cfg = result["config"]
-    want = [(a, n, c) for n in cfg["n"] for a in cfg["arm_order"] for c in cfg["concurrency"]]
+    want = [(a, n, c) for n in cfg["n"] for a in cfg["arm_order"] for c in cfg["concurrency"] if wanted(cfg, a, n)]
     done = {result_key(r) for r in result["runs"]}
     missing = [list(k) for k in want if k not in done]
     return {"done": len(want) - len(missing), "total": len(want), "complete": not missing, "missing": missing}
@@ -616,7 +697,7 @@ def run_phases(args: argparse.Namespace, jobs: list[Job], ctx: dict, result: dic
     engine starts only where a phase needs a different one from the engine already up."""
     session = result["sessions"][-1]
     done = {result_key(r) for r in result["runs"]}
-    todo = pending_phases(result["schedule"]["phases"], args.concurrency, done)
+    todo = pending_phases(result["schedule"]["phases"], result["config"], args.concurrency, done)
     srv = None
     engine = None
     t_start = time.perf_counter()
@@ -683,9 +764,17 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument(
+        "--max-n",
+        nargs="+",
+        default=[],
+        metavar="ARM=N",
+        help="run ARM only up to budget N (a session's time is spent where it shows most; recorded in the JSON)",
+    )
     ap.add_argument("--venvs", type=Path, default=Path(os.environ.get("IAMA_PEERS_VENVS", ROOT / "runs" / "peers")))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peers" / "peers.json")
     ap.add_argument("--plot-only", action="store_true", help="redraw the figure from --out's JSON (complete or not)")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --out's JSON and exit")
     again = ap.add_mutually_exclusive_group()
     again.add_argument(
         "--resume",
@@ -696,12 +785,21 @@ def main() -> None:
         "--fresh", action="store_true", help="start over even if --out exists (the old file becomes <out>.bak)"
     )
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
     if args.plot_only:
         result = json.loads(args.out.read_text())
         plot(result, args.out.with_suffix(".png"))
         return
     if len(set(args.arms)) != len(args.arms):
         ap.error("--arms: each arm once")
+    max_n: dict[str, int] = {}
+    for item in args.max_n:
+        arm, _, n = item.partition("=")
+        if arm not in args.arms or not n.isdigit():
+            ap.error(f"--max-n: {item!r} is not ARM=N with one of --arms")
+        max_n[arm] = int(n)
 
     from iama.dtypes import choose_dtype
     from iama_server.settings import ServerSettings
@@ -710,6 +808,7 @@ def main() -> None:
     defaults = ServerSettings()
     config: dict[str, Any] = {
         "command": portable_command(args),
+        "machine": machine(),
         "model": args.model,
         "dtype": choose_dtype().dtype,
         "max_model_len": MAX_MODEL_LEN,
@@ -729,6 +828,8 @@ def main() -> None:
             "keep": defaults.early_rejection_keep,
         },
         "arm_order": args.arms,
+        "max_n": max_n or None,
+        "iama_env": iama_env() or None,
         "arms": {a: vars(ARMS[a]) for a in args.arms},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
