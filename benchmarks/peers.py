@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -556,20 +557,19 @@ SETTINGS = (
 def machine() -> dict[str, Any]:
     """The CPU the timings were taken on: latencies from two machines are never compared, so a resume
     on another CPU (AVX2-only vs AVX-512 with AMX, another core count) is refused like other settings."""
-    model, flags = "unknown", set()
-    try:
+    from iama.dtypes import cpu_flags
+
+    model = "unknown"
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
+                break
     return {
         "cpu": model,
         "cores": os.cpu_count(),
-        "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
+        "isa": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
     }
 
 

@@ -377,6 +377,13 @@ class CallBuilder:
             raise APIError(403, f"key {key.name!r} may not call model {asked!r}", "model", ErrorCode.MODEL_NOT_ALLOWED)
         return self.models.get(name)
 
+    def callable_models(self, key: KeyPolicy) -> list[ServedModel]:
+        """The models :meth:`served_model` lets ``key`` call, base first (``/v1/models``): the base
+        when the key names it or one of its aliases, then each adapter the key names."""
+        served = self.models
+        base = [served.base] if any(key.allows(n) for n in (served.base.name, *served.aliases)) else []
+        return base + [m for m in served.adapters if key.allows(m.name)]
+
     def _check_ready_and_model(self, name: str | None, key: KeyPolicy) -> ServedModel:
         """The model the request names (:meth:`served_model`), once the server is ready."""
         model = self.served_model(name, key)

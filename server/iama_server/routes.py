@@ -104,10 +104,9 @@ async def metrics(request: Request) -> Response:
 async def models(request: Request) -> dict[str, Any]:
     """The base, then every adapter served on it (``parent``: the base's id), as far as the
     caller's key may call them: a tenant does not learn another tenant's adapter names."""
-    served, key = server_state(request).models, request.state.key
-    base = any(key.allows(name) for name in (served.base.name, *served.aliases))  # a key may name an alias
-    listed = [served.base] * base + [m for m in served.adapters if key.allows(m.name)]
-    return {"object": "list", "data": [model_card(m, served.base.name) for m in listed]}
+    state = server_state(request)
+    listed = state.calls.callable_models(request.state.key)
+    return {"object": "list", "data": [model_card(m, state.models.base.name) for m in listed]}
 
 
 @v1.get("/rewards", response_model=RewardsList, responses=_errors(400, 403, 404))
